@@ -1,0 +1,3 @@
+from adalora_search.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""The ``adalora-search`` command line: validate, schema, run, worker, status, report, export, retrain.
+
+Every user error ends with a message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from adalora_search.errors import UserError
+
+
+@click.group()
+def cli() -> None:
+    """Declarative AutoML for AdaLoRA fine-tuning."""
+
+
+@cli.command()
+@click.argument("study_files", nargs=-1, required=True)
+@click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
+def validate(study_files: tuple[str, ...], no_data: bool) -> None:
+    """Check study files completely and summarise their search space."""
+    from adalora_search import describe, modeling
+    from adalora_search.loader import load_spec
+    from adalora_search.runner import prepare_data
+
+    errors = []
+    for path in study_files:
+        try:
+            spec = load_spec(path)
+            linears, n_train = None, None
+            if not no_data:
+                linears = modeling.linear_modules(spec.model)
+                _check_targets(spec, linears)
+                n_train = len(prepare_data(spec).splits["train"])
+            click.echo(f"{path}: OK")
+            for line in describe.summary(spec, linears, n_train):
+                click.echo("  " + line)
+            if spec.model.trust_remote_code:
+                click.echo("  WARNING: model.trust_remote_code is true: code from the model repository will run")
+        except UserError as exc:
+            errors.append(exc)
+    if errors:
+        raise UserError("\n".join(str(e) for e in errors))
+
+
+def _check_targets(spec, linears) -> None:
+    from adalora_search import modeling
+    from adalora_search.distributions import corners
+
+    for targets in corners(spec.adalora.target_modules):
+        if not modeling.matching(linears, list(targets)):
+            names = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise UserError(f"adalora.target_modules = {targets}: matches no Linear module of "
+                            f"{spec.model.name_or_path}; its Linear names end in {names}")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of the study file (for yaml-language-server)."""
+    from adalora_search.spec import StudySpec
+
+    click.echo(json.dumps(StudySpec.model_json_schema(), indent=2))
+
+
+def _budget_options(f):
+    f = click.option("--n-trials", type=click.IntRange(min=1), help="finished trials for the whole study")(f)
+    f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds")(f)
+    return click.option("--storage", help="SQLAlchemy URL; overrides study.storage")(f)
+
+
+@cli.command()
+@click.argument("study_file")
+@_budget_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="worker processes on this machine")
+@click.option("--gpus", default="", help="comma-separated GPU ids, one worker per GPU")
+def run(study_file: str, n_trials, timeout, storage, workers: int, gpus: str) -> None:
+    """Run (or resume) the search of STUDY_FILE."""
+    from adalora_search.session import run_session
+
+    run_session(study_file, n_trials, timeout, storage, workers, [g for g in gpus.split(",") if g.strip()])
+
+
+@cli.command(hidden=True)
+@click.argument("study_file")
+@_budget_options
+def worker(study_file: str, n_trials, timeout, storage) -> None:
+    """One worker process (started by `run --workers`, or by hand on another machine)."""
+    from adalora_search.session import run_worker
+
+    run_worker(study_file, n_trials, timeout, storage)
+
+
+def _study_options(f):
+    f = click.option("--storage", help="SQLAlchemy URL (instead of STUDY_FILE)")(f)
+    f = click.option("--study", "study_name", help="study name (with --storage)")(f)
+    return click.argument("study_file", required=False)(f)
+
+
+@cli.command()
+@_study_options
+def status(study_file, storage, study_name) -> None:
+    """Trial counts, best trial and running trials of a study."""
+    from adalora_search.session import locate, status_lines
+
+    for line in status_lines(locate(study_file, storage, study_name)):
+        click.echo(line)
+
+
+@cli.command()
+@_study_options
+@click.option("--out", type=click.Path(), help="output directory (default: <study>_report)")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
+def report(study_file, storage, study_name, out, top_k: int) -> None:
+    """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
+    from adalora_search.report import write_report
+    from adalora_search.session import locate
+
+    study = locate(study_file, storage, study_name)
+    directory = Path(out or f"{study.study_name}_report")
+    page = write_report(study, directory, top_k)
+    click.echo(f"report written: {page}")
+
+
+@cli.command()
+@_study_options
+@click.option("--out", type=click.Path(), required=True, help="export directory")
+@click.option("--trial", "trial_number", type=int, help="trial number (default: the best trial)")
+@click.option("--force", is_flag=True, help="replace an existing export")
+def export(study_file, storage, study_name, out, trial_number, force: bool) -> None:
+    """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs."""
+    from adalora_search.export import export_trial
+    from adalora_search.session import locate
+
+    study = locate(study_file, storage, study_name)
+    path = export_trial(study, Path(out), trial_number, force)
+    click.echo(f"export written: {path}")
+
+
+@cli.command()
+@click.argument("export_dir")
+def retrain(export_dir: str) -> None:
+    """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
+    from adalora_search.retrain import retrain as do_retrain
+
+    for line in do_retrain(Path(export_dir)):
+        click.echo(line)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: completed trials are stored; run the same command again to resume", err=True)
+        sys.exit(130)

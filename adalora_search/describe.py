@@ -1,0 +1,50 @@
+"""The human summary ``validate`` prints: each knob, the schedule, the budget at start and end."""
+
+from __future__ import annotations
+
+from adalora_search import modeling
+from adalora_search.distributions import corners, describe
+from adalora_search.space import KNOBS, knob
+from adalora_search.spec import StudySpec
+
+
+def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train: int | None) -> list[str]:
+    s = spec.study
+    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.direction} {o.metric}" for o in s.objectives),
+             f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
+             f"n_trials {s.n_trials}, timeout {s.timeout}",
+             f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",
+             "knobs:"]
+    lines += [f"  {path:28s} {describe(knob(spec, path))}" for path in KNOBS]
+    steps = _steps(spec, n_train)
+    if steps is not None:
+        lines.append(f"total optimizer steps per trial: {steps}" + (f" ({n_train} training rows)" if n_train else ""))
+    if linears is not None:
+        lines += _budget(spec, linears)
+    lines += [f"baselines: {', '.join(b.name for b in spec.baselines) or 'none'}"]
+    return lines
+
+
+def _steps(spec: StudySpec, n_train: int | None) -> int | None:
+    t = spec.training
+    if t.max_steps is not None:
+        return t.max_steps
+    if n_train is None:
+        return None
+    per_epoch = -(-(-(-n_train // t.batch_size)) // t.gradient_accumulation)
+    return max(1, round((t.epochs or 1) * per_epoch))
+
+
+def _budget(spec: StudySpec, linears: dict[str, tuple[int, int]]) -> list[str]:
+    """Budget b(0) = init_r x matrices and b(T) = target_r x matrices, over the search space corners."""
+    out = ["budget (total rank b(0) -> b(T), adapter parameters at start -> end):"]
+    for targets in corners(spec.adalora.target_modules):
+        mods = modeling.matching(linears, list(targets))
+        width = sum(i + o + 1 for i, o in mods.values())
+        init_rs, target_rs = corners(spec.adalora.init_r), corners(spec.adalora.target_r)
+        b0 = f"{min(init_rs) * len(mods)}..{max(init_rs) * len(mods)}"
+        bt = f"{min(target_rs) * len(mods)}..{max(target_rs) * len(mods)}"
+        p0 = f"{min(init_rs) * width:,}..{max(init_rs) * width:,}"
+        pt = f"{min(target_rs) * width:,}..{max(target_rs) * width:,}"
+        out.append(f"  {','.join(targets)}: {len(mods)} matrices, b(0) {b0} -> b(T) {bt}; params {p0} -> {pt}")
+    return out

@@ -1,0 +1,129 @@
+"""Search ranges for tunable knobs: a fixed value, a numeric range, or a list of choices.
+
+A knob in the study file is written as one of::
+
+    learning_rate: 1.0e-3                           # fixed
+    learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}   # range
+    target_modules: {choices: [[query, value], [query, key, value]]}   # choices
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, TypeVar, Union
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+T = TypeVar("T")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Frozen):
+    """A float range sampled with ``trial.suggest_float``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FloatRange":
+        _check_range(self.low, self.high, self.log, self.step is not None)
+        return self
+
+
+class IntRange(_Frozen):
+    """An integer range sampled with ``trial.suggest_int``."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "IntRange":
+        _check_range(self.low, self.high, self.log, self.step != 1)
+        return self
+
+
+class Choices(_Frozen, Generic[T]):
+    """A categorical knob; each choice may itself be a list (e.g. a set of target modules)."""
+
+    choices: list[T] = Field(min_length=1)
+
+
+def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
+    if low > high:
+        raise ValueError(f"low must be <= high, but got low={low} and high={high}; swap them")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0, but got low={low}; use a positive low or log: false")
+    if log and stepped:
+        raise ValueError("step cannot be combined with log: true; drop one of them")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "choices" if "choices" in value else "range"
+    return "fixed"
+
+
+def tunable(fixed: Any, range_type: type | None = None) -> Any:
+    """The pydantic type of a knob that is ``fixed``, a ``range_type`` range, or choices of ``fixed``."""
+    members: list[Any] = [Annotated[fixed, Tag("fixed")], Annotated[Choices[fixed], Tag("choices")]]
+    if range_type is not None:
+        members.append(Annotated[range_type, Tag("range")])
+    return Annotated[Union[tuple(members)], Discriminator(_kind)]
+
+
+TunableFloat = tunable(float, FloatRange)
+TunableInt = tunable(int, IntRange)
+TunableModules = tunable(list[str])
+Knob = Union[float, int, list, FloatRange, IntRange, Choices]
+
+
+def is_searched(knob: Any) -> bool:
+    """True when the knob is a range or a set of choices (something Optuna samples)."""
+    return isinstance(knob, (FloatRange, IntRange, Choices))
+
+
+def corners(knob: Any) -> list[Any]:
+    """The extreme values a knob can take; cross-field rules are checked on these."""
+    if isinstance(knob, (FloatRange, IntRange)):
+        return [knob.low, knob.high]
+    if isinstance(knob, Choices):
+        return list(knob.choices)
+    return [knob]
+
+
+def encode_choice(value: Any) -> Any:
+    """Optuna categoricals hold scalars only; a list choice is stored as a comma-joined string."""
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def suggest(trial: optuna.Trial, name: str, knob: Any) -> Any:
+    """Sample ``knob`` under ``name`` (fixed values are returned untouched, not recorded)."""
+    if isinstance(knob, FloatRange):
+        return trial.suggest_float(name, knob.low, knob.high, log=knob.log, step=knob.step)
+    if isinstance(knob, IntRange):
+        return trial.suggest_int(name, knob.low, knob.high, log=knob.log, step=knob.step)
+    if isinstance(knob, Choices):
+        encoded = [encode_choice(c) for c in knob.choices]
+        picked = trial.suggest_categorical(name, encoded)
+        return knob.choices[encoded.index(picked)]
+    return knob
+
+
+def describe(knob: Any) -> str:
+    """A one-line, human description of a knob for ``validate``."""
+    if isinstance(knob, (FloatRange, IntRange)):
+        extra = " (log)" if knob.log else ""
+        step = getattr(knob, "step", None)
+        if step not in (None, 1):
+            extra += f" step {step}"
+        return f"[{knob.low}, {knob.high}]{extra}"
+    if isinstance(knob, Choices):
+        return "one of " + " | ".join(str(encode_choice(c)) for c in knob.choices)
+    return f"{encode_choice(knob)} (fixed)"

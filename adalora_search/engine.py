@@ -1,0 +1,245 @@
+"""One training run (AdaLoRA, LoRA or full fine-tuning) that reports while it trains.
+
+Reads top to bottom: build -> train (``update_and_allocate`` once per optimizer step, after
+``optimizer.step()`` and before ``zero_grad()``) -> evaluate every N steps -> ``on_eval``.
+The engine never imports Optuna: the caller decides what an evaluation means (trial pruning).
+``TrialRun.result`` always holds what is known so far, so a pruned or failed run keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import get_scheduler
+
+from adalora_search import metrics as metrics_mod
+from adalora_search import modeling
+from adalora_search.data import TokenizedData, batches
+from adalora_search.errors import TrialFailure
+from adalora_search.space import TrialConfig
+
+OnEval = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    """Everything a finished (or stopped) run leaves behind; JSON-serialisable via ``asdict``."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)   # {"final": {...}, "best": {...}, "test": {...}}
+    history: list[dict[str, float]] = field(default_factory=list)
+    rank_allocation: dict[str, int] = field(default_factory=dict)
+    budget_curve: list[list[int]] = field(default_factory=list)
+    trainable_params: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    final_allocation_done: bool = False
+
+    def as_attrs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrialRun:
+    """Build once, then ``train()``; ``result`` is filled in as the run goes."""
+
+    def __init__(self, cfg: TrialConfig, data: TokenizedData, data_seconds: float = 0.0):
+        self.cfg = cfg
+        self.data = data
+        self.regression = cfg.model.task == "regression"
+        self.device = _device(cfg.training.device)
+        self.result = RunResult(timing={"data_s": round(data_seconds, 3), "device": str(self.device)})
+        threads = cfg.training.num_threads or int(os.environ.get("ADALORA_SEARCH_THREADS", "0"))
+        if threads:
+            torch.set_num_threads(threads)
+        start = time.perf_counter()
+        self.total_steps = total_steps(cfg, len(data.splits["train"]))
+        base = modeling.build_base(cfg.model, data.num_labels, self.regression, cfg.training.seed)
+        self.model = modeling.wrap(base, cfg, self.total_steps).to(self.device)
+        self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
+        self._record_params(initial=True)
+        self.result.timing["build_s"] = round(time.perf_counter() - start, 3)
+
+    # ------------------------------------------------------------------ train
+    def train(self, on_eval: OnEval | None = None) -> RunResult:
+        t = self.cfg.training
+        optimizer, scheduler = self._optimizer()
+        step, micro, tokens, start, eval_s = 0, 0, 0, time.perf_counter(), 0.0
+        self.model.train()
+        try:
+            for batch in self._train_batches():
+                loss = self._forward_backward(batch, step)
+                tokens += int(batch["attention_mask"].sum())
+                micro += 1
+                if micro % t.gradient_accumulation:
+                    continue  # accumulate: one optimizer step (and one allocation) per N micro-batches
+                if t.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                self._allocate(step)  # after optimizer.step(), before zero_grad()
+                optimizer.zero_grad(set_to_none=True)
+                if step % t.eval_every == 0 or step == self.total_steps:
+                    eval_s += self._evaluate_and_report(step, loss, on_eval)
+                    self.model.train()
+                if step >= self.total_steps:
+                    break
+            self._finalize_allocation(step)
+        except torch.cuda.OutOfMemoryError as exc:
+            self.model = None  # type: ignore[assignment]
+            torch.cuda.empty_cache()
+            raise TrialFailure(f"CUDA out of memory at step {step}: {str(exc).splitlines()[0]}") from None
+        finally:
+            self._record_timing(step, tokens, time.perf_counter() - start, eval_s)
+        return self.result
+
+    def _train_batches(self):
+        t = self.cfg.training
+        epoch = 0
+        while True:  # epochs until total_steps; reshuffled (seeded) every epoch
+            yield from batches(self.data.splits["train"], t.batch_size, self.data.pad_token_id,
+                               shuffle_seed=t.seed * 1000 + epoch, regression=self.regression)
+            epoch += 1
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], step: int) -> float:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            # labels passed: the model computes the loss, so PEFT adds the orthogonal regularizer
+            loss = self.model(**batch).loss
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrialFailure(f"non-finite training loss ({value}) at step {step + 1}; "
+                               "lower the learning rate or check the data")
+        (loss / self.cfg.training.gradient_accumulation).backward()
+        return value
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        t = self.cfg.training
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
+        warmup = int(t.warmup_ratio * self.total_steps)
+        scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup,
+                                  num_training_steps=self.total_steps)
+        return optimizer, scheduler
+
+    # ------------------------------------------------------------------ AdaLoRA
+    def _allocate(self, step: int) -> None:
+        if self.cfg.method != "adalora":
+            return
+        config = self.model.peft_config[modeling.ADAPTER]
+        before = config.rank_pattern
+        self.model.base_model.update_and_allocate(step)
+        if config.rank_pattern is not before:  # a rank pruning happened at this step
+            self.result.rank_allocation = modeling.allocation(self.model)
+            self.result.budget_curve.append([step, sum(self.result.rank_allocation.values())])
+            if step == config.total_step - config.tfinal:
+                self.result.final_allocation_done = True
+                self._record_params()
+
+    def _finalize_allocation(self, step: int) -> None:
+        """Force the final rank pruning when the run stopped before ``total_step - tfinal``."""
+        if self.cfg.method != "adalora" or self.result.final_allocation_done:
+            return
+        allocator = self.model.base_model.rankallocator
+        config = self.model.peft_config[modeling.ADAPTER]
+        if not allocator.exp_avg_ipt:  # no importance scores yet: nothing to rank
+            return
+        config.rank_pattern = allocator.mask_to_budget(self.model.base_model.model, allocator.target_bgt)
+        self.result.rank_allocation = modeling.allocation(self.model)
+        self.result.budget_curve.append([step, sum(self.result.rank_allocation.values())])
+        self.result.final_allocation_done = True
+        self._record_params()
+
+    def _record_params(self, initial: bool = False) -> None:
+        key = "initial" if initial else "final"
+        total = sum(p.numel() for p in self.model.parameters())
+        if self.cfg.method == "adalora":
+            ranks = self.result.rank_allocation or modeling.allocation(self.model)
+            if initial:
+                self.result.rank_allocation = dict(ranks)
+                self.result.budget_curve = [[0, sum(ranks.values())]]
+            count = modeling.adapter_params(self.model, ranks) + modeling.head_params(self.model)
+        else:
+            count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.result.trainable_params[key] = count
+        self.result.trainable_params.setdefault("model_total", total)
+        if initial:
+            self.result.trainable_params["final"] = count
+
+    # ------------------------------------------------------------------ evaluate
+    def _evaluate_and_report(self, step: int, loss: float, on_eval: OnEval | None) -> float:
+        start = time.perf_counter()
+        scores = self.evaluate("validation")
+        scores["train_loss"] = loss
+        scores["budget"] = self.result.budget_curve[-1][1] if self.result.budget_curve else 0
+        self.result.history.append({"step": step, **scores})
+        final = {k: v for k, v in scores.items() if k != "budget"}
+        self.result.metrics["final"] = {**final, "step": step}
+        self._update_best(final, step)
+        elapsed = time.perf_counter() - start
+        if on_eval is not None:
+            on_eval(step, scores)
+        return elapsed
+
+    def _update_best(self, scores: dict[str, float], step: int) -> None:
+        main = "accuracy" if not self.regression else "pearson"
+        best = self.result.metrics.get("best")
+        if best is None or metrics_mod.is_better(main, scores[main], best[main]):
+            self.result.metrics["best"] = {**scores, "step": step}
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Task metrics and plain cross-entropy/MSE on a split (no orthogonal regularizer)."""
+        self.model.eval()
+        preds, labels, losses = [], [], []
+        for batch in batches(self.data.splits[split], self.cfg.training.eval_batch_size,
+                             self.data.pad_token_id, shuffle_seed=None, regression=self.regression):
+            target = batch.pop("labels")
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(**batch).logits.float().cpu()
+            losses.append(_plain_loss(logits, target, self.regression) * len(target))
+            preds.append(logits.squeeze(-1) if self.regression else logits.argmax(-1))
+            labels.append(target)
+        scores = metrics_mod.compute(torch.cat(preds).numpy(), torch.cat(labels).numpy(), self.regression)
+        scores["eval_loss"] = float(np.sum(losses) / len(self.data.splits[split]))
+        return scores
+
+    def _record_timing(self, steps: int, tokens: int, seconds: float, eval_s: float) -> None:
+        t = self.result.timing
+        t.update(steps=steps, train_s=round(seconds - eval_s, 3), eval_s=round(eval_s, 3),
+                 train_tokens_per_s=round(tokens / max(seconds - eval_s, 1e-9), 1))
+        if self.device.type == "cuda":
+            t["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        else:
+            t["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    def save_adapter(self, directory: str) -> None:
+        self.model.save_pretrained(directory)
+
+
+def _plain_loss(logits: torch.Tensor, target: torch.Tensor, regression: bool) -> float:
+    if regression:
+        return float(torch.nn.functional.mse_loss(logits.squeeze(-1), target))
+    return float(torch.nn.functional.cross_entropy(logits, target))
+
+
+def total_steps(cfg: TrialConfig, n_train: int) -> int:
+    """Optimizer steps of the run: max_steps, else epochs x ceil(batches / accumulation)."""
+    t = cfg.training
+    if t.max_steps is not None:
+        return t.max_steps
+    per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.gradient_accumulation)
+    return max(1, int(round((t.epochs or 1) * per_epoch)))
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")

@@ -1,0 +1,46 @@
+"""User-facing errors: anything the user can fix by editing input ends in exit code 2."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the user's input, located as precisely as we can."""
+
+    field: str
+    value: object
+    message: str
+    line: int | None = None
+
+    def render(self, source: str | None = None) -> str:
+        where = source or "<input>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        shown = _short(self.value)
+        return f"{where}: {self.field or '<top level>'} = {shown}: {self.message}"
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints it and exits with code 2."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None, source: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+        self.source = source
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        lines += ["  - " + p.render(self.source) for p in self.problems]
+        return "\n".join(lines)
+
+
+class TrialFailure(Exception):
+    """A trial could not finish (NaN loss, out of memory, bad sample): recorded, the study goes on."""
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,118 @@
+"""The Optuna objective: trial -> TrialConfig -> engine run -> report/should_prune -> user attrs.
+
+Whatever happens (complete, trial-pruned, failed), the run's results are written to the trial's
+user attrs before the trial ends: ``metrics``, ``rank_allocation``, ``budget_curve``,
+``trainable_params``, ``timing`` and, for a failed trial, ``failure``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from adalora_search import modeling
+from adalora_search.data import TokenizedData
+from adalora_search.engine import TrialRun
+from adalora_search.errors import TrialFailure
+from adalora_search.space import TrialConfig, sample
+from adalora_search.spec import StudySpec
+
+# exceptions a single trial may raise without stopping the study (anything else is a bug)
+TRIAL_ERRORS: tuple[type[BaseException], ...] = (TrialFailure, RuntimeError, ValueError, MemoryError,
+                                                 ArithmeticError, IndexError, KeyError)
+Log = Callable[[str], None]
+
+
+class Objective:
+    """Callable objective; also usable directly with ``study.optimize`` for a single process."""
+
+    def __init__(self, spec: StudySpec, data: TokenizedData, artifacts_dir: Path | None = None,
+                 log: Log = print):
+        self.spec = spec
+        self.data = data
+        self.artifacts_dir = artifacts_dir
+        self.log = log
+
+    def config_for(self, trial: optuna.Trial) -> TrialConfig:
+        overrides = {}
+        name = trial.user_attrs.get("baseline")
+        if name is not None:
+            overrides = next((b.params for b in self.spec.baselines if b.name == name), {})
+        return sample(self.spec, trial, overrides)
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        cfg = self.config_for(trial)
+        run: TrialRun | None = None
+        started = time.perf_counter()
+        try:
+            run = TrialRun(cfg, self.data)
+            run.train(self._on_eval(trial, cfg, run))
+            if "test" in self.data.splits:
+                run.result.metrics["test"] = run.evaluate("test")
+            self._keep_adapter(trial, run)
+            return self._values(run)
+        except TRIAL_ERRORS as exc:
+            trial.set_user_attr("failure", {"type": type(exc).__name__, "message": str(exc)[:2000]})
+            raise
+        finally:
+            self._write_attrs(trial, run, time.perf_counter() - started)
+
+    def _on_eval(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun) -> Callable[[int, dict], None]:
+        objectives = self.spec.study.objectives
+        metric = objectives[0].metric
+        warmup = 0
+        if self.spec.study.prune_warmup == "after_t_init" and cfg.method == "adalora":
+            warmup = modeling.schedule_steps(cfg.adalora, run.total_steps)[0]
+
+        def on_eval(step: int, scores: dict[str, float]) -> None:
+            self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
+                     f"{metric} {scores.get(metric, float('nan')):.4f} budget {scores['budget']}")
+            if len(objectives) > 1 or metric not in scores:
+                return
+            trial.report(scores[metric], step)
+            if step > warmup and trial.should_prune():
+                raise optuna.TrialPruned(f"trial pruned at step {step}: {metric} {scores[metric]:.4f}")
+
+        return on_eval
+
+    def _values(self, run: TrialRun) -> float | list[float]:
+        values = []
+        for objective in self.spec.study.objectives:
+            if objective.metric == "trainable_params":
+                values.append(float(run.result.trainable_params["final"]))
+            else:
+                values.append(float(run.result.metrics["final"][objective.metric]))
+        return values[0] if len(values) == 1 else values
+
+    def _write_attrs(self, trial: optuna.Trial, run: TrialRun | None, seconds: float) -> None:
+        attrs: dict[str, Any] = run.result.as_attrs() if run is not None else {"timing": {}}
+        attrs["timing"]["wall_s"] = round(seconds, 3)
+        if run is not None:
+            attrs["total_steps"] = run.total_steps
+            attrs["method"] = run.cfg.method
+            attrs["target_r"] = run.cfg.adalora.target_r
+            attrs["init_r"] = run.cfg.adalora.init_r
+        for key, value in attrs.items():
+            trial.set_user_attr(key, json.loads(json.dumps(value)))
+
+    def _keep_adapter(self, trial: optuna.Trial, run: TrialRun) -> None:
+        """Save this adapter if it may be among the top-k; drop adapters that fell out of it."""
+        k = self.spec.study.keep_top_k_adapters
+        if not k or self.artifacts_dir is None or len(self.spec.study.objectives) > 1:
+            return
+        directory = self.artifacts_dir / f"trial_{trial.number}"
+        run.save_adapter(str(directory))
+        trial.set_user_attr("adapter_dir", str(directory))
+        value = self._values(run)
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        scores = [(t.value, t.number) for t in done if t.value is not None] + [(value, trial.number)]
+        maximize = self.spec.study.objectives[0].direction == "maximize"
+        keep = {n for _, n in sorted(scores, reverse=maximize)[:k]}
+        for path in self.artifacts_dir.glob("trial_*"):
+            if int(path.name.split("_")[1]) not in keep:
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,98 @@
+"""After the search: reference runs (uniform LoRA, full fine-tuning) and the summary of gains.
+
+References are trained once per study with the best trial's settings and stored in the study's
+user attrs under ``references``, so the report can show what adaptive allocation bought.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from adalora_search.data import TokenizedData
+from adalora_search.engine import TrialRun
+from adalora_search.errors import TrialFailure
+from adalora_search.runner import best_trial
+from adalora_search.space import LoraKnobs, TrialConfig, sample
+from adalora_search.spec import Reference, StudySpec
+
+
+def trial_config(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> TrialConfig:
+    """Rebuild a stored trial's config from its params (and baseline overrides)."""
+    name = trial.user_attrs.get("baseline")
+    overrides = next((b.params for b in spec.baselines if b.name == name), {}) if name else {}
+    return sample(spec, optuna.trial.FixedTrial(trial.params), overrides)
+
+
+def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int]) -> TrialConfig:
+    training = cfg.training.model_copy(update={
+        k: v for k, v in (("learning_rate", ref.learning_rate), ("epochs", ref.epochs)) if v is not None})
+    if ref.kind == "full":
+        return cfg.model_copy(update={"method": "full", "training": training})
+    r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
+    alpha = cfg.adalora.lora_alpha * r / cfg.adalora.init_r  # same per-triplet scale as AdaLoRA
+    lora = LoraKnobs(rank_pattern={n: r for n in ranks}, alpha_pattern={n: alpha for n in ranks})
+    return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
+
+
+def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
+    stored: dict[str, Any] = dict(study.user_attrs.get("references", {}))
+    best = best_trial(study)
+    if best is None or not best.user_attrs.get("rank_allocation"):
+        return stored
+    cfg = trial_config(spec, best)
+    for ref in spec.study.references:
+        if ref.kind in stored:
+            continue
+        print(f"[reference {ref.kind}] training with the best trial's ({best.number}) settings")
+        run = TrialRun(reference_config(cfg, ref, best.user_attrs["rank_allocation"]), data)
+        try:
+            run.train()
+            test = run.evaluate("test") if "test" in data.splits else None
+            stored[ref.kind] = {"metrics": {**run.result.metrics, "test": test},
+                                "trainable_params": run.result.trainable_params,
+                                "timing": run.result.timing, "of_trial": best.number}
+        except (TrialFailure, RuntimeError, ValueError) as exc:
+            stored[ref.kind] = {"failure": f"{type(exc).__name__}: {exc}", "of_trial": best.number}
+        study.set_user_attr("references", stored)
+    return stored
+
+
+def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
+    """Best trial vs baselines vs references, on validation and (when present) test."""
+    best = best_trial(study)
+    if best is None:
+        return ["no completed trial yet"]
+    metric = spec.study.objectives[0].metric
+    metric = metric if metric not in ("trainable_params", "eval_loss") else "accuracy"
+    rows = [("best trial %d" % best.number, best.user_attrs)]
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if "baseline" in t.user_attrs:
+            rows.append((f"baseline {t.user_attrs['baseline']} (trial {t.number})", t.user_attrs))
+    rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
+    lines = [f"{'run':40s} {'val ' + metric:>14s} {'test ' + metric:>14s} {'trainable':>12s}"]
+    best_test = _score(best.user_attrs, "test", metric)
+    for label, attrs in rows:
+        val, test = _score(attrs, "final", metric), _score(attrs, "test", metric)
+        share = attrs.get("trainable_params", {})
+        frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
+        gain = "" if label.startswith("best") or test is None or best_test is None else \
+            f"  (best gains {100 * (best_test - test):+.1f} pt)"
+        lines.append(f"{label:40s} {_fmt(val):>14s} {_fmt(test):>14s} {100 * frac:11.2f}%{gain}")
+    return lines
+
+
+def _score(attrs: dict[str, Any], which: str, metric: str) -> float | None:
+    value = (attrs.get("metrics", {}) or {}).get(which) or {}
+    return value.get(metric)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def finish_study(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> list[str]:
+    if spec.study.references:
+        run_references(spec, study, data)
+    return summary_lines(spec, study)

@@ -1,0 +1,147 @@
+"""Cross-field rules, checked on the corners of the search space before anything is loaded.
+
+Every rule returns ``Problem``s instead of raising, so a user sees all of them at once.
+``target_r`` is not sampled conditionally on ``init_r``: a space in which any corner has
+``target_r >= init_r`` is rejected (PEFT's rank allocator crashes in ``kthvalue`` otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from adalora_search.distributions import Choices, corners, is_searched
+from adalora_search.errors import Problem
+from adalora_search.samplers import Grid, NoPruner
+from adalora_search.space import KNOBS, build_config, knob, searched_knobs
+from adalora_search.spec import StudySpec
+
+_CLASSIFICATION = {"accuracy", "f1_macro", "mcc", "eval_loss", "trainable_params"}
+_REGRESSION = {"pearson", "spearman", "eval_loss", "trainable_params"}
+_OPEN_UNIT = {"adalora.beta1", "adalora.beta2"}
+
+
+def check(spec: StudySpec) -> list[Problem]:
+    """All cross-field problems of a parsed spec (empty when the space is sound)."""
+    problems: list[Problem] = []
+    problems += _ranks(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora")
+    problems += _schedule(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora.schedule")
+    problems += _bounds(spec)
+    problems += _study(spec)
+    problems += _baselines(spec)
+    return problems
+
+
+def _ranks(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem]:
+    max_target, min_init = max(c["adalora.target_r"]), min(c["adalora.init_r"])
+    if max_target < min_init:
+        return []
+    return [Problem(
+        f"{where}.target_r", max_target,
+        f"target_r must be < init_r for every sample, but target_r can reach {max_target} while init_r "
+        f"can be as low as {min_init}; lower target_r's high or raise init_r's low",
+    )]
+
+
+def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem]:
+    unit = spec.adalora.schedule.unit
+    worst = max(c["adalora.schedule.t_init"]) + max(c["adalora.schedule.t_final"])
+    if unit == "fraction":
+        if worst < 1:
+            return []
+        return [Problem(where, worst, "t_init + t_final must be < 1 (fractions of total steps) for every "
+                        "sample, so that a budgeting phase is left; lower the highs of t_init or t_final")]
+    out = [Problem(f"{where}.{name}", v, "with unit: steps, t_init and t_final must be whole steps")
+           for name in ("t_init", "t_final") for v in c[f"adalora.schedule.{name}"] if float(v) != int(v)]
+    total = spec.training.max_steps
+    if total is not None and worst >= total:
+        out.append(Problem(where, worst, f"t_init + t_final must be < training.max_steps ({total}) for every "
+                           "sample, so that a budgeting phase is left; lower t_init/t_final or raise max_steps"))
+    return out
+
+
+def _bounds(spec: StudySpec) -> list[Problem]:
+    """Per-knob ranges, checked on every corner (the TrialConfig field constraints)."""
+    out = []
+    for path in KNOBS:
+        for value in corners(knob(spec, path)):
+            if path in _OPEN_UNIT and not 0 < value < 1:
+                out.append(Problem(path, value, "beta must be in the open interval (0, 1) "
+                                   "(PEFT's rank allocator asserts 0 < beta < 1); e.g. 0.85"))
+            elif path == "adalora.schedule.delta_t" and value < 1:
+                out.append(Problem(path, value, "delta_t must be >= 1 step between rank allocations"))
+            elif path in ("adalora.init_r", "adalora.target_r") and value < 1:
+                out.append(Problem(path, value, "ranks must be >= 1"))
+            elif path == "adalora.lora_dropout" and not 0 <= value < 1:
+                out.append(Problem(path, value, "lora_dropout must be in [0, 1)"))
+            elif path in ("training.learning_rate", "adalora.lora_alpha") and value <= 0:
+                out.append(Problem(path, value, "must be > 0"))
+            elif path in ("training.weight_decay", "adalora.orth_reg_weight",
+                          "adalora.schedule.t_init", "adalora.schedule.t_final") and value < 0:
+                out.append(Problem(path, value, "must be >= 0"))
+            elif path == "adalora.target_modules" and not value:
+                out.append(Problem(path, value, "name at least one module, e.g. [query, value]"))
+    return out
+
+
+def _study(spec: StudySpec) -> list[Problem]:
+    out = []
+    objectives = spec.study.objectives
+    if len(objectives) > 1 and not isinstance(spec.study.pruner.root, NoPruner):
+        out.append(Problem("study.pruner", spec.study.pruner.root.type,
+                           "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
+                           "or use one objective and cap trainable parameters with a target_r range"))
+    allowed = _CLASSIFICATION if spec.model.task == "classification" else _REGRESSION
+    for i, objective in enumerate(objectives):
+        if objective.metric not in allowed:
+            out.append(Problem(f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric",
+                               objective.metric, f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
+    if isinstance(spec.study.sampler.root, Grid):
+        for path, dist in searched_knobs(spec):
+            if not isinstance(dist, Choices):
+                out.append(Problem(path, dist.model_dump(), "the grid sampler needs {choices: [...]} here"))
+    if spec.study.keep_top_k_adapters and spec.study.artifacts_dir == "":
+        out.append(Problem("study.artifacts_dir", "", "set a directory to keep adapters in"))
+    return out
+
+
+def _baselines(spec: StudySpec) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for i, baseline in enumerate(spec.baselines):
+        where = f"baselines[{i}]"
+        if baseline.name in seen:
+            out.append(Problem(f"{where}.name", baseline.name, "baseline names must be unique"))
+        seen.add(baseline.name)
+        values: dict[str, Any] = {}
+        for path in KNOBS:
+            spec_value = knob(spec, path)
+            if path in baseline.params:
+                values[path] = baseline.params[path]
+                if isinstance(spec_value, Choices) and values[path] not in spec_value.choices:
+                    out.append(Problem(f"{where}.params.{path}", values[path],
+                                       f"not one of the study's choices {spec_value.choices}; add it there"))
+            elif is_searched(spec_value):
+                out.append(Problem(f"{where}.params", sorted(baseline.params),
+                                   f"a baseline must fix every searched knob; add {path}"))
+                values[path] = corners(spec_value)[0]
+            else:
+                values[path] = spec_value
+        for path in sorted(set(baseline.params) - set(KNOBS)):
+            out.append(Problem(f"{where}.params.{path}", baseline.params[path],
+                               f"unknown knob; use one of {list(KNOBS)}"))
+        out += _baseline_values(spec, values, where)
+    return out
+
+
+def _baseline_values(spec: StudySpec, values: dict[str, Any], where: str) -> list[Problem]:
+    c = {p: [v] for p, v in values.items()}
+    out = _ranks(spec, c, f"{where}.params[adalora]") + _schedule(spec, c, f"{where}.params[adalora.schedule]")
+    try:
+        build_config(spec, values)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            out.append(Problem(f"{where}.params[{loc}]", err.get("input"), err["msg"]))
+    return out

@@ -1,0 +1,110 @@
+"""What the CLI verbs do with a study file or a stored study (kept apart from click for tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from adalora_search import storage as storage_mod
+from adalora_search.errors import UserError
+from adalora_search.loader import load_spec
+from adalora_search.runner import Budget, best_trial, open_study, prepare_data, spawn_workers, work
+from adalora_search.spec import StudySpec
+
+
+def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
+    return override or spec.study.storage or storage_mod.default_url(study_file, spec.study.name)
+
+
+def artifacts_dir(spec: StudySpec, study_file: str) -> Path:
+    if spec.study.artifacts_dir:
+        return Path(spec.study.artifacts_dir)
+    return Path(study_file).resolve().parent / f"{spec.study.name}_artifacts"
+
+
+def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Budget:
+    budget = Budget(n_trials or spec.study.n_trials, timeout or spec.study.timeout)
+    if budget.n_trials is None and budget.timeout is None:
+        raise UserError("study.n_trials: neither n_trials nor timeout is set; add study.n_trials to the "
+                        "file or pass --n-trials / --timeout")
+    return budget
+
+
+def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
+                workers: int, gpus: list[str]) -> None:
+    """Validate everything, create/resume the study, run the trials, then the reference runs."""
+    from adalora_search.references import finish_study
+
+    spec = load_spec(study_file)
+    budget = _budget(spec, n_trials, timeout)
+    url = storage_url(spec, study_file, storage)
+    data = prepare_data(spec)  # data problems are reported before any storage is touched
+    _check_model(spec)
+    study = open_study(spec, url)
+    print(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
+    if workers > 1 or gpus:
+        code = spawn_workers(study_file, url, budget, workers, gpus)
+        if code != 0:
+            print(f"a worker exited with code {code}")
+    else:
+        work(spec, url, budget, artifacts_dir(spec, study_file))
+    for line in finish_study(spec, study, data):
+        print(line)
+    print(f"report: adalora-search report {study_file}\nexport: adalora-search export {study_file} --out DIR")
+
+
+def _check_model(spec: StudySpec) -> None:
+    from adalora_search import modeling
+    from adalora_search.cli import _check_targets
+
+    _check_targets(spec, modeling.linear_modules(spec.model))
+
+
+def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None) -> None:
+    spec = load_spec(study_file)
+    work(spec, storage_url(spec, study_file, storage), _budget(spec, n_trials, timeout),
+         artifacts_dir(spec, study_file))
+
+
+def locate(study_file: str | None, storage: str | None, study_name: str | None) -> optuna.Study:
+    """A stored study, from a study file or from --storage and --study; never creates storage."""
+    if study_file:
+        spec = load_spec(study_file)
+        url, name = storage_url(spec, study_file, storage), study_name or spec.study.name
+    elif storage and study_name:
+        url, name = storage, study_name
+    else:
+        raise UserError("name a STUDY_FILE, or both --storage URL and --study NAME")
+    parsed = make_url(url) if "://" in url else None
+    if parsed is None:
+        raise UserError(f"--storage = {url!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db")
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        raise UserError(f"no study storage at {storage_mod.mask(url)}; run the study first")
+    backend = storage_mod.open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
+        raise UserError(f"--study = {name!r}: no such study in {storage_mod.mask(url)}; stored: {names}") from None
+
+
+def status_lines(study: optuna.Study) -> list[str]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    lines = [f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))]
+    best = best_trial(study)
+    if best is not None:
+        metrics = best.user_attrs.get("metrics", {}).get("final", {})
+        params = best.user_attrs.get("trainable_params", {})
+        lines.append(f"best trial {best.number}: values {best.values} "
+                     f"{ {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} }")
+        lines.append(f"  budget: total rank {sum(best.user_attrs.get('rank_allocation', {}).values())}, "
+                     f"trainable params {params.get('initial')} -> {params.get('final')}")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, "
+                     f"last step {t.last_step}, worker {t.user_attrs.get('worker', '?')}")
+    return lines

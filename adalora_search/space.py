@@ -1,0 +1,170 @@
+"""The search space: spec knobs -> ``trial.suggest_*`` -> a fully fixed ``TrialConfig``.
+
+Parameter names in Optuna are the knob paths of the study file (``adalora.init_r``), so the
+dashboard, the report and a baseline's ``params`` all speak the same language.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Literal
+
+import optuna
+from pydantic import Field
+
+from adalora_search.distributions import Choices, FloatRange, IntRange, encode_choice, is_searched, suggest
+from adalora_search.spec import DataSpec, Frozen, ModelSpec, StudySpec, TrainingSpec
+
+KNOBS: tuple[str, ...] = (
+    "training.learning_rate",
+    "training.weight_decay",
+    "adalora.target_modules",
+    "adalora.init_r",
+    "adalora.target_r",
+    "adalora.lora_alpha",
+    "adalora.lora_dropout",
+    "adalora.schedule.t_init",
+    "adalora.schedule.t_final",
+    "adalora.schedule.delta_t",
+    "adalora.beta1",
+    "adalora.beta2",
+    "adalora.orth_reg_weight",
+)
+
+
+class TrainConfig(Frozen):
+    """Training settings with every value fixed."""
+
+    epochs: float | None
+    max_steps: int | None
+    batch_size: int
+    eval_batch_size: int
+    gradient_accumulation: int
+    learning_rate: float = Field(gt=0)
+    scheduler: Literal["linear", "cosine", "constant"]
+    warmup_ratio: float
+    weight_decay: float = Field(ge=0)
+    max_grad_norm: float | None
+    eval_every: int
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    num_threads: int | None
+
+
+class AdaLoraKnobs(Frozen):
+    """AdaLoRA settings with every value fixed; t_init/t_final in ``schedule_unit``."""
+
+    target_modules: list[str] = Field(min_length=1)
+    init_r: int = Field(ge=1)
+    target_r: int = Field(ge=1)
+    lora_alpha: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    schedule_unit: Literal["fraction", "steps"]
+    t_init: float = Field(ge=0)
+    t_final: float = Field(ge=0)
+    delta_t: int = Field(ge=1)
+    beta1: float = Field(gt=0, lt=1)
+    beta2: float = Field(gt=0, lt=1)
+    orth_reg_weight: float = Field(ge=0)
+
+
+class LoraKnobs(Frozen):
+    """Fixed-rank LoRA (exported allocation or a uniform-rank reference); alpha per module."""
+
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+
+
+class TrialConfig(Frozen):
+    """Everything one training run needs; what the engine takes."""
+
+    method: Literal["adalora", "lora", "full"] = "adalora"
+    model: ModelSpec
+    data: DataSpec
+    training: TrainConfig
+    adalora: AdaLoraKnobs
+    lora: LoraKnobs | None = None
+
+
+def knob(spec: StudySpec, path: str) -> Any:
+    """The spec value (fixed or distribution) at a knob path."""
+    node: Any = spec
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def searched_knobs(spec: StudySpec) -> Iterator[tuple[str, Any]]:
+    """(path, distribution) for every knob the sampler will vary."""
+    for path in KNOBS:
+        value = knob(spec, path)
+        if is_searched(value):
+            yield path, value
+
+
+def sample(spec: StudySpec, trial: optuna.Trial, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """Turn a trial (real, enqueued or ``FixedTrial``) into a concrete config.
+
+    ``overrides`` (a baseline's params) replace knobs that are fixed in the spec; searched knobs
+    of a baseline arrive through ``enqueue_trial`` so the sampler learns from them.
+    """
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for path in KNOBS:
+        spec_value = knob(spec, path)
+        if path in overrides and not is_searched(spec_value):
+            values[path] = overrides[path]
+        else:
+            values[path] = suggest(trial, path, spec_value)
+    return build_config(spec, values)
+
+
+def build_config(spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
+    """Assemble a TrialConfig from the spec and one value per knob path."""
+    training = _train_config(spec.training, values)
+    schedule = spec.adalora.schedule
+    adalora = AdaLoraKnobs(
+        target_modules=list(values["adalora.target_modules"]),
+        init_r=values["adalora.init_r"],
+        target_r=values["adalora.target_r"],
+        lora_alpha=values["adalora.lora_alpha"],
+        lora_dropout=values["adalora.lora_dropout"],
+        schedule_unit=schedule.unit,
+        t_init=values["adalora.schedule.t_init"],
+        t_final=values["adalora.schedule.t_final"],
+        delta_t=values["adalora.schedule.delta_t"],
+        beta1=values["adalora.beta1"],
+        beta2=values["adalora.beta2"],
+        orth_reg_weight=values["adalora.orth_reg_weight"],
+    )
+    return TrialConfig(model=spec.model, data=spec.data, training=training, adalora=adalora)
+
+
+def _train_config(training: TrainingSpec, values: dict[str, Any]) -> TrainConfig:
+    fields = training.model_dump(exclude={"learning_rate", "weight_decay"})
+    return TrainConfig(**fields, learning_rate=values["training.learning_rate"],
+                       weight_decay=values["training.weight_decay"])
+
+
+def enqueue_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """A baseline's values for the searched knobs, encoded as Optuna stores them."""
+    return {path: encode_choice(params[path]) for path, _ in searched_knobs(spec) if path in params}
+
+
+def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
+    """The grid of a ``grid`` sampler: every searched knob must be a list of choices."""
+    grid: dict[str, list[Any]] = {}
+    for path, dist in searched_knobs(spec):
+        assert isinstance(dist, Choices), "rules.check refuses ranges with the grid sampler"
+        grid[path] = [encode_choice(c) for c in dist.choices]
+    return grid
+
+
+def knob_type(dist: Any) -> type:
+    """The Python type a knob's values take (used to check baseline values)."""
+    if isinstance(dist, FloatRange):
+        return float
+    if isinstance(dist, IntRange):
+        return int
+    if isinstance(dist, Choices):
+        return type(dist.choices[0])
+    return type(dist)

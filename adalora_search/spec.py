@@ -1,0 +1,199 @@
+"""The study file as nested, frozen Pydantic models; every default lives here and only here.
+
+Each stage takes only its own sub-spec: data.py a ``DataSpec``, the engine a ``TrialConfig``
+(space.py), the runner the ``StudySection``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from adalora_search.distributions import TunableFloat, TunableInt, TunableModules
+from adalora_search.samplers import PrunerSpec, SamplerSpec
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- study
+class Objective(Frozen):
+    """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
+
+    metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params"]
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Reference(Frozen):
+    """A non-AdaLoRA run beside the search, trained with the best trial's settings unless overridden.
+
+    ``lora``: uniform rank over the best trial's target modules, at its final rank budget;
+    ``full``: every weight trainable (usually wants a lower learning rate).
+    """
+
+    kind: Literal["lora", "full"]
+    learning_rate: float | None = Field(default=None, gt=0)
+    epochs: float | None = Field(default=None, gt=0)
+
+
+class StudySection(Frozen):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    storage: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file beside the study file")
+    objective: Objective | list[Objective] = Objective(metric="accuracy")
+    n_trials: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0, description="seconds")
+    sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec.default())
+    pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec.default())
+    prune_warmup: Literal["after_t_init", "none"] = Field(
+        default="after_t_init", description="no trial pruning before AdaLoRA's first rank allocation"
+    )
+    heartbeat_interval: int = Field(default=30, ge=1, description="seconds between worker heartbeats")
+    max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
+    keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
+    artifacts_dir: str | None = Field(default=None, description="default: <study file dir>/<name>_artifacts")
+    references: list["Reference"] = Field(
+        default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
+    )
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
+
+
+# ---------------------------------------------------------------- model
+class ModelSpec(Frozen):
+    name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
+    task: Literal["classification", "regression"] = "classification"
+    init: Literal["pretrained", "random"] = Field(
+        default="pretrained", description="random: build from the (overridden) config, for tests and smoke runs"
+    )
+    config_overrides: dict[str, Union[int, float, str, bool]] = Field(default_factory=dict)
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(default="auto", description="auto: bf16 autocast on CUDA")
+    trust_remote_code: bool = False
+
+
+# ---------------------------------------------------------------- data
+class PackagedSource(Frozen):
+    type: Literal["packaged"] = "packaged"
+    name: str
+
+
+class HubSource(Frozen):
+    type: Literal["hub"] = "hub"
+    path: str
+    name: str | None = None
+    revision: str | None = None
+
+
+class FilesSource(Frozen):
+    type: Literal["files"] = "files"
+    format: Literal["csv", "json", "jsonl", "parquet"]
+    paths: dict[Literal["train", "validation", "test"], str] = Field(min_length=1)
+
+
+Source = Annotated[Union[PackagedSource, HubSource, FilesSource], Field(discriminator="type")]
+
+
+class SplitSpec(Frozen):
+    """Carve validation/test out of the train split (stratified for classification)."""
+
+    validation: float = Field(default=0.1, gt=0, lt=1)
+    test: float = Field(default=0.0, ge=0, lt=1)
+    seed: int = 0
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _fits(self) -> "SplitSpec":
+        if self.validation + self.test >= 1:
+            raise ValueError(f"validation + test must be < 1, but got {self.validation + self.test}")
+        return self
+
+
+class DataSpec(Frozen):
+    source: Source
+    text_fields: list[str] = Field(min_length=1, max_length=2, description="one field, or two for sentence pairs")
+    label_field: str = "label"
+    split: SplitSpec | None = Field(default=None, description="omit when the source has a validation split")
+    deduplicate: bool = True
+    max_length: int = Field(default=128, ge=8, le=8192)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: Any) -> Any:
+        return {"type": "packaged", "name": value} if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------- training
+class TrainingSpec(Frozen):
+    epochs: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; wins over epochs")
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    learning_rate: TunableFloat = 1e-3
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: TunableFloat = 0.0
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    eval_every: int = Field(default=50, ge=1, description="optimizer steps between validation passes")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per worker")
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainingSpec":
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set training.epochs or training.max_steps")
+        return self
+
+
+# ---------------------------------------------------------------- adalora
+class ScheduleSpec(Frozen):
+    """AdaLoRA's budget schedule: hold for t_init, cut every delta_t steps, freeze for t_final."""
+
+    unit: Literal["fraction", "steps"] = Field(default="fraction", description="unit of t_init and t_final")
+    t_init: TunableFloat = 0.1
+    t_final: TunableFloat = 0.2
+    delta_t: TunableInt = 10
+
+
+class AdaLoraSpec(Frozen):
+    target_modules: TunableModules = Field(default_factory=lambda: ["query", "value"])
+    init_r: TunableInt = 12
+    target_r: TunableInt = 8
+    lora_alpha: TunableFloat = 32.0
+    lora_dropout: TunableFloat = 0.0
+    schedule: ScheduleSpec = ScheduleSpec()
+    beta1: TunableFloat = 0.85
+    beta2: TunableFloat = 0.85
+    orth_reg_weight: TunableFloat = 0.5
+
+
+# ---------------------------------------------------------------- baselines
+class Baseline(Frozen):
+    """A named fixed configuration, enqueued before the sampler's first trial."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Union[float, int, str, list[str]]] = Field(
+        default_factory=dict, description="knob path (e.g. adalora.init_r) -> value"
+    )
+
+
+class StudySpec(Frozen):
+    """The whole study file."""
+
+    study: StudySection
+    model: ModelSpec
+    data: DataSpec
+    training: TrainingSpec
+    adalora: AdaLoraSpec = AdaLoraSpec()
+    baselines: list[Baseline] = Field(default_factory=list)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value

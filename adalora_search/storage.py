@@ -1,0 +1,128 @@
+"""Study storage: URL defaults, password masking, heartbeats, and a claim lock for exact n_trials.
+
+SQLite (a file beside the study file) is the embedded default; PostgreSQL is the backend for
+many workers and machines. Workers claim a trial under a lock (a PostgreSQL advisory lock, or a
+file lock for SQLite) so that the study ends with exactly ``n_trials`` finished trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+
+from adalora_search.errors import UserError
+
+
+def default_url(study_file: str | Path, name: str) -> str:
+    """``sqlite:///<study file dir>/<name>.db`` (absolute, so any working directory works)."""
+    return f"sqlite:///{Path(study_file).resolve().parent / f'{name}.db'}"
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print or store."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "<unparseable storage URL>"
+
+
+def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> RDBStorage:
+    """An RDBStorage with heartbeats; a killed worker's trial is failed and re-queued."""
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"study.storage = {mask(url)!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db "
+                        "or postgresql://user@host/db") from None
+    engine_kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not Path(database).parent.exists():
+            raise UserError(f"study.storage = {mask(url)!r}: directory {Path(database).parent} does not exist; "
+                            "create it or change the URL")
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": _connect_timeout(parsed.get_backend_name())}
+    try:
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=heartbeat_interval * 2,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200].replace(parsed.password or "\0", "***")
+        raise UserError(f"study.storage = {mask(url)!r}: cannot open the storage ({type(exc).__name__}: "
+                        f"{reason}); check that the server runs and the URL is right") from None
+
+
+def _connect_timeout(backend: str) -> dict:
+    return {"connect_timeout": 10} if backend in ("postgresql", "mysql") else {}
+
+
+@contextlib.contextmanager
+def claim_lock(url: str) -> Iterator[None]:
+    """Serialise 'count the trials, then ask for one' across workers sharing this storage."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        with open(f"{parsed.database}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        engine = _lock_engine(url)
+        key = zlib.crc32(b"adalora-search-claim")
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    else:  # other backends: best effort (n_trials may be exceeded by concurrently claimed trials)
+        yield
+
+
+_ENGINES: dict[str, sqlalchemy.Engine] = {}
+
+
+def _lock_engine(url: str) -> sqlalchemy.Engine:
+    if url not in _ENGINES:
+        _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    return _ENGINES[url]
+
+
+class Heartbeat:
+    """Record a trial's heartbeat every ``interval`` seconds while it runs (what optimize() does)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: int):
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        if isinstance(self._storage, RDBStorage):
+            self._storage.record_heartbeat(self._trial_id)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except sqlalchemy.exc.SQLAlchemyError:
+                pass  # a missed beat is retried at the next interval

@@ -13,6 +13,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.adalora import SVDLinear
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from adalora_search.assets import resolve_model
 from adalora_search.errors import UserError
@@ -20,6 +21,8 @@ from adalora_search.space import AdaLoraKnobs, TrialConfig
 from adalora_search.spec import ModelSpec
 
 ADAPTER = "default"
+hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
+hf_logging.disable_progress_bar()
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
@@ -88,14 +91,9 @@ def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraK
     return LoraConfig(
         task_type=TaskType.SEQ_CLS, target_modules=sorted(kept), r=default_r,
         lora_alpha=alphas.get(next(iter(kept), ""), knobs.lora_alpha), lora_dropout=knobs.lora_dropout,
-        rank_pattern={_anchor(n): r for n, r in kept.items()},
-        alpha_pattern={_anchor(n): alphas[n] for n in kept},
+        # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
+        rank_pattern=dict(kept), alpha_pattern={n: alphas[n] for n in kept},
     )
-
-
-def _anchor(name: str) -> str:
-    """A rank/alpha_pattern key that matches exactly one module (PEFT matches keys as suffix regexes)."""
-    return "^" + name.replace(".", r"\.") + "$"
 
 
 def adapted_modules(model: torch.nn.Module) -> dict[str, SVDLinear]:

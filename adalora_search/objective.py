@@ -47,6 +47,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         cfg = self.config_for(trial)
+        trial.set_user_attr("config", cfg.model_dump(mode="json"))  # export/retrain rebuild from this
         run: TrialRun | None = None
         started = time.perf_counter()
         try:

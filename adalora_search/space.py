@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Literal
 
 import optuna
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from adalora_search.distributions import Choices, FloatRange, IntRange, encode_choice, is_searched, suggest
 from adalora_search.spec import DataSpec, Frozen, ModelSpec, StudySpec, TrainingSpec
@@ -65,6 +65,12 @@ class AdaLoraKnobs(Frozen):
     beta1: float = Field(gt=0, lt=1)
     beta2: float = Field(gt=0, lt=1)
     orth_reg_weight: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ranks(self) -> "AdaLoraKnobs":
+        if self.target_r >= self.init_r:  # PEFT's allocator would crash in kthvalue
+            raise ValueError(f"target_r must be < init_r, but got target_r={self.target_r}, init_r={self.init_r}")
+        return self
 
 
 class LoraKnobs(Frozen):

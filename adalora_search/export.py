@@ -1,0 +1,108 @@
+"""``adalora-search export``: a trial's final rank allocation as configs PEFT can train with.
+
+Fixed-rank LoRA reproducing AdaLoRA's scaling: AdaLoRA scales each triplet by
+``lora_alpha / init_r`` (PEFT's SVDLinear divides by ``ranknum`` = init_r, which rank pruning
+never changes); LoRA scales by ``alpha / r``. So module m with final rank r_m gets
+``alpha_pattern[m] = lora_alpha * r_m / init_r`` and the per-direction scale is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from adalora_search import modeling
+from adalora_search.errors import UserError
+from adalora_search.runner import best_trial
+from adalora_search.space import TrialConfig
+
+
+def lora_patterns(ranks: dict[str, int], lora_alpha: float, init_r: int) -> tuple[dict[str, int], dict[str, float]]:
+    """rank_pattern and alpha_pattern of the equivalent fixed-rank LoRA (rank-0 modules left out)."""
+    kept = {name: r for name, r in sorted(ranks.items()) if r > 0}
+    return kept, {name: lora_alpha * r / init_r for name, r in kept.items()}
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+    if number is None:
+        trial = best_trial(study)
+        if trial is None:
+            raise UserError(f"study {study.study_name!r} has no completed trial to export yet")
+    else:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not found:
+            raise UserError(f"--trial = {number}: no such trial in study {study.study_name!r}")
+        trial = found[0]
+    if not trial.user_attrs.get("rank_allocation") or "config" not in trial.user_attrs:
+        raise UserError(f"--trial = {trial.number}: the trial ({trial.state.name}) stored no rank allocation "
+                        "and config; pick another trial with --trial")
+    return trial
+
+
+def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    cfg = trial.user_attrs["config"]
+    a = cfg["adalora"]
+    return {
+        "study": study.study_name, "trial": trial.number, "state": trial.state.name,
+        "baseline": trial.user_attrs.get("baseline"), "values": trial.values,
+        "metrics": trial.user_attrs.get("metrics"), "model": cfg["model"]["name_or_path"],
+        "target_modules": a["target_modules"], "init_r": a["init_r"], "target_r": a["target_r"],
+        "lora_alpha": a["lora_alpha"], "rank_allocation": trial.user_attrs["rank_allocation"],
+        "trainable_params": trial.user_attrs.get("trainable_params"),
+        "total_steps": trial.user_attrs.get("total_steps"), "params": trial.params, "config": cfg,
+    }
+
+
+def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False) -> Path:
+    """Write rank_config.yaml/.json, lora/, adalora/ (and adapter/ when kept), atomically."""
+    trial = pick_trial(study, number)
+    if out.exists() and not force:
+        raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
+    except OSError as exc:
+        raise UserError(f"--out = {str(out)!r}: cannot write there ({exc.strerror}); choose a writable directory") from None
+    try:
+        _write(study, trial, tmp)
+        _swap(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> None:
+    data = rank_config(study, trial)
+    (tmp / "rank_config.json").write_text(json.dumps(data, indent=2))
+    (tmp / "rank_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    cfg = TrialConfig.model_validate(data["config"])
+    ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
+    modeling.lora_config(ranks, alphas, cfg.adalora).save_pretrained(str(tmp / "lora"))
+    modeling.adalora_config(cfg.adalora, data["total_steps"]).save_pretrained(str(tmp / "adalora"))
+    kept = trial.user_attrs.get("adapter_dir")
+    if kept and Path(kept).exists():
+        shutil.copytree(kept, tmp / "adapter")
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` so a reader sees the old export or the new one, never half of one."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

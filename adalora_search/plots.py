@@ -1,0 +1,129 @@
+"""PNG figures of a study (matplotlib, Agg backend): where the rank budget went, and how the search went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "{:.0f}", label: str = "rank") -> Path:
+    """Layers (rows) x module types (columns), as the AdaLoRA paper's figure of allocated ranks."""
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(table.columns), 3) + 2, 0.5 * max(len(table), 3) + 1.5))
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, cmap="YlGn", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(table.index)), ["pooler" if i == -1 else f"layer {i}" for i in table.index])
+    for (r, c), v in np.ndenumerate(values):
+        if not np.isnan(v):
+            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if v > np.nanmax(values) * 0.6 else "black")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def budget_curves(trials: list[optuna.trial.FrozenTrial], path: Path) -> Path:
+    """Total rank over optimizer steps: hold (t_init), cubic cuts, frozen final phase."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in trials:
+        curve = np.array(t.user_attrs.get("budget_curve") or [[0, 0]])
+        ax.step(curve[:, 0], curve[:, 1], where="post", label=f"trial {t.number} ({t.values[0]:.3f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("total rank (budget)")
+    ax.set_title("AdaLoRA budget schedule of the top trials")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def metric_vs_params(trials: pd.DataFrame, metric: str, maximize: bool, path: Path) -> Path:
+    """Validation metric against final trainable parameters, with the Pareto front."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    done = trials[(trials["state"] == "COMPLETE") & trials[f"final_{metric}"].notna()]
+    ax.scatter(done["params_final"], done[f"final_{metric}"], c="tab:blue", label="trials")
+    base = done[done["baseline"] != ""]
+    ax.scatter(base["params_final"], base[f"final_{metric}"], c="tab:red", marker="s", label="baselines")
+    front = _pareto(done[["params_final", f"final_{metric}"]].to_numpy(dtype=float), maximize)
+    if len(front):
+        ax.plot(front[:, 0], front[:, 1], "k--", label="Pareto front")
+    ax.set_xlabel("trainable parameters after rank pruning")
+    ax.set_ylabel(f"validation {metric}")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _pareto(points: np.ndarray, maximize: bool) -> np.ndarray:
+    """Points no other point beats on both fewer parameters and a better metric."""
+    if not len(points):
+        return points
+    sign = 1 if maximize else -1
+    order = points[np.argsort(points[:, 0])]
+    front, best = [], -np.inf
+    for params, value in order:
+        if sign * value > best:
+            front.append((params, value))
+            best = sign * value
+    return np.array(front)
+
+
+def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
+    """Validation metric over steps per trial; an x marks where the trial pruner stopped a trial."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        steps, values = zip(*sorted(t.intermediate_values.items()))
+        pruned = t.state == optuna.trial.TrialState.PRUNED
+        ax.plot(steps, values, color="tab:gray" if pruned else "tab:blue", alpha=0.7, lw=1)
+        if pruned:
+            ax.plot(steps[-1], values[-1], "rx")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("Intermediate values (grey + red x: trial pruned)")
+    return _save(fig, path)
+
+
+def history(study: optuna.Study, metric: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if done:
+        numbers = [t.number for t in done]
+        values = [t.values[0] for t in done]
+        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        running = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
+        ax.scatter(numbers, values, label="completed trial")
+        ax.step(numbers, running, where="post", color="tab:red", label="best so far")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"objective ({metric})")
+    ax.set_title("Optimisation history")
+    return _save(fig, path)
+
+
+def importances(study: optuna.Study, path: Path) -> Path | None:
+    """Parameter importances (Optuna's default evaluator); None when too few trials to judge."""
+    try:
+        scores = optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None
+    if not scores:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(scores) + 1.5))
+    names = list(scores)[::-1]
+    ax.barh(names, [scores[n] for n in names], color="tab:green")
+    ax.set_xlabel("importance for the objective")
+    ax.set_title("Which knobs mattered")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,128 @@
+"""Stored study -> pandas tables (pure functions: the same storage always gives the same tables)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+# (pattern on the module name, type label), first match wins; ordered as in a transformer block
+MODULE_TYPES: tuple[tuple[str, str], ...] = (
+    (r"(^|\.)(query|q_proj|q)$", "query"),
+    (r"(^|\.)(key|k_proj|k)$", "key"),
+    (r"(^|\.)(value|v_proj|v)$", "value"),
+    (r"attention\.output\.dense$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
+    (r"intermediate\.dense$|(^|\.)(fc1|up_proj|gate_proj|wi)$", "ffn_in"),
+    (r"(^|\.)output\.dense$|(^|\.)(fc2|down_proj|wo)$", "ffn_out"),
+    (r"pooler\.dense$", "pooler"),
+)
+TYPE_ORDER = [label for _, label in MODULE_TYPES]
+
+
+def module_type(name: str) -> str:
+    for pattern, label in MODULE_TYPES:
+        if re.search(pattern, name):
+            return label
+    return ".".join(name.split(".")[-2:])
+
+
+def layer_index(name: str) -> int:
+    """Transformer block index parsed from the name; -1 for modules outside the blocks (pooler)."""
+    match = re.search(r"(?:layer|layers|h|block|blocks)\.(\d+)\.", name)
+    return int(match.group(1)) if match else -1
+
+
+def metric_name(study: optuna.Study) -> str:
+    objectives = study.user_attrs.get("objectives") or [{"metric": "accuracy"}]
+    metric = objectives[0]["metric"]
+    return "accuracy" if metric == "trainable_params" else metric
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, params, metrics, budget, steps, time, failure."""
+    rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
+def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    a = t.user_attrs
+    metrics = a.get("metrics", {}) or {}
+    ranks = a.get("rank_allocation", {}) or {}
+    curve = a.get("budget_curve") or [[0, None]]
+    params = a.get("trainable_params", {}) or {}
+    row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "baseline": a.get("baseline", "")}
+    row.update({f"param:{k}": v for k, v in t.params.items()})
+    for which in ("final", "best", "test"):
+        for key, value in (metrics.get(which) or {}).items():
+            if key not in ("step", "train_loss"):
+                row[f"{which}_{key}"] = value
+    row.update({
+        "value": t.values[0] if t.values else None,
+        "budget_initial": curve[0][1], "budget_final": sum(ranks.values()) if ranks else None,
+        "params_initial": params.get("initial"), "params_final": params.get("final"),
+        "params_share_final": (params.get("final") or 0) / params["model_total"] if params.get("model_total") else None,
+        "steps": (a.get("timing") or {}).get("steps"), "total_steps": a.get("total_steps"),
+        "wall_s": (a.get("timing") or {}).get("wall_s"),
+        "failure": (a.get("failure") or {}).get("message", ""),
+    })
+    return row
+
+
+def allocations_table(study: optuna.Study) -> pd.DataFrame:
+    """Long table: trial x adapted module -> final rank, with layer index and module type."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        ranks = t.user_attrs.get("rank_allocation") or {}
+        total = sum(ranks.values()) or 1
+        for name, rank in ranks.items():
+            rows.append({"trial": t.number, "state": t.state.name, "module": name, "layer": layer_index(name),
+                         "module_type": module_type(name), "rank": rank, "rank_share": rank / total})
+    return pd.DataFrame(rows, columns=["trial", "state", "module", "layer", "module_type", "rank", "rank_share"])
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials with an allocation, best first (by the first objective)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and t.user_attrs.get("rank_allocation")]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.values[0], reverse=maximize)
+
+
+def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> pd.DataFrame:
+    """Layer x module type, averaged over ``trials`` (rank, or rank_share to compare budgets)."""
+    subset = allocations[allocations["trial"].isin(trials)]
+    if subset.empty:
+        return pd.DataFrame()
+    table = subset.pivot_table(index="layer", columns="module_type", values=value, aggfunc="sum")
+    table = table / len(trials)
+    ordered = [c for c in TYPE_ORDER if c in table.columns] + [c for c in table.columns if c not in TYPE_ORDER]
+    return table[ordered].sort_index()
+
+
+def references_table(study: optuna.Study) -> pd.DataFrame:
+    metric = metric_name(study)
+    rows = []
+    for kind, ref in (study.user_attrs.get("references") or {}).items():
+        metrics = ref.get("metrics") or {}
+        params = ref.get("trainable_params") or {}
+        rows.append({"reference": kind, "of_trial": ref.get("of_trial"),
+                     f"final_{metric}": (metrics.get("final") or {}).get(metric),
+                     f"test_{metric}": (metrics.get("test") or {}).get(metric),
+                     "params_final": params.get("final"), "failure": ref.get("failure", "")})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A GitHub Markdown table (no extra dependency)."""
+    if df.empty:
+        return "_(empty)_\n"
+    frame = df.reset_index() if df.index.name else df
+    cells = [[floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+             for row in frame.itertuples(index=False)]
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"

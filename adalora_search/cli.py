@@ -155,7 +155,11 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
+        text = str(exc)
+        study_file = next((a for a in sys.argv[1:] if a.endswith((".yaml", ".yml"))), None)
+        if study_file and study_file not in text:
+            text = f"{study_file}: {text}"
+        click.echo(f"error: {text}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -117,7 +117,7 @@ def _tokenize(ds: datasets.Dataset, spec: DataSpec, tokenizer: Any, label_names:
     encoded = tokenizer(*texts, truncation=True, max_length=spec.max_length)
     if all(len(ids) <= 2 for ids in encoded["input_ids"]):
         raise UserError(f"data.text_fields = {spec.text_fields}: every text of the {split} split is empty "
-                        "after tokenization; point text_fields at a column that holds text")
+                        "(nothing left after tokenization); point text_fields at a column that holds text")
     columns: dict[str, Any] = {"input_ids": encoded["input_ids"]}
     if len(spec.text_fields) == 2 and "token_type_ids" in encoded:
         columns["token_type_ids"] = encoded["token_type_ids"]
@@ -138,7 +138,7 @@ def load_splits(spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]
     """The raw train/validation(/test) splits with columns ``text_fields`` and ``label``."""
     source = _load_source(spec)
     _check_columns(spec, source)
-    source = {k: _select(v, spec, regression) for k, v in source.items() if k in SPLITS}
+    source = {k: _select(v, spec, regression, k) for k, v in source.items() if k in SPLITS}
     if spec.deduplicate:
         source = {k: _dedupe(v, spec) for k, v in source.items()}
     if spec.split is not None:
@@ -183,8 +183,11 @@ def _check_columns(spec: DataSpec, source: dict[str, datasets.Dataset]) -> None:
                                 f"its columns are {ds.column_names}")
 
 
-def _select(ds: datasets.Dataset, spec: DataSpec, regression: bool) -> datasets.Dataset:
+def _select(ds: datasets.Dataset, spec: DataSpec, regression: bool, split: str) -> datasets.Dataset:
     columns = {f: [("" if t is None else str(t)) for t in ds[f]] for f in spec.text_fields}
+    if not any(text.strip() for texts in columns.values() for text in texts):
+        raise UserError(f"data.text_fields = {spec.text_fields}: every text of the {split} split is empty "
+                        "(nothing left to tokenize); point text_fields at a column that holds text")
     labels = list(ds[spec.label_field])
     if regression:
         try:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from adalora_search import rules
 from adalora_search.errors import Problem, UserError
-from adalora_search.spec import StudySpec
+from adalora_search.spec import FilesSource, StudySpec
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -22,7 +22,17 @@ def load_spec(path: str | Path) -> StudySpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read study file {path}: {exc}; check the path") from None
-    return parse_spec(text, str(path))
+    return _resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
+
+
+def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
+    """Relative data file paths are relative to the study file, not to the working directory."""
+    source = spec.data.source
+    if not isinstance(source, FilesSource):
+        return spec
+    paths = {k: v if Path(v).is_absolute() else str(base / v) for k, v in source.paths.items()}
+    data = spec.data.model_copy(update={"source": source.model_copy(update={"paths": paths})})
+    return spec.model_copy(update={"data": data})
 
 
 def parse_spec(text: str, source: str = "<string>") -> StudySpec:

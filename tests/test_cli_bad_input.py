@@ -1,0 +1,73 @@
+"""The malformed-study corpus: every file ends in exit code 2, a precise message, no traceback,
+and no storage created. Each file's first line says what the message must contain."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adalora_search import cli
+
+CORPUS = Path(__file__).parent / "bad_studies"
+FILES = sorted(CORPUS.glob("*.yaml"))
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: ...'"
+    return first.removeprefix("# expect: ")
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out + captured.err
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(FILES) >= 40
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_bad_study_exits_2_with_message(path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    shutil.copytree(CORPUS, tmp_path / "corpus")
+    study = tmp_path / "corpus" / path.name
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, output = run_cli(["run", str(study)], monkeypatch, capsys)
+    assert code == 2
+    assert _expected(path) in output
+    assert str(study) in output  # names the file
+    assert "Traceback" not in output
+    assert "s3cret" not in output  # a password in a storage URL is never printed
+    assert not list((tmp_path / "corpus").glob("*.db")), "no storage may be created for a bad study"
+
+
+def test_python_tag_is_not_executed(tmp_path: Path, monkeypatch, capsys) -> None:
+    marker = tmp_path / "pwned"
+    study = tmp_path / "evil.yaml"
+    study.write_text(f"study: !!python/object/apply:os.system ['touch {marker}']\n")
+    code, output = run_cli(["validate", str(study)], monkeypatch, capsys)
+    assert code == 2 and not marker.exists()
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    study = tmp_path / "bad.yaml"
+    study.write_text((CORPUS / "target_r_ge_init_r.yaml").read_text())
+    proc = subprocess.run([sys.executable, "-m", "adalora_search", "validate", str(study)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "target_r must be < init_r" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_errors_carry_yaml_line_numbers(tmp_path: Path, monkeypatch, capsys) -> None:
+    study = tmp_path / "s.yaml"
+    shutil.copy(CORPUS / "unknown_schedule_key.yaml", study)
+    line = next(i for i, text in enumerate(study.read_text().splitlines(), 1) if "deltaT" in text)
+    code, output = run_cli(["validate", "--no-data", str(study)], monkeypatch, capsys)
+    assert code == 2 and f"{study}:{line}:" in output

@@ -72,7 +72,9 @@ def _gains(trials: pd.DataFrame, best, metric: str) -> list[str]:
     out = [f"Best trial {best.number}: {label} {metric} {best_value:.4f}, "
            f"{100 * (trials.loc[best.number, 'params_share_final'] or 0):.2f}% of the parameters trainable."]
     for number, row in trials[(trials["baseline"] != "") & (trials["state"] == "COMPLETE")].iterrows():
-        if pd.notna(row.get(col)):
+        if number == best.number:
+            out.append(f"The best trial is baseline '{row['baseline']}': the search found nothing better yet.")
+        elif pd.notna(row.get(col)):
             out.append(f"Gain over baseline '{row['baseline']}' (trial {number}): "
                        f"{100 * (best_value - row[col]):+.2f} pt {label} {metric} ({row[col]:.4f}).")
     return out

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def _claim(study: optuna.Study, url: str, budget: Budget, deadline: float | None
         taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
         if budget.n_trials is not None and taken >= budget.n_trials:
             return None
-        return study.ask()
+        with warnings.catch_warnings():  # we run the heartbeat ourselves (storage.Heartbeat)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            return study.ask()
 
 
 def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=print) -> int:

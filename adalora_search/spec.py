@@ -121,7 +121,7 @@ class DataSpec(Frozen):
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)
 
-    @field_validator("source", mode="before")
+    @field_validator("source", mode="before", json_schema_input_type=Union[str, Source])
     @classmethod
     def _name_shorthand(cls, value: Any) -> Any:
         return {"type": "packaged", "name": value} if isinstance(value, str) else value
@@ -193,7 +193,7 @@ class StudySpec(Frozen):
     adalora: AdaLoraSpec = AdaLoraSpec()
     baselines: list[Baseline] = Field(default_factory=list)
 
-    @field_validator("model", mode="before")
+    @field_validator("model", mode="before", json_schema_input_type=Union[str, ModelSpec])
     @classmethod
     def _model_shorthand(cls, value: Any) -> Any:
         return {"name_or_path": value} if isinstance(value, str) else value

@@ -110,7 +110,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        if isinstance(self._storage, RDBStorage):
+        if hasattr(self._storage, "record_heartbeat"):  # RDBStorage, also behind Optuna's cache wrapper
             self._storage.record_heartbeat(self._trial_id)
             self._thread.start()
         return self

@@ -1,0 +1,132 @@
+"""Report files from a stored study; exported PEFT configs reproduce the allocation exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from adalora_search import metrics as metrics_mod
+from adalora_search.data import batches
+from adalora_search.errors import UserError
+from adalora_search.export import export_trial
+from adalora_search.modeling import build_base
+from adalora_search.report import write_report
+from adalora_search.runner import prepare_data
+from adalora_search.session import run_session
+from adalora_search.loader import load_spec
+from conftest import study_dict, write_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[optuna.Study, Path]:
+    tmp = tmp_path_factory.mktemp("study")
+    data = study_dict(study={"n_trials": 3, "keep_top_k_adapters": 1, "sampler": {"type": "random", "seed": 1}},
+                      training={"learning_rate": {"low": 1e-3, "high": 2e-2, "log": True}},
+                      adalora={"target_modules": ["query", "key", "value", "dense"], "init_r": 6, "target_r": 2},
+                      baselines=[{"name": "defaults", "params": {"training.learning_rate": 1e-3}}])
+    path = write_study(tmp, data)
+    run_session(str(path), None, None, None, 1, [])
+    return optuna.load_study(study_name="t", storage=f"sqlite:///{tmp / 't.db'}"), path
+
+
+def test_report_writes_tables_markdown_html_and_pngs(study, tmp_path: Path) -> None:
+    page = write_report(study[0], tmp_path / "report")
+    files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"trials.csv", "allocations.csv", "allocation_best.csv", "allocation_topk_share.csv",
+            "report.md", "report.html", "heatmap_best.png", "heatmap_topk.png", "budget_curves.png",
+            "pareto.png", "history.png", "intermediate.png"} <= files
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "Best trial" in html
+    trials = pd.read_csv(tmp_path / "report" / "trials.csv")
+    assert (trials["baseline"] == "defaults").sum() == 1  # the baseline row is marked
+    alloc = pd.read_csv(tmp_path / "report" / "allocations.csv")
+    assert set(alloc["module_type"]) >= {"query", "key", "value", "attn_out", "ffn_in", "ffn_out"}
+    assert set(alloc["layer"]) >= {0, 1}
+
+
+def test_exported_lora_config_rebuilds_the_allocation_exactly(study, tmp_path: Path) -> None:
+    st, path = study
+    out = export_trial(st, tmp_path / "export")
+    rank_config = json.loads((out / "rank_config.json").read_text())
+    config = LoraConfig.from_pretrained(str(out / "lora"))
+    spec = load_spec(path)
+    base = build_base(spec.model, 5, False, 0)
+    model = get_peft_model(base, config)
+    ranks = {name.removeprefix("base_model.model."): m.r["default"]
+             for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    expected = {k: v for k, v in rank_config["rank_allocation"].items() if v > 0}
+    assert ranks == expected
+    init_r, alpha = rank_config["init_r"], rank_config["lora_alpha"]
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer):
+            assert m.scaling["default"] == pytest.approx(alpha / init_r)  # AdaLoRA's per-triplet scale
+
+
+def test_kept_adapter_loads_and_reproduces_the_recorded_metric(study, tmp_path: Path) -> None:
+    st, path = study
+    out = export_trial(st, tmp_path / "export")
+    best = st.best_trial
+    spec = load_spec(path)
+    data = prepare_data(spec)
+    base = build_base(spec.model, data.num_labels, False, spec.training.seed)
+    model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    preds, labels, loss = [], [], 0.0
+    with torch.no_grad():
+        for batch in batches(data.splits["validation"], 64, data.pad_token_id, None, False):
+            labels.append(batch.pop("labels"))
+            logits = model(**batch).logits
+            loss += float(torch.nn.functional.cross_entropy(logits, labels[-1], reduction="sum"))
+            preds.append(logits.argmax(-1))
+    scores = metrics_mod.compute(torch.cat(preds).numpy(), torch.cat(labels).numpy(), False)
+    recorded = best.user_attrs["metrics"]["final"]
+    assert scores["accuracy"] == pytest.approx(recorded["accuracy"])
+    # the loss is continuous: it only matches if every adapter weight and the head came back
+    assert loss / len(data.splits["validation"]) == pytest.approx(recorded["eval_loss"], rel=1e-5)
+
+
+def test_export_refuses_to_overwrite_and_is_replaced_with_force(study, tmp_path: Path) -> None:
+    st, _ = study
+    out = export_trial(st, tmp_path / "export")
+    marker = out / "rank_config.json"
+    before = marker.read_text()
+    with pytest.raises(UserError, match="--force"):
+        export_trial(st, out)
+    assert marker.read_text() == before
+    export_trial(st, out, number=0, force=True)
+    assert json.loads(marker.read_text())["trial"] == 0
+
+
+def test_export_to_unwritable_place_is_a_clear_error(study, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if (locked / "probe").exists() or _writable(locked):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(UserError, match="cannot write there"):
+            export_trial(study[0], locked / "export")
+    finally:
+        locked.chmod(0o700)
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        (directory / ".probe").write_text("x")
+        (directory / ".probe").unlink()
+        return True
+    except OSError:
+        return False
+
+
+def test_export_of_a_file_path_parent_is_a_clear_error(study, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="cannot write there"):
+        export_trial(study[0], blocker / "export")

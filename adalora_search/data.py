@@ -2,7 +2,8 @@
 
 Every trial and every worker of a study reads the same cached token ids; batches are padded
 per batch (dynamic padding) and grouped by length, because headlines are far shorter than
-``max_length``.
+``max_length``. ``datasets`` is imported only where data is loaded or cached, so the training
+loop (``Split``, ``batches``) runs where only torch is installed.
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import datasets
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
-from adalora_search import assets
 from adalora_search.errors import UserError
 from adalora_search.spec import DataSpec, FilesSource, HubSource, PackagedSource
 
+if TYPE_CHECKING:
+    import datasets
+
 SPLITS = ("train", "validation", "test")
+
+
+def _datasets():  # noqa: ANN202 - the module
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, regression: bool) -> Tokenize
     if not (directory / "meta.json").exists():
         _build_cache(spec, tokenizer, regression, directory)
     meta = json.loads((directory / "meta.json").read_text())
-    stored = datasets.load_from_disk(str(directory / "splits"))
+    stored = _datasets().load_from_disk(str(directory / "splits"))
     splits = {name: _to_split(stored[name]) for name in stored}
     return TokenizedData(splits, meta["label_names"], meta["pad_token_id"])
 
@@ -96,7 +104,7 @@ def _cache_key(spec: DataSpec, tokenizer: Any, regression: bool) -> str:
 def _build_cache(spec: DataSpec, tokenizer: Any, regression: bool, directory: Path) -> None:
     raw = load_splits(spec, regression)
     label_names = None if regression else sorted({str(v) for v in raw["train"]["label"]})
-    tokenized = datasets.DatasetDict({
+    tokenized = _datasets().DatasetDict({
         name: _tokenize(ds, spec, tokenizer, label_names, name) for name, ds in raw.items()
     })
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -131,12 +139,17 @@ def _tokenize(ds: datasets.Dataset, spec: DataSpec, tokenizer: Any, label_names:
                             f"that never occur in train ({label_names[:10]}); fix the data or the split")
         index = {name: i for i, name in enumerate(label_names)}
         columns["label"] = [index[str(v)] for v in labels]
-    return datasets.Dataset.from_dict(columns)
+    return _datasets().Dataset.from_dict(columns)
 
 
 def load_splits(spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]:
     """The raw train/validation(/test) splits with columns ``text_fields`` and ``label``."""
-    source = _load_source(spec)
+    loaded = _load_source(spec)
+    names = spec.splits.model_dump()
+    source = {role: loaded[name] for role, name in names.items() if name is not None and name in loaded}
+    if "train" not in source:
+        raise UserError(f"data.splits.train = {spec.splits.train!r}: the source has splits {sorted(loaded)}; "
+                        "name the training split")
     _check_columns(spec, source)
     source = {k: _select(v, spec, regression, k) for k, v in source.items() if k in SPLITS}
     if spec.deduplicate:
@@ -154,12 +167,14 @@ def load_splits(spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]
 
 
 def _load_source(spec: DataSpec) -> dict[str, datasets.Dataset]:
+    from adalora_search import assets
+
     src = spec.source
     try:
         if isinstance(src, PackagedSource):
             return dict(assets.load_packaged(src.name))
         if isinstance(src, HubSource):
-            return dict(datasets.load_dataset(src.path, src.name, revision=src.revision))
+            return dict(_datasets().load_dataset(src.path, src.name, revision=src.revision))
         return _load_files(src)
     except UserError:
         raise
@@ -172,7 +187,7 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
         if not Path(path).exists():
             raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
     builder = {"jsonl": "json"}.get(src.format, src.format)
-    return dict(datasets.load_dataset(builder, data_files=dict(src.paths)))
+    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths)))
 
 
 def _check_columns(spec: DataSpec, source: dict[str, datasets.Dataset]) -> None:
@@ -196,7 +211,7 @@ def _select(ds: datasets.Dataset, spec: DataSpec, regression: bool, split: str) 
             raise UserError(f"data.label_field = {spec.label_field!r}: model.task is regression but labels "
                             f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
     columns["label"] = labels
-    return datasets.Dataset.from_dict(columns)
+    return _datasets().Dataset.from_dict(columns)
 
 
 def _dedupe(ds: datasets.Dataset, spec: DataSpec) -> datasets.Dataset:
@@ -211,6 +226,8 @@ def _dedupe(ds: datasets.Dataset, spec: DataSpec) -> datasets.Dataset:
 
 
 def _carve(train: datasets.Dataset, spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]:
+    from sklearn.model_selection import train_test_split
+
     split = spec.split
     assert split is not None
     labels = list(train["label"])

@@ -15,6 +15,7 @@ from peft.tuners.adalora import SVDLinear
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from adalora_search import allocator
 from adalora_search.assets import resolve_model
 from adalora_search.errors import UserError
 from adalora_search.space import AdaLoraKnobs, TrialConfig
@@ -73,7 +74,9 @@ def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.
     """Apply the trial's adapter method; returns the model to train."""
     try:
         if cfg.method == "adalora":
-            return get_peft_model(base, adalora_config(cfg.adalora, total_steps))
+            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps))
+            allocator.install(model)  # same allocation as PEFT's, batched (see allocator.py)
+            return model
         if cfg.method == "lora":
             assert cfg.lora is not None
             return get_peft_model(base, lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora))

@@ -1,6 +1,7 @@
 """After the search: reference runs (uniform LoRA, full fine-tuning) and the summary of gains.
 
-References are trained once per study with the best trial's settings and stored in the study's
+References are trained once per study with the best trial's settings (a reference may name its
+own learning rates: each is trained and the best on validation kept) and stored in the study's
 user attrs under ``references``, so the report can show what adaptive allocation bought.
 """
 
@@ -13,6 +14,7 @@ import optuna
 from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
+from adalora_search.metrics import is_better
 from adalora_search.runner import best_trial
 from adalora_search.space import LoraKnobs, TrialConfig, sample
 from adalora_search.spec import Reference, StudySpec
@@ -25,15 +27,36 @@ def trial_config(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> TrialConfi
     return sample(spec, optuna.trial.FixedTrial(trial.params), overrides)
 
 
-def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int]) -> TrialConfig:
+def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
     training = cfg.training.model_copy(update={
-        k: v for k, v in (("learning_rate", ref.learning_rate), ("epochs", ref.epochs)) if v is not None})
+        k: v for k, v in (("learning_rate", lr), ("epochs", ref.epochs)) if v is not None})
     if ref.kind == "full":
         return cfg.model_copy(update={"method": "full", "training": training})
     r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
-    alpha = cfg.adalora.lora_alpha * r / cfg.adalora.init_r  # same per-triplet scale as AdaLoRA
+    alpha = cfg.adalora.lora_alpha * r / cfg.adalora.init_r  # same per-direction scale as AdaLoRA
     lora = LoraKnobs(rank_pattern={n: r for n in ranks}, alpha_pattern={n: alpha for n in ranks})
     return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
+
+
+def _train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
+    run = TrialRun(cfg, data)
+    try:
+        run.train()
+    except (TrialFailure, RuntimeError, ValueError) as exc:
+        return {"failure": f"{type(exc).__name__}: {exc}", "learning_rate": cfg.training.learning_rate}
+    test = run.evaluate("test") if "test" in data.splits else None
+    return {"metrics": {**run.result.metrics, "test": test}, "trainable_params": run.result.trainable_params,
+            "timing": run.result.timing, "learning_rate": cfg.training.learning_rate}
+
+
+def _pick(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The result with the best final validation metric (failures last)."""
+    best: dict[str, Any] | None = None
+    for result in results:
+        value = (result.get("metrics") or {}).get("final", {}).get(metric)
+        if value is not None and (best is None or is_better(metric, value, best["metrics"]["final"][metric])):
+            best = result
+    return best or results[0]
 
 
 def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
@@ -42,19 +65,22 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     if best is None or not best.user_attrs.get("rank_allocation"):
         return stored
     cfg = trial_config(spec, best)
+    metric = "accuracy" if spec.model.task == "classification" else "pearson"
     for ref in spec.study.references:
         if ref.kind in stored:
             continue
-        print(f"[reference {ref.kind}] training with the best trial's ({best.number}) settings")
-        run = TrialRun(reference_config(cfg, ref, best.user_attrs["rank_allocation"]), data)
-        try:
-            run.train()
-            test = run.evaluate("test") if "test" in data.splits else None
-            stored[ref.kind] = {"metrics": {**run.result.metrics, "test": test},
-                                "trainable_params": run.result.trainable_params,
-                                "timing": run.result.timing, "of_trial": best.number}
-        except (TrialFailure, RuntimeError, ValueError) as exc:
-            stored[ref.kind] = {"failure": f"{type(exc).__name__}: {exc}", "of_trial": best.number}
+        rates = ref.learning_rate if isinstance(ref.learning_rate, list) else [ref.learning_rate]
+        results = []
+        for lr in rates:
+            print(f"[reference {ref.kind}] training with the best trial's ({best.number}) settings, "
+                  f"learning rate {lr or cfg.training.learning_rate:g}")
+            results.append(_train_reference(reference_config(cfg, ref, best.user_attrs["rank_allocation"], lr),
+                                             data))
+        chosen = _pick(results, metric)
+        chosen.update(of_trial=best.number, tried=[
+            {"learning_rate": r["learning_rate"], "validation": (r.get("metrics") or {}).get("final", {}).get(metric),
+             "failure": r.get("failure")} for r in results])
+        stored[ref.kind] = chosen
         study.set_user_attr("references", stored)
     return stored
 
@@ -71,15 +97,15 @@ def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
         if "baseline" in t.user_attrs:
             rows.append((f"baseline {t.user_attrs['baseline']} (trial {t.number})", t.user_attrs))
     rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
-    lines = [f"{'run':40s} {'val ' + metric:>14s} {'test ' + metric:>14s} {'trainable':>12s}"]
+    lines = [f"{'run':40s} {'val ' + metric:>14s} {'test ' + metric:>14s} {'trainable':>10s}"]
     best_test = _score(best.user_attrs, "test", metric)
     for label, attrs in rows:
         val, test = _score(attrs, "final", metric), _score(attrs, "test", metric)
         share = attrs.get("trainable_params", {})
         frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
         gain = "" if label.startswith("best") or test is None or best_test is None else \
-            f"  (best gains {100 * (best_test - test):+.1f} pt)"
-        lines.append(f"{label:40s} {_fmt(val):>14s} {_fmt(test):>14s} {100 * frac:11.2f}%{gain}")
+            f"  (best trial {100 * (best_test - test):+.1f} pt)"
+        lines.append(f"{label:40s} {_fmt(val):>14s} {_fmt(test):>14s} {100 * frac:9.2f}%{gain}")
     return lines
 
 

@@ -34,8 +34,17 @@ class Reference(Frozen):
     """
 
     kind: Literal["lora", "full"]
-    learning_rate: float | None = Field(default=None, gt=0)
+    learning_rate: float | list[float] | None = Field(
+        default=None, description="one rate, or several: each is trained, the best on validation is kept")
     epochs: float | None = Field(default=None, gt=0)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        rates = value if isinstance(value, list) else [value] if value is not None else []
+        if any(r <= 0 for r in rates) or (isinstance(value, list) and not value):
+            raise ValueError(f"learning rates must be > 0 and at least one, but got {value}")
+        return value
 
 
 class StudySection(Frozen):
@@ -111,8 +120,17 @@ class SplitSpec(Frozen):
         return self
 
 
+class SplitNames(Frozen):
+    """Which of the source's splits play train/validation/test (null: not used, e.g. GLUE's unlabeled test)."""
+
+    train: str = "train"
+    validation: str | None = "validation"
+    test: str | None = "test"
+
+
 class DataSpec(Frozen):
     source: Source
+    splits: SplitNames = SplitNames()
     text_fields: list[str] = Field(min_length=1, max_length=2, description="one field, or two for sentence pairs")
     label_field: str = "label"
     split: SplitSpec | None = Field(default=None, description="omit when the source has a validation split")

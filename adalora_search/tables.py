@@ -11,9 +11,9 @@ from optuna.trial import TrialState
 
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
 MODULE_TYPES: tuple[tuple[str, str], ...] = (
-    (r"(^|\.)(query|q_proj|q)$", "query"),
-    (r"(^|\.)(key|k_proj|k)$", "key"),
-    (r"(^|\.)(value|v_proj|v)$", "value"),
+    (r"(^|\.)(query|query_proj|q_proj|q)$", "query"),
+    (r"(^|\.)(key|key_proj|k_proj|k)$", "key"),
+    (r"(^|\.)(value|value_proj|v_proj|v)$", "value"),
     (r"attention\.output\.dense$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
     (r"intermediate\.dense$|(^|\.)(fc1|up_proj|gate_proj|wi)$", "ffn_in"),
     (r"(^|\.)output\.dense$|(^|\.)(fc2|down_proj|wo)$", "ffn_out"),

@@ -164,3 +164,24 @@ def test_regression_reports_pearson_and_spearman(tmp_path, regression) -> None:
                          "split": {"validation": 0.3, "test": 0.0, "seed": 0}})
     result = run.train()
     assert {"pearson", "spearman"} <= set(result.metrics["final"])
+
+
+def test_batched_allocator_gives_exactly_peft_allocation(monkeypatch) -> None:
+    sections = dict(adalora={"target_modules": ["query", "key", "value", "dense"], "init_r": 6, "target_r": 2,
+                             "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 1}},
+                    training={"max_steps": 16})
+    batched = make_run(**sections)
+    assert type(batched.model.base_model.rankallocator).__name__ == "BatchedRankAllocator"
+    fast = batched.train()
+    from adalora_search import allocator
+    monkeypatch.setattr(allocator, "install", lambda model: None)
+    reference = make_run(**sections)
+    assert type(reference.model.base_model.rankallocator).__name__ == "RankAllocator"
+    slow = reference.train()
+    assert fast.rank_allocation == slow.rank_allocation
+    assert fast.budget_curve == slow.budget_curve
+    assert fast.metrics["final"]["eval_loss"] == slow.metrics["final"]["eval_loss"]
+    a = batched.model.base_model.rankallocator
+    b = reference.model.base_model.rankallocator
+    for name in b.exp_avg_ipt:
+        assert torch.equal(a.exp_avg_ipt[name], b.exp_avg_ipt[name])

@@ -176,3 +176,20 @@ def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url
     baselines = [t.user_attrs["baseline"] for t in trials if "baseline" in t.user_attrs]
     assert sorted(baselines) == ["a", "b"]
     assert len({t.params["training.learning_rate"] for t in trials if "baseline" in t.user_attrs}) == 2
+
+
+def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
+    from adalora_search.errors import UserError
+    from adalora_search.session import locate, status_lines
+
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    with pytest.raises(UserError, match="run the study first"):
+        locate(None, url, "t")
+    assert not (tmp_path / "t.db").exists()  # reading never creates storage
+    run_session(str(path), None, None, None, 1, [])
+    lines = status_lines(locate(None, url, "t"))
+    assert lines[0] == "study t: 1 complete"
+    assert lines[1].startswith("best trial 0")
+    with pytest.raises(UserError, match="no such study"):
+        locate(None, url, "other")

@@ -1,0 +1,76 @@
+"""A drop-in for PEFT's ``RankAllocator`` that does the same arithmetic with batched tensor ops.
+
+PEFT's allocator walks every model parameter by name on each optimizer step and updates the
+sensitivity EMAs tensor by tensor; after the final allocation it rebuilds a mask from Python
+lists on every step. Here the adapter tensors are found once and updated with ``torch._foreach``
+ops in the same order of operations, so the scores, the masks and the allocation are identical
+(a test checks this). Scoring, budgeting and masking stay PEFT's own code.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.adalora.layer import RankAllocator
+
+
+class BatchedRankAllocator(RankAllocator):
+    """Same importance scores and allocation as ``RankAllocator``, fewer kernel launches."""
+
+    def __init__(self, model: torch.nn.Module, peft_config, adapter_name: str):
+        super().__init__(model, peft_config, adapter_name)
+        self._names: list[str] = []
+        self._params: list[torch.nn.Parameter] = []
+        self._masks: dict[str, torch.Tensor] = {}
+        self._mask_source: dict | None = None
+
+    def _collect(self, model: torch.nn.Module) -> None:
+        if not self._names:
+            for n, p in model.named_parameters():
+                if "lora_" in n and self.adapter_name in n:
+                    self._names.append(n)
+                    self._params.append(p)
+
+    def update_ipt(self, model: torch.nn.Module) -> None:
+        self._collect(model)
+        if not self.ipt:
+            for n, p in zip(self._names, self._params):
+                self.ipt[n] = torch.zeros_like(p)
+                self.exp_avg_ipt[n] = torch.zeros_like(p)
+                self.exp_avg_unc[n] = torch.zeros_like(p)
+        params = [p.detach() for p in self._params]
+        grads = [p.grad for p in self._params]
+        exp_ipt = [self.exp_avg_ipt[n] for n in self._names]
+        exp_unc = [self.exp_avg_unc[n] for n in self._names]
+        with torch.no_grad():
+            ipt = torch._foreach_abs(torch._foreach_mul(params, grads))  # |p * grad|
+            # exp_ipt = beta1 * exp_ipt + (1 - beta1) * ipt, in PEFT's order of operations
+            smoothed = torch._foreach_add(torch._foreach_mul(exp_ipt, self.beta1),
+                                          torch._foreach_mul(ipt, 1 - self.beta1))
+            deviation = torch._foreach_abs(torch._foreach_sub(ipt, smoothed))
+            uncertainty = torch._foreach_add(torch._foreach_mul(exp_unc, self.beta2),
+                                             torch._foreach_mul(deviation, 1 - self.beta2))
+        for i, n in enumerate(self._names):
+            self.ipt[n], self.exp_avg_ipt[n], self.exp_avg_unc[n] = ipt[i], smoothed[i], uncertainty[i]
+
+    def mask_using_rank_pattern(self, model: torch.nn.Module, rank_pattern: dict) -> None:
+        """The final-phase mask, built once as device tensors instead of from lists every step."""
+        if rank_pattern is not self._mask_source:
+            self._masks = {}
+            self._mask_source = rank_pattern
+            truncated = self.adapter_name not in next(iter(rank_pattern.keys()))
+            for n, p in model.named_parameters():
+                if f"lora_E.{self.adapter_name}" in n:
+                    key = n.replace(f".{self.adapter_name}", "") if truncated else n
+                    keep = torch.tensor(rank_pattern[key], dtype=torch.bool, device=p.device).unsqueeze(-1)
+                    self._masks[n] = ~keep
+            self._lora_e = [(p, self._masks[n]) for n, p in model.named_parameters() if n in self._masks]
+        with torch.no_grad():
+            for p, drop in self._lora_e:
+                p.masked_fill_(drop, 0.0)
+
+
+def install(peft_model: torch.nn.Module) -> None:
+    """Swap PEFT's allocator of an AdaLoRA model for the batched one (same config, same adapter)."""
+    tuner = peft_model.base_model
+    old = tuner.rankallocator
+    tuner.rankallocator = BatchedRankAllocator(tuner.model, old.peft_config, old.adapter_name)

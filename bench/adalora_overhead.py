@@ -1,0 +1,118 @@
+"""Figure 2: what AdaLoRA's rank allocation costs per step, and how it scales with adapted modules.
+
+For each model: step time of the engine with AdaLoRA (PEFT's RankAllocator, and the batched one
+adalora-search installs), with plain LoRA at r = init_r, and forward+backward alone; plus the
+time spent inside ``update_and_allocate``.
+
+    python bench/adalora_overhead.py --steps 40 --out bench/results/adalora_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import optuna
+import torch
+import yaml
+
+from adalora_search import allocator
+from adalora_search.data import batches, load_tokenized
+from adalora_search.engine import TrialRun
+from adalora_search.loader import parse_spec
+from adalora_search.modeling import load_tokenizer
+from adalora_search.space import LoraKnobs, sample
+
+MODELS = {
+    "minilm-l6 (36 matrices)": {"name_or_path": "minilm-l6"},
+    "24-layer bert-small from config (144 matrices)": {
+        "name_or_path": "minilm-l6", "init": "random",
+        "config_overrides": {"num_hidden_layers": 24, "hidden_size": 256, "num_attention_heads": 4,
+                             "intermediate_size": 1024}},
+}
+MODULES = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+def spec_for(model: dict, steps: int):
+    return parse_spec(yaml.safe_dump({
+        "study": {"name": "bench"}, "model": model,
+        "data": {"source": "bbc-news", "text_fields": ["headline"], "split": {"validation": 0.1}, "max_length": 32},
+        "training": {"max_steps": steps, "batch_size": 32, "eval_every": 10_000, "learning_rate": 5e-3},
+        "adalora": {"target_modules": MODULES, "init_r": 12, "target_r": 4,
+                    "schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 1}}}))
+
+
+def engine_step(cfg, data, batched: bool = True) -> tuple[float, float]:
+    """Seconds per optimizer step, and seconds per step inside update_and_allocate."""
+    if not batched:
+        real_install = allocator.install
+        allocator.install = lambda model: None
+    try:
+        run = TrialRun(cfg, data)
+    finally:
+        if not batched:
+            allocator.install = real_install
+    spent = [0.0]
+    if cfg.method == "adalora":
+        real = run.model.base_model.update_and_allocate
+
+        def timed(step: int) -> None:
+            start = time.perf_counter()
+            real(step)
+            spent[0] += time.perf_counter() - start
+        run.model.base_model.update_and_allocate = timed
+    result = run.train()
+    steps = result.timing["steps"]
+    return result.timing["train_s"] / steps, spent[0] / steps
+
+
+def forward_backward(cfg, data, steps: int) -> float:
+    """The same AdaLoRA model, forward + backward only: no optimizer step, no allocation."""
+    run = TrialRun(cfg, data)
+    run.model.train()
+    it = batches(data.splits["train"], 32, data.pad_token_id, 0, False)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run.model(**next(it)).loss.backward()
+        run.model.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--out", default="bench/results/adalora_overhead.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    for label, model in MODELS.items():
+        spec = spec_for(model, args.steps)
+        data = load_tokenized(spec.data, load_tokenizer(spec.model), False)
+        cfg = sample(spec, optuna.trial.FixedTrial({}))
+        peft_step, peft_alloc = engine_step(cfg, data, batched=False)
+        fast_step, fast_alloc = engine_step(cfg, data, batched=True)
+        names = [n for n in _module_names(cfg, data)]
+        lora = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
+            rank_pattern={n: 12 for n in names}, alpha_pattern={n: cfg.adalora.lora_alpha for n in names})})
+        lora_step, _ = engine_step(lora, data)
+        fb = forward_backward(cfg, data, min(args.steps, 20))
+        rows.append({"model": label, "adalora_peft_allocator_s": peft_step, "allocate_peft_s": peft_alloc,
+                     "adalora_batched_allocator_s": fast_step, "allocate_batched_s": fast_alloc,
+                     "lora_r12_s": lora_step, "forward_backward_s": fb,
+                     "ratio_adalora_vs_lora": fast_step / lora_step,
+                     "ratio_adalora_peft_vs_lora": peft_step / lora_step})
+        print(json.dumps(rows[-1]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"command": f"python bench/adalora_overhead.py --steps {args.steps}",
+                   "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
+
+
+def _module_names(cfg, data) -> list[str]:
+    from adalora_search.modeling import adapted_modules
+    run = TrialRun(cfg, data)
+    return list(adapted_modules(run.model))
+
+
+if __name__ == "__main__":
+    main()

@@ -52,6 +52,39 @@ class BatchedRankAllocator(RankAllocator):
         for i, n in enumerate(self._names):
             self.ipt[n], self.exp_avg_ipt[n], self.exp_avg_unc[n] = ipt[i], smoothed[i], uncertainty[i]
 
+    def mask_to_budget(self, model: torch.nn.Module, budget: int) -> dict[str, list[bool]]:
+        """PEFT's triplet scores and threshold, with one device-to-host copy instead of one per module."""
+        self._collect(model)
+        scores: dict[str, torch.Tensor] = {}
+        vectors: dict[str, list[torch.Tensor]] = {}
+        for n in self._names:  # named_parameters order, as PEFT iterates
+            if f"lora_A.{self.adapter_name}" in n:
+                vectors.setdefault(n.replace("lora_A", "%s"), []).append(
+                    torch.mean(self._element_score(n), dim=1, keepdim=True))
+            elif f"lora_B.{self.adapter_name}" in n:
+                vectors.setdefault(n.replace("lora_B", "%s"), []).append(
+                    torch.mean(self._element_score(n), dim=0, keepdim=False).view(-1, 1))
+            elif f"lora_E.{self.adapter_name}" in n:
+                scores[n.replace("lora_E", "%s")] = self._element_score(n)
+        names, triplets = [], []
+        for name_m, vector in vectors.items():
+            names.append(name_m % "lora_E")
+            triplets.append(self._combine_ipt(scores[name_m], torch.cat(vector, dim=1)).view(-1))
+        flat = torch.cat(triplets)
+        threshold = torch.kthvalue(flat, k=self.init_bgt - budget)[0].item()
+        drop = flat <= threshold
+        by_name = dict(zip(names, torch.split(drop, [t.numel() for t in triplets])))
+        with torch.no_grad():
+            for n, p in zip(self._names, self._params):
+                if n in by_name:
+                    p.masked_fill_(by_name[n].view(-1, 1), 0.0)
+        keep = (~drop).tolist()  # the only synchronisation
+        pattern, start = {}, 0
+        for n, t in zip(names, triplets):
+            pattern[n] = keep[start:start + t.numel()]
+            start += t.numel()
+        return {n: pattern[n] for n in self._names if n in pattern}
+
     def mask_using_rank_pattern(self, model: torch.nn.Module, rank_pattern: dict) -> None:
         """The final-phase mask, built once as device tensors instead of from lists every step."""
         if rank_pattern is not self._mask_source:

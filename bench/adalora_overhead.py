@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import optuna
@@ -81,7 +82,8 @@ def forward_backward(cfg, data, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench/results/adalora_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -90,21 +92,26 @@ def main() -> None:
         spec = spec_for(model, args.steps)
         data = load_tokenized(spec.data, load_tokenizer(spec.model), False)
         cfg = sample(spec, optuna.trial.FixedTrial({}))
-        peft_step, peft_alloc = engine_step(cfg, data, batched=False)
-        fast_step, fast_alloc = engine_step(cfg, data, batched=True)
         names = [n for n in _module_names(cfg, data)]
         lora = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
             rank_pattern={n: 12 for n in names}, alpha_pattern={n: cfg.adalora.lora_alpha for n in names})})
-        lora_step, _ = engine_step(lora, data)
-        fb = forward_backward(cfg, data, min(args.steps, 20))
-        rows.append({"model": label, "adalora_peft_allocator_s": peft_step, "allocate_peft_s": peft_alloc,
-                     "adalora_batched_allocator_s": fast_step, "allocate_batched_s": fast_alloc,
-                     "lora_r12_s": lora_step, "forward_backward_s": fb,
-                     "ratio_adalora_vs_lora": fast_step / lora_step,
-                     "ratio_adalora_peft_vs_lora": peft_step / lora_step})
+        samples: dict[str, list[float]] = {}
+        for _ in range(args.repeats):  # interleaved rounds; medians below
+            for key, value in (("adalora_peft_allocator", engine_step(cfg, data, batched=False)),
+                               ("adalora_batched_allocator", engine_step(cfg, data, batched=True)),
+                               ("lora_r12", engine_step(lora, data)),
+                               ("forward_backward", (forward_backward(cfg, data, args.steps), 0.0))):
+                samples.setdefault(f"{key}_s", []).append(value[0])
+                samples.setdefault(f"{key}_allocate_s", []).append(value[1])
+        row = {"model": label, **{k: statistics.median(v) for k, v in samples.items()},
+               "min_max": {k: [min(v), max(v)] for k, v in samples.items()}}
+        row["ratio_adalora_vs_lora"] = row["adalora_batched_allocator_s"] / row["lora_r12_s"]
+        row["ratio_adalora_peft_vs_lora"] = row["adalora_peft_allocator_s"] / row["lora_r12_s"]
+        row["ratio_adalora_vs_forward_backward"] = row["adalora_batched_allocator_s"] / row["forward_backward_s"]
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     with open(args.out, "w") as f:
-        json.dump({"command": f"python bench/adalora_overhead.py --steps {args.steps}",
+        json.dump({"command": f"python bench/adalora_overhead.py --steps {args.steps} --repeats {args.repeats}",
                    "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=2)
 
 

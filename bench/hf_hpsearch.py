@@ -62,7 +62,7 @@ def run_hf_search(spec, seed: int, wall_budget: float) -> dict:
         return get_peft_model(base, adalora_config(cfg.adalora, steps))
 
     args = TrainingArguments(output_dir="/tmp/bench_hf", num_train_epochs=spec.training.epochs,
-                             per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_ratio=0.1,
+                             per_device_train_batch_size=32, per_device_eval_batch_size=128, warmup_steps=0.1,
                              eval_strategy="steps", eval_steps=spec.training.eval_every, save_strategy="no",
                              report_to=[], logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=sets["train"], eval_dataset=sets["validation"],

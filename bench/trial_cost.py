@@ -77,7 +77,7 @@ def trainer(spec, steps: int) -> dict:
     cfg = sample(spec, optuna.trial.FixedTrial({}))
     model = get_peft_model(base, adalora_config(cfg.adalora, steps))
     args = TrainingArguments(output_dir="/tmp/bench_trainer", max_steps=steps, per_device_train_batch_size=32,
-                             per_device_eval_batch_size=128, learning_rate=1e-2, warmup_ratio=0.1,
+                             per_device_eval_batch_size=128, learning_rate=1e-2, warmup_steps=0.1,
                              eval_strategy="steps", eval_steps=20, save_strategy="no", report_to=[],
                              logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, max_grad_norm=1.0)
     def accuracy(pred):

@@ -180,6 +180,9 @@ def test_batched_allocator_gives_exactly_peft_allocation(monkeypatch) -> None:
     slow = reference.train()
     assert fast.rank_allocation == slow.rank_allocation
     assert fast.budget_curve == slow.budget_curve
+    fast_pattern = batched.model.peft_config["default"].rank_pattern
+    slow_pattern = reference.model.peft_config["default"].rank_pattern
+    assert fast_pattern == slow_pattern and list(fast_pattern) == list(slow_pattern)
     assert fast.metrics["final"]["eval_loss"] == slow.metrics["final"]["eval_loss"]
     a = batched.model.base_model.rankallocator
     b = reference.model.base_model.rankallocator

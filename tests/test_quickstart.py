@@ -27,7 +27,9 @@ def test_quickstart_path_on_real_minilm_and_bbc_slice(tmp_path: Path, monkeypatc
     study = yaml.safe_load((REPO / "studies" / "bbc_news_minilm.yaml").read_text())
     study["study"].update(n_trials=2, references=[{"kind": "lora"}], keep_top_k_adapters=1)
     study["data"].update(max_train_samples=192, max_eval_samples=64)
-    study["training"].update(epochs=None, max_steps=12, eval_every=4, batch_size=16)
+    study["training"].update(epochs=None, max_steps=24, eval_every=8, batch_size=16)
+    study["baselines"] = study["baselines"][:1]
+    study["baselines"][0]["params"]["training.learning_rate"] = 2.0e-2  # learns within 24 steps
     study["adalora"]["schedule"] = {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 2}
     path = tmp_path / "quick.yaml"
     path.write_text(yaml.safe_dump(study))

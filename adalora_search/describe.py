@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from adalora_search import modeling
 from adalora_search.distributions import corners, describe
-from adalora_search.space import KNOBS, knob
+from adalora_search.space import KNOBS, knob, optimizer_steps
 from adalora_search.spec import StudySpec
 
 
@@ -16,7 +16,7 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train
              f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",
              "knobs:"]
     lines += [f"  {path:28s} {describe(knob(spec, path))}" for path in KNOBS]
-    steps = _steps(spec, n_train)
+    steps = total_steps(spec, n_train)
     if steps is not None:
         lines.append(f"total optimizer steps per trial: {steps}" + (f" ({n_train} training rows)" if n_train else ""))
     if linears is not None:
@@ -25,14 +25,11 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train
     return lines
 
 
-def _steps(spec: StudySpec, n_train: int | None) -> int | None:
-    t = spec.training
-    if t.max_steps is not None:
-        return t.max_steps
-    if n_train is None:
+def total_steps(spec: StudySpec, n_train: int | None) -> int | None:
+    """Optimizer steps per trial (as the engine computes them), when the training set size is known."""
+    if spec.training.max_steps is None and n_train is None:
         return None
-    per_epoch = -(-(-(-n_train // t.batch_size)) // t.gradient_accumulation)
-    return max(1, round((t.epochs or 1) * per_epoch))
+    return optimizer_steps(spec.training, n_train or 0)
 
 
 def _budget(spec: StudySpec, linears: dict[str, tuple[int, int]]) -> list[str]:

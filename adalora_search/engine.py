@@ -23,7 +23,7 @@ from adalora_search import metrics as metrics_mod
 from adalora_search import modeling
 from adalora_search.data import TokenizedData, batches
 from adalora_search.errors import TrialFailure
-from adalora_search.space import TrialConfig
+from adalora_search.space import TrialConfig, optimizer_steps
 
 OnEval = Callable[[int, dict[str, float]], None]
 
@@ -231,12 +231,7 @@ def _plain_loss(logits: torch.Tensor, target: torch.Tensor, regression: bool) ->
 
 
 def total_steps(cfg: TrialConfig, n_train: int) -> int:
-    """Optimizer steps of the run: max_steps, else epochs x ceil(batches / accumulation)."""
-    t = cfg.training
-    if t.max_steps is not None:
-        return t.max_steps
-    per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.gradient_accumulation)
-    return max(1, int(round((t.epochs or 1) * per_epoch)))
+    return optimizer_steps(cfg.training, n_train)
 
 
 def _device(choice: str) -> torch.device:

@@ -33,7 +33,11 @@ def budget_curves(trials: list[optuna.trial.FrozenTrial], path: Path) -> Path:
     """Total rank over optimizer steps: hold (t_init), cubic cuts, frozen final phase."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in trials:
-        curve = np.array(t.user_attrs.get("budget_curve") or [[0, 0]])
+        points = list(t.user_attrs.get("budget_curve") or [[0, 0]])
+        total = t.user_attrs.get("total_steps")
+        if total and points[-1][0] < total:  # the final allocation holds until the last step
+            points.append([total, points[-1][1]])
+        curve = np.array(points)
         ax.step(curve[:, 0], curve[:, 1], where="post", label=f"trial {t.number} ({t.values[0]:.3f})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("total rank (budget)")

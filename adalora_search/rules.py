@@ -44,7 +44,14 @@ def _ranks(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem
     )]
 
 
-def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem]:
+def check_total_steps(spec: StudySpec, total: int) -> list[Problem]:
+    """The schedule rule once the data fixes the number of optimizer steps (epochs-based runs)."""
+    if spec.adalora.schedule.unit != "steps":
+        return []
+    return _schedule(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora.schedule", total)
+
+
+def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int | None = None) -> list[Problem]:
     unit = spec.adalora.schedule.unit
     worst = max(c["adalora.schedule.t_init"]) + max(c["adalora.schedule.t_final"])
     if unit == "fraction":
@@ -54,10 +61,10 @@ def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Prob
                         "sample, so that a budgeting phase is left; lower the highs of t_init or t_final")]
     out = [Problem(f"{where}.{name}", v, "with unit: steps, t_init and t_final must be whole steps")
            for name in ("t_init", "t_final") for v in c[f"adalora.schedule.{name}"] if float(v) != int(v)]
-    total = spec.training.max_steps
+    total = total or spec.training.max_steps
     if total is not None and worst >= total:
-        out.append(Problem(where, worst, f"t_init + t_final must be < training.max_steps ({total}) for every "
-                           "sample, so that a budgeting phase is left; lower t_init/t_final or raise max_steps"))
+        out.append(Problem(where, worst, f"t_init + t_final must be < the run's {total} optimizer steps for every "
+                           "sample, so that a budgeting phase is left; lower t_init/t_final or train longer"))
     return out
 
 

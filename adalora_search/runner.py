@@ -71,8 +71,15 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
 
 def prepare_data(spec: StudySpec) -> TokenizedData:
     """Load and tokenize once (cached on disk for every trial and worker); data errors surface here."""
+    from adalora_search import rules
+    from adalora_search.describe import total_steps
+
     tokenizer = load_tokenizer(spec.model)
-    return load_tokenized(spec.data, tokenizer, spec.model.task == "regression")
+    data = load_tokenized(spec.data, tokenizer, spec.model.task == "regression")
+    problems = rules.check_total_steps(spec, total_steps(spec, len(data.splits["train"])))
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) once the data is known", problems)
+    return data
 
 
 def _counts(study: optuna.Study) -> dict[TrialState, int]:

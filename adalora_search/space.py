@@ -6,6 +6,7 @@ dashboard, the report and a baseline's ``params`` all speak the same language.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator, Literal
 
 import optuna
@@ -89,6 +90,14 @@ class TrialConfig(Frozen):
     training: TrainConfig
     adalora: AdaLoraKnobs
     lora: LoraKnobs | None = None
+
+
+def optimizer_steps(training: TrainingSpec | TrainConfig, n_train: int) -> int:
+    """Optimizer steps of a run: max_steps, else epochs x ceil(batches / accumulation)."""
+    if training.max_steps is not None:
+        return training.max_steps
+    batches = math.ceil(n_train / training.batch_size)
+    return max(1, int(round((training.epochs or 1) * math.ceil(batches / training.gradient_accumulation))))
 
 
 def knob(spec: StudySpec, path: str) -> Any:

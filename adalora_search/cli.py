@@ -131,13 +131,15 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
 @click.option("--out", type=click.Path(), required=True, help="export directory")
 @click.option("--trial", "trial_number", type=int, help="trial number (default: the best trial)")
 @click.option("--force", is_flag=True, help="replace an existing export")
-def export(study_file, storage, study_name, out, trial_number, force: bool) -> None:
+@click.option("--pick", type=click.Choice(["metric", "params"]), default="metric",
+              help="Pareto studies: the front's best metric, or its fewest trainable parameters")
+def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str) -> None:
     """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs."""
     from adalora_search.export import export_trial
     from adalora_search.session import locate
 
     study = locate(study_file, storage, study_name)
-    path = export_trial(study, Path(out), trial_number, force)
+    path = export_trial(study, Path(out), trial_number, force, pick)
     click.echo(f"export written: {path}")
 
 

@@ -31,9 +31,20 @@ def lora_patterns(ranks: dict[str, int], lora_alpha: float, init_r: int) -> tupl
     return kept, {name: lora_alpha * r / init_r for name, r in kept.items()}
 
 
-def pick_trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial:
+def pareto_pick(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial | None:
+    """A named trial of a multi-objective study's Pareto front: best ``metric`` or fewest ``params``."""
+    front = study.best_trials
+    if not front:
+        return None
+    if pick == "params":
+        return min(front, key=lambda t: (t.user_attrs.get("trainable_params", {}).get("final", 0), t.number))
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    return min(front, key=lambda t: (sign * t.values[0], t.number))
+
+
+def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") -> optuna.trial.FrozenTrial:
     if number is None:
-        trial = best_trial(study)
+        trial = pareto_pick(study, pick) if len(study.directions) > 1 else best_trial(study)
         if trial is None:
             raise UserError(f"study {study.study_name!r} has no completed trial to export yet")
     else:
@@ -61,9 +72,10 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
     }
 
 
-def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False) -> Path:
+def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False,
+                 pick: str = "metric") -> Path:
     """Write rank_config.yaml/.json, lora/, adalora/ (and adapter/ when kept), atomically."""
-    trial = pick_trial(study, number)
+    trial = pick_trial(study, number, pick)
     if out.exists() and not force:
         raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
     parent = out.resolve().parent

@@ -130,3 +130,19 @@ def test_export_of_a_file_path_parent_is_a_clear_error(study, tmp_path: Path) ->
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="cannot write there"):
         export_trial(study[0], blocker / "export")
+
+
+def test_pareto_study_export_picks_by_name(tmp_path: Path) -> None:
+    data = study_dict(study={"n_trials": 3, "objective": [{"metric": "accuracy", "direction": "maximize"},
+                                                           {"metric": "trainable_params", "direction": "minimize"}],
+                             "sampler": {"type": "nsga2", "seed": 0, "population_size": 2}},
+                      adalora={"target_r": {"choices": [1, 2, 3]}})
+    path = write_study(tmp_path, data)
+    run_session(str(path), None, None, None, 1, [])
+    st = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}")
+    front = st.best_trials
+    small = json.loads((export_trial(st, tmp_path / "p", pick="params") / "rank_config.json").read_text())
+    fewest = min(t.user_attrs["trainable_params"]["final"] for t in front)
+    assert small["trainable_params"]["final"] == fewest
+    best = json.loads((export_trial(st, tmp_path / "m", pick="metric") / "rank_config.json").read_text())
+    assert best["values"][0] == max(t.values[0] for t in front)

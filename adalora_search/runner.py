@@ -149,8 +149,10 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def _sigterm_as_interrupt() -> None:
+    """SIGINT and SIGTERM stop the worker cleanly (also when started with SIGINT ignored, e.g. by `&`)."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, handler)
 

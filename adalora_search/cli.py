@@ -35,7 +35,7 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
             linears, n_train = None, None
             if not no_data:
                 linears = modeling.linear_modules(spec.model)
-                _check_targets(spec, linears)
+                modeling.check_targets(spec, linears)
                 n_train = len(prepare_data(spec).splits["train"])
             click.echo(f"{path}: OK")
             for line in describe.summary(spec, linears, n_train):
@@ -46,17 +46,6 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
             errors.append(exc)
     if errors:
         raise UserError("\n".join(str(e) for e in errors))
-
-
-def _check_targets(spec, linears) -> None:
-    from adalora_search import modeling
-    from adalora_search.distributions import corners
-
-    for targets in corners(spec.adalora.target_modules):
-        if not modeling.matching(linears, list(targets)):
-            names = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise UserError(f"adalora.target_modules = {targets}: matches no Linear module of "
-                            f"{spec.model.name_or_path}; its Linear names end in {names}")
 
 
 @cli.command()

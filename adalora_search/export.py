@@ -17,7 +17,6 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
 from adalora_search import modeling
 from adalora_search.errors import UserError
@@ -115,6 +114,3 @@ def _swap(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
 
-
-def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -19,7 +19,7 @@ from adalora_search import allocator
 from adalora_search.assets import resolve_model
 from adalora_search.errors import UserError
 from adalora_search.space import AdaLoraKnobs, TrialConfig
-from adalora_search.spec import ModelSpec
+from adalora_search.spec import ModelSpec, StudySpec
 
 ADAPTER = "default"
 hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
@@ -146,6 +146,17 @@ def linear_modules(spec: ModelSpec) -> dict[str, tuple[int, int]]:
                         "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
     return {n: (m.in_features, m.out_features) for n, m in model.named_modules()
             if isinstance(m, torch.nn.Linear)}
+
+
+def check_targets(spec: StudySpec, linears: dict[str, tuple[int, int]]) -> None:
+    """Every target-module choice must adapt at least one Linear of the model."""
+    from adalora_search.distributions import corners
+
+    for targets in corners(spec.adalora.target_modules):
+        if not matching(linears, list(targets)):
+            names = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise UserError(f"adalora.target_modules = {targets}: matches no Linear module of "
+                            f"{spec.model.name_or_path}; its Linear names end in {names}")
 
 
 def matching(linears: dict[str, tuple[int, int]], targets: list[str]) -> dict[str, tuple[int, int]]:

@@ -19,7 +19,7 @@ from adalora_search import modeling
 from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
-from adalora_search.space import TrialConfig, sample
+from adalora_search.space import TrialConfig, trial_config
 from adalora_search.spec import StudySpec
 
 # exceptions a single trial may raise without stopping the study (anything else is a bug)
@@ -38,15 +38,8 @@ class Objective:
         self.artifacts_dir = artifacts_dir
         self.log = log
 
-    def config_for(self, trial: optuna.Trial) -> TrialConfig:
-        overrides = {}
-        name = trial.user_attrs.get("baseline")
-        if name is not None:
-            overrides = next((b.params for b in self.spec.baselines if b.name == name), {})
-        return sample(self.spec, trial, overrides)
-
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        cfg = self.config_for(trial)
+        cfg = trial_config(self.spec, trial, trial.user_attrs.get("baseline"))
         trial.set_user_attr("config", cfg.model_dump(mode="json"))  # export/retrain rebuild from this
         run: TrialRun | None = None
         started = time.perf_counter()

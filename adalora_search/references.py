@@ -16,15 +16,8 @@ from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
 from adalora_search.metrics import is_better
 from adalora_search.runner import best_trial
-from adalora_search.space import LoraKnobs, TrialConfig, sample
+from adalora_search.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.spec import Reference, StudySpec
-
-
-def trial_config(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> TrialConfig:
-    """Rebuild a stored trial's config from its params (and baseline overrides)."""
-    name = trial.user_attrs.get("baseline")
-    overrides = next((b.params for b in spec.baselines if b.name == name), {}) if name else {}
-    return sample(spec, optuna.trial.FixedTrial(trial.params), overrides)
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
@@ -64,7 +57,7 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     best = best_trial(study)
     if best is None or not best.user_attrs.get("rank_allocation"):
         return stored
-    cfg = trial_config(spec, best)
+    cfg = trial_config(spec, optuna.trial.FixedTrial(best.params), best.user_attrs.get("baseline"))
     metric = "accuracy" if spec.model.task == "classification" else "pearson"
     for ref in spec.study.references:
         if ref.kind in stored:

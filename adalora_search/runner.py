@@ -26,10 +26,8 @@ from adalora_search.errors import UserError
 from adalora_search.modeling import load_tokenizer
 from adalora_search.objective import TRIAL_ERRORS, Objective
 from adalora_search.samplers import Grid
-from adalora_search.space import enqueue_params, grid_search_space
+from adalora_search.space import enqueue_params, grid_search_space, optimizer_steps
 from adalora_search.spec import StudySpec
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -72,11 +70,10 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
 def prepare_data(spec: StudySpec) -> TokenizedData:
     """Load and tokenize once (cached on disk for every trial and worker); data errors surface here."""
     from adalora_search import rules
-    from adalora_search.describe import total_steps
 
     tokenizer = load_tokenizer(spec.model)
     data = load_tokenized(spec.data, tokenizer, spec.model.task == "regression")
-    problems = rules.check_total_steps(spec, total_steps(spec, len(data.splits["train"])))
+    problems = rules.check_total_steps(spec, optimizer_steps(spec.training, len(data.splits["train"])))
     if problems:
         raise UserError(f"{len(problems)} problem(s) once the data is known", problems)
     return data

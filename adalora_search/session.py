@@ -58,9 +58,8 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
 
 def _check_model(spec: StudySpec) -> None:
     from adalora_search import modeling
-    from adalora_search.cli import _check_targets
 
-    _check_targets(spec, modeling.linear_modules(spec.model))
+    modeling.check_targets(spec, modeling.linear_modules(spec.model))
 
 
 def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None) -> None:

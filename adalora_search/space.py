@@ -133,6 +133,13 @@ def sample(spec: StudySpec, trial: optuna.Trial, overrides: dict[str, Any] | Non
     return build_config(spec, values)
 
 
+def trial_config(spec: StudySpec, trial: optuna.Trial | optuna.trial.FrozenTrial | optuna.trial.FixedTrial,
+                 baseline: str | None = None) -> TrialConfig:
+    """The config of a trial, applying the named baseline's overrides of fixed knobs."""
+    overrides = next((b.params for b in spec.baselines if b.name == baseline), {}) if baseline else {}
+    return sample(spec, trial, overrides)
+
+
 def build_config(spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
     """Assemble a TrialConfig from the spec and one value per knob path."""
     training = _train_config(spec.training, values)

@@ -19,13 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from adalora_search.loader import load_spec
 from adalora_search.runner import Budget, work
-from adalora_search.samplers import NoPruner, RandomS, SamplerSpec, PrunerSpec, TPE
+from adalora_search.samplers import NoPruner, RandomS, SamplerSpec, PrunerSpec
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "bbc_news_minilm.yaml"
 

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import optuna
 import torch
-import yaml
 from peft import get_peft_model
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           AutoModelForSequenceClassification)

@@ -101,9 +101,10 @@ def _claim(study: optuna.Study, url: str, budget: Budget, deadline: float | None
             return study.ask()
 
 
-def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=print) -> int:
+def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=print,
+         data: TokenizedData | None = None) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here."""
-    data = prepare_data(spec)
+    data = data if data is not None else prepare_data(spec)
     study = open_study(spec, url)
     objective = Objective(spec, data, artifacts_dir, log)
     deadline = time.time() + budget.timeout if budget.timeout else None

@@ -50,7 +50,7 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
         if code != 0:
             print(f"a worker exited with code {code}")
     else:
-        work(spec, url, budget, artifacts_dir(spec, study_file))
+        work(spec, url, budget, artifacts_dir(spec, study_file), data=data)
     for line in finish_study(spec, study, data):
         print(line)
     print(f"report: adalora-search report {study_file}\nexport: adalora-search export {study_file} --out DIR")

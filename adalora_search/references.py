@@ -13,8 +13,8 @@ import optuna
 
 from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
-from adalora_search.errors import TrialFailure
 from adalora_search.metrics import is_better
+from adalora_search.objective import TRIAL_ERRORS
 from adalora_search.runner import best_trial
 from adalora_search.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.spec import Reference, StudySpec
@@ -35,7 +35,7 @@ def _train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
     run = TrialRun(cfg, data)
     try:
         run.train()
-    except (TrialFailure, RuntimeError, ValueError) as exc:
+    except TRIAL_ERRORS as exc:
         return {"failure": f"{type(exc).__name__}: {exc}", "learning_rate": cfg.training.learning_rate}
     test = run.evaluate("test") if "test" in data.splits else None
     return {"metrics": {**run.result.metrics, "test": test}, "trainable_params": run.result.trainable_params,

@@ -58,12 +58,13 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise UserError(f"study.objective: the stored study {spec.study.name!r} has directions "
                             f"{[d.name.lower() for d in study.directions]}; rename the study to change them")
-    if not study.user_attrs.get("baselines_enqueued"):
-        for baseline in spec.baselines:
-            study.enqueue_trial(enqueue_params(spec, baseline.params), user_attrs={"baseline": baseline.name},
-                                skip_if_exists=True)
-        study.set_user_attr("baselines_enqueued", True)
-        study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
+    with storage_mod.claim_lock(url):  # workers starting together: exactly one enqueues the baselines
+        if not study.user_attrs.get("baselines_enqueued"):
+            for baseline in spec.baselines:
+                study.enqueue_trial(enqueue_params(spec, baseline.params), user_attrs={"baseline": baseline.name},
+                                    skip_if_exists=True)
+            study.set_user_attr("baselines_enqueued", True)
+            study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
     return study
 
 

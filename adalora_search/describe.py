@@ -5,11 +5,14 @@ from __future__ import annotations
 from adalora_search import modeling
 from adalora_search.distributions import corners, describe
 from adalora_search.space import KNOBS, knob, optimizer_steps
+from adalora_search.data import TokenizedData
 from adalora_search.spec import StudySpec
 
 
-def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train: int | None) -> list[str]:
+def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: TokenizedData | None) -> list[str]:
+    """Lines describing the study: objective, knobs, steps, data sizes, budget per target-module choice."""
     s = spec.study
+    n_train = len(data.splits["train"]) if data is not None else None
     lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.direction} {o.metric}" for o in s.objectives),
              f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
              f"n_trials {s.n_trials}, timeout {s.timeout}",
@@ -19,9 +22,23 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train
     steps = total_steps(spec, n_train)
     if steps is not None:
         lines.append(f"total optimizer steps per trial: {steps}" + (f" ({n_train} training rows)" if n_train else ""))
+    if data is not None:
+        lines += _data(data)
     if linears is not None:
         lines += _budget(spec, linears)
     lines += [f"baselines: {', '.join(b.name for b in spec.baselines) or 'none'}"]
+    return lines
+
+
+def _data(data: TokenizedData) -> list[str]:
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+    lines = [f"data: {sizes} rows"]
+    dropped = {k: v for k, v in data.dropped.items() if v}
+    if dropped:
+        lines.append("  rows dropped (response longer than data.max_length): "
+                     + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    if data.label_names is not None:
+        lines.append(f"  {len(data.label_names)} labels: {', '.join(data.label_names[:20])}")
     return lines
 
 

@@ -15,15 +15,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from transformers import get_scheduler
 
-from adalora_search import metrics as metrics_mod
 from adalora_search import modeling
 from adalora_search.data import TokenizedData, batches
 from adalora_search.errors import TrialFailure
 from adalora_search.space import TrialConfig, optimizer_steps
+from adalora_search.tasks import EvalContext, get_task
 
 OnEval = Callable[[int, dict[str, float]], None]
 
@@ -50,7 +49,7 @@ class TrialRun:
     def __init__(self, cfg: TrialConfig, data: TokenizedData, data_seconds: float = 0.0):
         self.cfg = cfg
         self.data = data
-        self.regression = cfg.model.task == "regression"
+        self.task = get_task(cfg.model.task)
         self.device = _device(cfg.training.device)
         self.result = RunResult(timing={"data_s": round(data_seconds, 3), "device": str(self.device)})
         threads = cfg.training.num_threads or int(os.environ.get("ADALORA_SEARCH_THREADS", "0"))
@@ -58,7 +57,7 @@ class TrialRun:
             torch.set_num_threads(threads)
         start = time.perf_counter()
         self.total_steps = total_steps(cfg, len(data.splits["train"]))
-        base = modeling.build_base(cfg.model, data.num_labels, self.regression, cfg.training.seed)
+        base = modeling.build_base(cfg.model, data.label_names, cfg.training.seed)
         self.model = modeling.wrap(base, cfg, self.total_steps).to(self.device)
         self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
         self._record_params(initial=True)
@@ -90,6 +89,7 @@ class TrialRun:
                 if step >= self.total_steps:
                     break
             self._finalize_allocation(step)
+            self._final_generation()
         except torch.cuda.OutOfMemoryError as exc:
             self.model = None  # type: ignore[assignment]
             torch.cuda.empty_cache()
@@ -103,7 +103,7 @@ class TrialRun:
         epoch = 0
         while True:  # epochs until total_steps; reshuffled (seeded) every epoch
             yield from batches(self.data.splits["train"], t.batch_size, self.data.pad_token_id,
-                               shuffle_seed=t.seed * 1000 + epoch, regression=self.regression)
+                               shuffle_seed=t.seed * 1000 + epoch)
             epoch += 1
 
     def _forward_backward(self, batch: dict[str, torch.Tensor], step: int) -> float:
@@ -188,28 +188,60 @@ class TrialRun:
         return elapsed
 
     def _update_best(self, scores: dict[str, float], step: int) -> None:
-        main = "accuracy" if not self.regression else "pearson"
+        main = self.task.main_metric
         best = self.result.metrics.get("best")
-        if best is None or metrics_mod.is_better(main, scores[main], best[main]):
+        if best is None or self.task.is_better(main, scores[main], best[main]):
             self.result.metrics["best"] = {**scores, "step": step}
 
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Task metrics and plain cross-entropy/MSE on a split (no orthogonal regularizer)."""
+    def _final_generation(self) -> None:
+        """Generation metrics on validation after training, when they were not computed at evaluations."""
+        generation = self.cfg.training.generation
+        final = self.result.metrics.get("final")
+        if final is None or generation.at_evals or not hasattr(self.task, "generation_scores"):
+            return
         self.model.eval()
-        preds, labels, losses = [], [], []
-        for batch in batches(self.data.splits[split], self.cfg.training.eval_batch_size,
-                             self.data.pad_token_id, shuffle_seed=None, regression=self.regression):
-            target = batch.pop("labels")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.no_grad():
+            scores = self.task.generation_scores(self._context("validation", final=True))
+        final.update(scores)
+        self.result.history[-1].update(scores)
+
+    def evaluate(self, split: str, final: bool = False) -> dict[str, float]:
+        """The task's metrics and plain loss (no orthogonal regularizer) on a split.
+
+        ``final``: the evaluation after training (causal_lm generation metrics always run then).
+        """
+        self.model.eval()
+        with torch.no_grad():
+            return self.task.evaluate(self._context(split, final))
+
+    def _context(self, split: str, final: bool) -> EvalContext:
+        data = self.data.splits[split]
+        return EvalContext(
+            forward=self._logits, split=data, label_names=self.data.label_names, tokenizer=self.data.tokenizer,
+            batches=lambda: batches(data, self.cfg.training.eval_batch_size, self.data.pad_token_id, None),
+            generate=self._generate, generation=self.cfg.training.generation, final=final)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(**batch).logits
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations [n_new] of each prompt, left-padded batches, cut at EOS."""
+        pad, eos = self.data.pad_token_id, getattr(self.data.tokenizer, "eos_token_id", None)
+        out: list[list[int]] = []
+        size = self.cfg.training.eval_batch_size
+        for i in range(0, len(prompts), size):
+            chunk = prompts[i:i + size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(**batch).logits.float().cpu()
-            losses.append(_plain_loss(logits, target, self.regression) * len(target))
-            preds.append(logits.squeeze(-1) if self.regression else logits.argmax(-1))
-            labels.append(target)
-        scores = metrics_mod.compute(torch.cat(preds).numpy(), torch.cat(labels).numpy(), self.regression)
-        scores["eval_loss"] = float(np.sum(losses) / len(self.data.splits[split]))
-        return scores
+                generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                                do_sample=False, pad_token_id=pad, eos_token_id=eos)
+            for row in generated[:, width:].tolist():
+                out.append(row[:row.index(eos)] if eos in row else row)
+        return out
 
     def _record_timing(self, steps: int, tokens: int, seconds: float, eval_s: float) -> None:
         t = self.result.timing
@@ -222,12 +254,6 @@ class TrialRun:
 
     def save_adapter(self, directory: str) -> None:
         self.model.save_pretrained(directory)
-
-
-def _plain_loss(logits: torch.Tensor, target: torch.Tensor, regression: bool) -> float:
-    if regression:
-        return float(torch.nn.functional.mse_loss(logits.squeeze(-1), target))
-    return float(torch.nn.functional.cross_entropy(logits, target))
 
 
 def total_steps(cfg: TrialConfig, n_train: int) -> int:

@@ -97,8 +97,9 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> N
     (tmp / "rank_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     cfg = TrialConfig.model_validate(data["config"])
     ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
-    modeling.lora_config(ranks, alphas, cfg.adalora).save_pretrained(str(tmp / "lora"))
-    modeling.adalora_config(cfg.adalora, data["total_steps"]).save_pretrained(str(tmp / "adalora"))
+    task = cfg.model.task
+    modeling.lora_config(ranks, alphas, cfg.adalora, task).save_pretrained(str(tmp / "lora"))
+    modeling.adalora_config(cfg.adalora, data["total_steps"], task).save_pretrained(str(tmp / "adalora"))
     kept = trial.user_attrs.get("adapter_dir")
     if kept and Path(kept).exists():
         shutil.copytree(kept, tmp / "adapter")

@@ -10,16 +10,19 @@ import math
 from typing import Any
 
 import torch
-from peft import AdaLoraConfig, LoraConfig, PeftModel, TaskType, get_peft_model
+import transformers
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.adalora import SVDLinear
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 from adalora_search import allocator
 from adalora_search.assets import resolve_model
-from adalora_search.errors import UserError
+from adalora_search.errors import Problem, UserError
 from adalora_search.space import AdaLoraKnobs, TrialConfig
 from adalora_search.spec import ModelSpec, StudySpec
+from adalora_search.tasks import get_task
 
 ADAPTER = "default"
 hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
@@ -27,6 +30,7 @@ hf_logging.disable_progress_bar()
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
+    """The model's tokenizer (packaged names resolved); ``UserError`` when it cannot be loaded."""
     path = resolve_model(spec.name_or_path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
@@ -35,28 +39,57 @@ def load_tokenizer(spec: ModelSpec) -> Any:
                         "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
 
 
-def build_base(spec: ModelSpec, num_labels: int, regression: bool, seed: int) -> torch.nn.Module:
-    """The transformers model with a fresh head; ``init: random`` builds it from the config alone."""
-    path = resolve_model(spec.name_or_path)
-    kwargs: dict[str, Any] = {"num_labels": num_labels, "trust_remote_code": spec.trust_remote_code}
-    if regression:
-        kwargs["problem_type"] = "regression"
+def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
+    """The transformers config with the task's label settings and ``config_overrides`` applied.
+
+    Raises:
+        UserError: the config cannot be read, or an override sets what the task derives from the data.
+    """
+    task = get_task(spec.task)
+    kwargs = task.config_kwargs(label_names)
+    clash = sorted(set(kwargs) & set(spec.config_overrides))
+    if clash:
+        raise UserError(f"model.config_overrides.{clash[0]} = {spec.config_overrides[clash[0]]!r}: model.task "
+                        f"{spec.task} sets it from the data; remove it from config_overrides")
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(spec.name_or_path), trust_remote_code=spec.trust_remote_code,
+                                            **kwargs, **spec.config_overrides)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
+                        "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
+    if getattr(config, "pad_token_id", None) is None and task.name != "causal_lm":
+        config.pad_token_id = getattr(config, "eos_token_id", None)  # GPT-2-style models batch with EOS as pad
+    return config
+
+
+def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> torch.nn.Module:
+    """The task's transformers model (a fresh head where the task has one).
+
+    ``init: random`` builds it from the (overridden) config alone; ``dtype: bfloat16`` keeps the
+    weights in bf16. Raises ``UserError`` when the checkpoint cannot be loaded as asked.
+    """
+    config = load_config(spec, label_names)
+    auto = getattr(transformers, get_task(spec.task).auto_class)
     torch.manual_seed(seed)
     try:
-        config = AutoConfig.from_pretrained(path, **kwargs, **spec.config_overrides)
         if spec.init == "random":
-            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=spec.trust_remote_code)
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config,
-                                                                  trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load ({exc})") from None
+            model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
+        else:
+            model = auto.from_pretrained(resolve_model(spec.name_or_path), config=config,
+                                         trust_remote_code=spec.trust_remote_code,
+                                         ignore_mismatched_sizes=spec.ignore_mismatched_sizes)
+    except (OSError, ValueError, RuntimeError) as exc:
+        hint = ("; set model.ignore_mismatched_sizes: true to re-initialise the head"
+                if "size" in str(exc).lower() else "")
+        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load ({str(exc)[:300]}){hint}") from None
+    return model.to(torch.bfloat16) if spec.dtype == "bfloat16" else model
 
 
-def adalora_config(knobs: AdaLoraKnobs, total_steps: int) -> AdaLoraConfig:
-    """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps."""
+def adalora_config(knobs: AdaLoraKnobs, total_steps: int, task: str = "classification") -> AdaLoraConfig:
+    """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps (PEFT's field names)."""
     t_init, t_final = schedule_steps(knobs, total_steps)
     return AdaLoraConfig(
-        task_type=TaskType.SEQ_CLS, target_modules=list(knobs.target_modules),
+        task_type=get_task(task).peft_task_type, target_modules=list(knobs.target_modules),
         init_r=knobs.init_r, target_r=knobs.target_r, lora_alpha=knobs.lora_alpha,
         lora_dropout=knobs.lora_dropout, tinit=t_init, tfinal=t_final, deltaT=knobs.delta_t,
         beta1=knobs.beta1, beta2=knobs.beta2, orth_reg_weight=knobs.orth_reg_weight, total_step=total_steps,
@@ -71,28 +104,35 @@ def schedule_steps(knobs: AdaLoraKnobs, total_steps: int) -> tuple[int, int]:
 
 
 def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
-    """Apply the trial's adapter method; returns the model to train."""
+    """Apply the trial's method (adalora, lora, full, none); returns the model to train."""
+    task = cfg.model.task
+    if cfg.training.gradient_checkpointing and cfg.method != "none":
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method != "full":
+            base.enable_input_require_grads()
     try:
         if cfg.method == "adalora":
-            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps))
+            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps, task))
             allocator.install(model)  # same allocation as PEFT's, batched (see allocator.py)
             return model
         if cfg.method == "lora":
             assert cfg.lora is not None
-            return get_peft_model(base, lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora))
+            return get_peft_model(base, lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora,
+                                                    task))
     except ValueError as exc:
         raise UserError(f"adalora: PEFT refused the configuration: {exc}") from None
     for p in base.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(cfg.method == "full")
     return base
 
 
-def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraKnobs) -> LoraConfig:
+def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraKnobs,
+                task: str = "classification") -> LoraConfig:
     """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns."""
     kept = {name: r for name, r in ranks.items() if r > 0}
     default_r = max(kept.values(), default=1)
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS, target_modules=sorted(kept), r=default_r,
+        task_type=get_task(task).peft_task_type, target_modules=sorted(kept), r=default_r,
         lora_alpha=alphas.get(next(iter(kept), ""), knobs.lora_alpha), lora_dropout=knobs.lora_dropout,
         # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
         rank_pattern=dict(kept), alpha_pattern={n: alphas[n] for n in kept},
@@ -118,12 +158,19 @@ def allocation(model: torch.nn.Module) -> dict[str, int]:
     return ranks
 
 
+def features(module: torch.nn.Module) -> tuple[int, int]:
+    """(in, out) features of a Linear or a transformers Conv1D (GPT-2's weight is [in, out])."""
+    if isinstance(module, Conv1D):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return int(module.in_features), int(module.out_features)
+
+
 def adapter_params(model: torch.nn.Module, ranks: dict[str, int]) -> int:
     """Trainable parameters of the AdaLoRA triplets at these ranks: r·(in + out + 1) per module."""
     total = 0
     for name, module in adapted_modules(model).items():
-        base = module.get_base_layer()
-        total += ranks.get(name, 0) * (base.in_features + base.out_features + 1)
+        n_in, n_out = features(module.get_base_layer())
+        total += ranks.get(name, 0) * (n_in + n_out + 1)
     return total
 
 
@@ -133,33 +180,75 @@ def head_params(model: torch.nn.Module) -> int:
                if p.requires_grad and "lora_" not in n)
 
 
-def linear_modules(spec: ModelSpec) -> dict[str, tuple[int, int]]:
-    """(in, out) features of every Linear of the model, built on the meta device (no weights read)."""
-    path = resolve_model(spec.name_or_path)
+def inspect(spec: ModelSpec) -> tuple[dict[str, tuple[int, int]], Any]:
+    """(in, out) features of every Linear / Conv1D of the model, and its config.
+
+    The model is built on the meta device from its config: no weights are read.
+    """
+    config = load_config(spec)
+    auto = getattr(transformers, get_task(spec.task).auto_class)
     try:
-        config = AutoConfig.from_pretrained(path, num_labels=2, trust_remote_code=spec.trust_remote_code,
-                                            **spec.config_overrides)
         with torch.device("meta"):
-            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=spec.trust_remote_code)
+            model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
-                        "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
-    return {n: (m.in_features, m.out_features) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+        raise UserError(f"model.task = {spec.task!r}: {spec.name_or_path} has no such model ({exc})") from None
+    linears = {n: features(m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    return linears, config
 
 
-def check_targets(spec: StudySpec, linears: dict[str, tuple[int, int]]) -> None:
-    """Every target-module choice must adapt at least one Linear of the model."""
+def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,
+                label_names: list[str] | None = None) -> None:
+    """What would make every trial fail, found before trial 0; raises ``UserError`` listing it all."""
     from adalora_search.distributions import corners
 
+    problems = []
     for targets in corners(spec.adalora.target_modules):
         if not matching(linears, list(targets)):
-            names = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise UserError(f"adalora.target_modules = {targets}: matches no Linear module of "
-                            f"{spec.model.name_or_path}; its Linear names end in {names}")
+            names = sorted({n.rsplit(".", 1)[-1] for n in linears if not n.startswith(HEADS)})
+            problems.append(Problem("adalora.target_modules", targets, f"matches no Linear or Conv1D module of "
+                                    f"{spec.model.name_or_path}; its module names end in {names}"))
+    positions = max_positions(config)
+    if positions is not None and spec.data.max_length > positions:
+        problems.append(Problem("data.max_length", spec.data.max_length,
+                                f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}"))
+    problems += _head_problems(spec, label_names)
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) with the model", problems)
+
+
+def max_positions(config: Any) -> int | None:
+    """How many tokens the model's absolute position embeddings cover (None: no such limit)."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2/v3: relative positions only
+        return None
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _head_problems(spec: StudySpec, label_names: list[str] | None) -> list[Problem]:
+    """A pretrained checkpoint with a trained head of another size fails to load; say so up front."""
+    if spec.model.init != "pretrained" or label_names is None or spec.model.ignore_mismatched_sizes:
+        return []
+    try:
+        stored = AutoConfig.from_pretrained(resolve_model(spec.model.name_or_path),
+                                            trust_remote_code=spec.model.trust_remote_code)
+    except (OSError, ValueError):
+        return []
+    head = get_task(spec.model.task).auto_class.removeprefix("AutoModel")
+    has_head = any(a.endswith(head) for a in getattr(stored, "architectures", None) or [])
+    if not has_head or stored.num_labels == len(label_names):
+        return []
+    return [Problem("model.ignore_mismatched_sizes", False,
+                    f"the checkpoint's {head} head has {stored.num_labels} labels but the data has "
+                    f"{len(label_names)}; set model.ignore_mismatched_sizes: true to train a new head")]
+
+
+HEADS = ("classifier", "score", "lm_head")  # task heads: trained in full or frozen, never adapted
 
 
 def matching(linears: dict[str, tuple[int, int]], targets: list[str]) -> dict[str, tuple[int, int]]:
-    """The modules PEFT adapts for a target list (exact name or dotted suffix), head excluded."""
-    return {n: shape for n, shape in linears.items() if not n.startswith(("classifier", "score"))
+    """The modules PEFT adapts for a target list (exact name or dotted suffix), heads excluded."""
+    return {n: shape for n, shape in linears.items() if not n.startswith(HEADS)
             and any(n == t or n.endswith("." + t) for t in targets)}

@@ -47,7 +47,7 @@ class Objective:
             run = TrialRun(cfg, self.data)
             run.train(self._on_eval(trial, cfg, run))
             if "test" in self.data.splits:
-                run.result.metrics["test"] = run.evaluate("test")
+                run.result.metrics["test"] = run.evaluate("test", final=True)
             self._keep_adapter(trial, run)
             return self._values(run)
         except TRIAL_ERRORS as exc:

@@ -14,18 +14,18 @@ import optuna
 from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
 from adalora_search.export import lora_patterns
-from adalora_search.metrics import is_better
 from adalora_search.objective import TRIAL_ERRORS
 from adalora_search.runner import best_trial
 from adalora_search.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.spec import Reference, StudySpec
+from adalora_search.tasks import Task, get_task
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
     training = cfg.training.model_copy(update={
         k: v for k, v in (("learning_rate", lr), ("epochs", ref.epochs)) if v is not None})
-    if ref.kind == "full":
-        return cfg.model_copy(update={"method": "full", "training": training})
+    if ref.kind in ("full", "zero_shot"):
+        return cfg.model_copy(update={"method": "full" if ref.kind == "full" else "none", "training": training})
     r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
     uniform, alphas = lora_patterns({n: r for n in ranks}, cfg.adalora.lora_alpha, cfg.adalora.init_r)
     lora = LoraKnobs(rank_pattern=uniform, alpha_pattern=alphas)  # same per-direction scale as AdaLoRA
@@ -33,22 +33,25 @@ def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr
 
 
 def _train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
-    run = TrialRun(cfg, data)
     try:
-        run.train()
+        run = TrialRun(cfg, data)
+        if cfg.method == "none":  # zero-shot: the base model as it is
+            run.result.metrics["final"] = run.evaluate("validation", final=True)
+        else:
+            run.train()
+        test = run.evaluate("test", final=True) if "test" in data.splits else None
     except TRIAL_ERRORS as exc:
         return {"failure": f"{type(exc).__name__}: {exc}", "learning_rate": cfg.training.learning_rate}
-    test = run.evaluate("test") if "test" in data.splits else None
     return {"metrics": {**run.result.metrics, "test": test}, "trainable_params": run.result.trainable_params,
             "timing": run.result.timing, "learning_rate": cfg.training.learning_rate}
 
 
-def _pick(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+def _pick(results: list[dict[str, Any]], task: Task, metric: str) -> dict[str, Any]:
     """The result with the best final validation metric (failures last)."""
     best: dict[str, Any] | None = None
     for result in results:
         value = (result.get("metrics") or {}).get("final", {}).get(metric)
-        if value is not None and (best is None or is_better(metric, value, best["metrics"]["final"][metric])):
+        if value is not None and (best is None or task.is_better(metric, value, best["metrics"]["final"][metric])):
             best = result
     return best or results[0]
 
@@ -59,20 +62,22 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     if best is None or not best.user_attrs.get("rank_allocation"):
         return stored
     cfg = trial_config(spec, optuna.trial.FixedTrial(best.params), best.user_attrs.get("baseline"))
-    metric = "accuracy" if spec.model.task == "classification" else "pearson"
+    task = get_task(spec.model.task)
     for ref in spec.study.references:
         if ref.kind in stored:
             continue
         rates = ref.learning_rate if isinstance(ref.learning_rate, list) else [ref.learning_rate]
+        rates = [None] if ref.kind == "zero_shot" else rates
         results = []
         for lr in rates:
-            print(f"[reference {ref.kind}] training with the best trial's ({best.number}) settings, "
+            print(f"[reference {ref.kind}] with the best trial's ({best.number}) settings, "
                   f"learning rate {lr or cfg.training.learning_rate:g}")
             results.append(_train_reference(reference_config(cfg, ref, best.user_attrs["rank_allocation"], lr),
                                              data))
-        chosen = _pick(results, metric)
+        chosen = _pick(results, task, task.main_metric)
         chosen.update(of_trial=best.number, tried=[
-            {"learning_rate": r["learning_rate"], "validation": (r.get("metrics") or {}).get("final", {}).get(metric),
+            {"learning_rate": r["learning_rate"],
+             "validation": (r.get("metrics") or {}).get("final", {}).get(task.main_metric),
              "failure": r.get("failure")} for r in results])
         stored[ref.kind] = chosen
         study.set_user_attr("references", stored)
@@ -84,23 +89,35 @@ def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
     best = best_trial(study)
     if best is None:
         return ["no completed trial yet"]
-    metric = spec.study.objectives[0].metric
-    metric = metric if metric not in ("trainable_params", "eval_loss") else "accuracy"
+    task = get_task(spec.model.task)
+    objective = spec.study.objectives[0].metric
+    metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
+                                  task.main_metric]))
     rows = [("best trial %d" % best.number, best.user_attrs)]
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if "baseline" in t.user_attrs:
             rows.append((f"baseline {t.user_attrs['baseline']} (trial {t.number})", t.user_attrs))
     rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
-    lines = [f"{'run':40s} {'val ' + metric:>14s} {'test ' + metric:>14s} {'trainable':>10s}"]
-    best_test = _score(best.user_attrs, "test", metric)
+    head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
+    lines = [f"{'run':40s}{head} {'trainable':>10s}"]
+    best_test = _score(best.user_attrs, "test", metrics[0])
     for label, attrs in rows:
-        val, test = _score(attrs, "final", metric), _score(attrs, "test", metric)
+        cells = "".join(f" {_fmt(_score(attrs, 'final', m)):>16s} {_fmt(_score(attrs, 'test', m)):>16s}"
+                        for m in metrics)
         share = attrs.get("trainable_params", {})
         frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
+        test = _score(attrs, "test", metrics[0])
         gain = "" if label.startswith("best") or test is None or best_test is None else \
-            f"  (best trial {100 * (best_test - test):+.1f} pt)"
-        lines.append(f"{label:40s} {_fmt(val):>14s} {_fmt(test):>14s} {100 * frac:9.2f}%{gain}")
+            f"  (best trial {_gain(metrics[0], best_test, test)})"
+        lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
     return lines
+
+
+def _gain(metric: str, best: float, other: float) -> str:
+    """Points for scores in [0, 1]; a plain difference for losses and perplexity."""
+    if metric in ("eval_loss", "perplexity"):
+        return f"{best - other:+.3f} {metric}"
+    return f"{100 * (best - other):+.1f} pt"
 
 
 def _score(attrs: dict[str, Any], which: str, metric: str) -> float | None:

@@ -11,6 +11,7 @@ from adalora_search.export import lora_patterns
 from adalora_search.modeling import load_tokenizer
 from adalora_search.data import load_tokenized
 from adalora_search.space import LoraKnobs, TrialConfig
+from adalora_search.tasks import get_task
 
 
 def retrain(export_dir: Path) -> list[str]:
@@ -21,10 +22,11 @@ def retrain(export_dir: Path) -> list[str]:
     cfg = TrialConfig.model_validate(data["config"])
     ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
     cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(rank_pattern=ranks, alpha_pattern=alphas)})
-    tokens = load_tokenized(cfg.data, load_tokenizer(cfg.model), cfg.model.task == "regression")
+    task = get_task(cfg.model.task)
+    tokens = load_tokenized(cfg.data, load_tokenizer(cfg.model), task)
     run = TrialRun(cfg, tokens)
     result = run.train()
-    test = run.evaluate("test") if "test" in tokens.splits else {}
+    test = run.evaluate("test", final=True) if "test" in tokens.splits else {}
     lines = [f"{'run':28s} {'metric':10s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
     adalora = data.get("metrics") or {}
     for label, val, tst, params in (
@@ -32,7 +34,7 @@ def retrain(export_dir: Path) -> list[str]:
          (data.get("trainable_params") or {}).get("final")),
         ("fixed-rank LoRA (exported)", result.metrics.get("final", {}), test, result.trainable_params.get("final")),
     ):
-        for metric in ("accuracy", "f1_macro", "pearson"):
+        for metric in task.metrics:
             if metric in val:
                 lines.append(f"{label:28s} {metric:10s} {val[metric]:10.4f} {tst.get(metric, float('nan')):10.4f} "
                              f"{params or 0:10d}")

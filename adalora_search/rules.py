@@ -16,9 +16,8 @@ from adalora_search.errors import Problem
 from adalora_search.samplers import Grid, NoPruner
 from adalora_search.space import KNOBS, build_config, knob, searched_knobs
 from adalora_search.spec import StudySpec
+from adalora_search.tasks import get_task
 
-_CLASSIFICATION = {"accuracy", "f1_macro", "mcc", "eval_loss", "trainable_params"}
-_REGRESSION = {"pearson", "spearman", "eval_loss", "trainable_params"}
 _OPEN_UNIT = {"adalora.beta1", "adalora.beta2"}
 
 
@@ -29,6 +28,7 @@ def check(spec: StudySpec) -> list[Problem]:
     problems += _schedule(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora.schedule")
     problems += _bounds(spec)
     problems += _study(spec)
+    problems += get_task(spec.model.task).check_data(spec.data)
     problems += _baselines(spec)
     return problems
 
@@ -99,11 +99,14 @@ def _study(spec: StudySpec) -> list[Problem]:
         out.append(Problem("study.pruner", spec.study.pruner.root.type,
                            "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
                            "or use one objective and cap trainable parameters with a target_r range"))
-    allowed = _CLASSIFICATION if spec.model.task == "classification" else _REGRESSION
+    task = get_task(spec.model.task)
+    allowed = {*task.metrics, "trainable_params"}
     for i, objective in enumerate(objectives):
+        where = f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric"
         if objective.metric not in allowed:
-            out.append(Problem(f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric",
-                               objective.metric, f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
+            out.append(Problem(where, objective.metric, f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
+        elif (reason := task.check_metric(spec.data, objective.metric)) is not None:
+            out.append(Problem(where, objective.metric, reason))
     if isinstance(spec.study.sampler.root, Grid):
         for path, dist in searched_knobs(spec):
             if not isinstance(dist, Choices):

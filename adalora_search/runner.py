@@ -28,6 +28,7 @@ from adalora_search.objective import TRIAL_ERRORS, Objective
 from adalora_search.samplers import Grid
 from adalora_search.space import enqueue_params, grid_search_space, optimizer_steps
 from adalora_search.spec import StudySpec
+from adalora_search.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
                                     skip_if_exists=True)
             study.set_user_attr("baselines_enqueued", True)
             study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
+            study.set_user_attr("task", spec.model.task)
     return study
 
 
@@ -73,7 +75,7 @@ def prepare_data(spec: StudySpec) -> TokenizedData:
     from adalora_search import rules
 
     tokenizer = load_tokenizer(spec.model)
-    data = load_tokenized(spec.data, tokenizer, spec.model.task == "regression")
+    data = load_tokenized(spec.data, tokenizer, get_task(spec.model.task))
     problems = rules.check_total_steps(spec, optimizer_steps(spec.training, len(data.splits["train"])))
     if problems:
         raise UserError(f"{len(problems)} problem(s) once the data is known", problems)

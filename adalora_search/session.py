@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from adalora_search import storage as storage_mod
+from adalora_search.data import TokenizedData
 from adalora_search.errors import UserError
 from adalora_search.loader import load_spec
 from adalora_search.runner import Budget, best_trial, open_study, prepare_data, spawn_workers, work
@@ -41,8 +42,8 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     spec = load_spec(study_file)
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
-    data = prepare_data(spec)  # data problems are reported before any storage is touched
-    _check_model(spec)
+    data = prepare_data(spec)  # data and model problems are reported before any storage is touched
+    check_model(spec, data)
     study = open_study(spec, url)
     print(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
     if workers > 1 or gpus:
@@ -56,10 +57,13 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     print(f"report: adalora-search report {study_file}\nexport: adalora-search export {study_file} --out DIR")
 
 
-def _check_model(spec: StudySpec) -> None:
+def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, int]]:
+    """Inspect the model (meta device) and refuse what would fail every trial; returns its Linears."""
     from adalora_search import modeling
 
-    modeling.check_targets(spec, modeling.linear_modules(spec.model))
+    linears, config = modeling.inspect(spec.model)
+    modeling.check_model(spec, linears, config, data.label_names)
+    return linears
 
 
 def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None) -> None:

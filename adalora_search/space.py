@@ -13,7 +13,7 @@ import optuna
 from pydantic import Field, model_validator
 
 from adalora_search.distributions import Choices, FloatRange, IntRange, encode_choice, is_searched, suggest
-from adalora_search.spec import DataSpec, Frozen, ModelSpec, StudySpec, TrainingSpec
+from adalora_search.spec import DataSpec, Frozen, GenerationSpec, ModelSpec, StudySpec, TrainingSpec
 
 KNOBS: tuple[str, ...] = (
     "training.learning_rate",
@@ -49,6 +49,8 @@ class TrainConfig(Frozen):
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     num_threads: int | None
+    gradient_checkpointing: bool = False
+    generation: GenerationSpec = GenerationSpec()
 
 
 class AdaLoraKnobs(Frozen):
@@ -84,7 +86,7 @@ class LoraKnobs(Frozen):
 class TrialConfig(Frozen):
     """Everything one training run needs; what the engine takes."""
 
-    method: Literal["adalora", "lora", "full"] = "adalora"
+    method: Literal["adalora", "lora", "full", "none"] = "adalora"  # none: the base model, untrained
     model: ModelSpec
     data: DataSpec
     training: TrainConfig

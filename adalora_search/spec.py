@@ -22,7 +22,9 @@ class Frozen(BaseModel):
 class Objective(Frozen):
     """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
 
-    metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params"]
+    metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params",
+                    "perplexity", "exact_match", "rouge_l", "f1", "precision", "recall"] = Field(
+        description="a metric of model.task (tasks/), or trainable_params")
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
@@ -30,10 +32,11 @@ class Reference(Frozen):
     """A non-AdaLoRA run beside the search, trained with the best trial's settings unless overridden.
 
     ``lora``: uniform rank over the best trial's target modules, at its final rank budget;
-    ``full``: every weight trainable (usually wants a lower learning rate).
+    ``full``: every weight trainable (usually wants a lower learning rate);
+    ``zero_shot``: the base model evaluated with no adapter and no training.
     """
 
-    kind: Literal["lora", "full"]
+    kind: Literal["lora", "full", "zero_shot"]
     learning_rate: float | list[float] | None = Field(
         default=None, description="one rate, or several: each is trained, the best on validation is kept")
     epochs: float | None = Field(default=None, gt=0)
@@ -74,13 +77,17 @@ class StudySection(Frozen):
 # ---------------------------------------------------------------- model
 class ModelSpec(Frozen):
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
+        default="classification", description="a task of the registry in adalora_search/tasks")
     init: Literal["pretrained", "random"] = Field(
         default="pretrained", description="random: build from the (overridden) config, for tests and smoke runs"
     )
     config_overrides: dict[str, Union[int, float, str, bool]] = Field(default_factory=dict)
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(default="auto", description="auto: bf16 autocast on CUDA")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="auto: fp32 weights, bf16 autocast on CUDA; bfloat16: weights in bf16 too")
     trust_remote_code: bool = False
+    ignore_mismatched_sizes: bool = Field(
+        default=False, description="load a checkpoint whose head has another number of labels (head re-initialised)")
 
 
 # ---------------------------------------------------------------- data
@@ -128,11 +135,26 @@ class SplitNames(Frozen):
     test: str | None = "test"
 
 
+# fields of DataSpec that only some tasks read (a task refuses the ones it does not use)
+TASK_DATA_FIELDS = {"text_fields", "label_field", "prompt_field", "prompt_template", "response_field",
+                    "messages_field", "use_chat_template"}
+
+
 class DataSpec(Frozen):
     source: Source
     splits: SplitNames = SplitNames()
-    text_fields: list[str] = Field(min_length=1, max_length=2, description="one field, or two for sentence pairs")
-    label_field: str = "label"
+    text_fields: list[str] | None = Field(
+        default=None, min_length=1, max_length=2,
+        description="classification/regression: one field, or two for sentence pairs; token_classification: "
+                    "the column of word lists; causal_lm: one plain-text column")
+    label_field: str = Field(default="label", description="class, score or tag-list column")
+    prompt_field: str | None = Field(default=None, description="causal_lm: the prompt column")
+    prompt_template: str | None = Field(
+        default=None, description="causal_lm: a prompt built from columns, e.g. 'Headline: {headline}\nTopic:'")
+    response_field: str | None = Field(default=None, description="causal_lm: what the model learns to write")
+    messages_field: str | None = Field(default=None, description="causal_lm: a column of chat turns {role, content}")
+    use_chat_template: bool = Field(
+        default=False, description="causal_lm: render prompt/response as a user and an assistant turn")
     split: SplitSpec | None = Field(default=None, description="omit when the source has a validation split")
     deduplicate: bool = True
     max_length: int = Field(default=128, ge=8, le=8192)
@@ -146,6 +168,14 @@ class DataSpec(Frozen):
 
 
 # ---------------------------------------------------------------- training
+class GenerationSpec(Frozen):
+    """Greedy decoding of validation/test prompts (causal_lm) for exact_match and rouge_l."""
+
+    max_new_tokens: int = Field(default=32, ge=1)
+    max_samples: int = Field(default=64, ge=1, description="rows of each split that are generated")
+    at_evals: bool = Field(default=False, description="also at every evaluation (then trial pruning can use them)")
+
+
 class TrainingSpec(Frozen):
     epochs: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; wins over epochs")
@@ -161,6 +191,9 @@ class TrainingSpec(Frozen):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per worker")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
+    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(),
+                                       description="causal_lm: greedy generation for exact_match / rouge_l")
 
     @model_validator(mode="after")
     def _length(self) -> "TrainingSpec":

@@ -9,14 +9,18 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from adalora_search.tasks import TASKS
+
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
 MODULE_TYPES: tuple[tuple[str, str], ...] = (
+    (r"(^|\.)(c_attn|qkv_proj|query_key_value|Wqkv)$", "qkv"),  # fused query/key/value (GPT-2, Phi-3, ...)
     (r"(^|\.)(query|query_proj|q_proj|q)$", "query"),
     (r"(^|\.)(key|key_proj|k_proj|k)$", "key"),
     (r"(^|\.)(value|value_proj|v_proj|v)$", "value"),
-    (r"attention\.output\.dense$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
-    (r"intermediate\.dense$|(^|\.)(fc1|up_proj|gate_proj|wi)$", "ffn_in"),
-    (r"(^|\.)output\.dense$|(^|\.)(fc2|down_proj|wo)$", "ffn_out"),
+    (r"attention\.output\.dense$|attn\.c_proj$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
+    (r"(^|\.)(gate_proj|w1)$", "ffn_gate"),  # gated MLPs (Llama, Qwen, SmolLM): gate, up, down
+    (r"intermediate\.dense$|mlp\.c_fc$|(^|\.)(fc1|up_proj|wi|w3)$", "ffn_in"),
+    (r"(^|\.)output\.dense$|mlp\.c_proj$|(^|\.)(fc2|down_proj|wo|w2)$", "ffn_out"),
     (r"pooler\.dense$", "pooler"),
 )
 TYPE_ORDER = [label for _, label in MODULE_TYPES]
@@ -36,9 +40,10 @@ def layer_index(name: str) -> int:
 
 
 def metric_name(study: optuna.Study) -> str:
-    objectives = study.user_attrs.get("objectives") or [{"metric": "accuracy"}]
+    main = TASKS[study.user_attrs.get("task", "classification")].main_metric
+    objectives = study.user_attrs.get("objectives") or [{"metric": main}]
     metric = objectives[0]["metric"]
-    return "accuracy" if metric == "trainable_params" else metric
+    return main if metric == "trainable_params" else metric
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
-from typing import Any
 
-import pytest
-import yaml
+# no network here or in CI: the Hub is never tried (set before transformers/datasets are imported)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {
@@ -79,3 +84,46 @@ def pg_url(request: pytest.FixtureRequest) -> str:
     if url is None:
         pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432 (never skipped in CI)")
     yield url
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+
+
+def tiny_decoder(directory: Path, arch: str = "llama", chat_template: bool = True) -> Path:
+    """A tiny random decoder (Llama or GPT-2) with MiniLM's tokenizer, [SEP] as EOS, a chat template."""
+    from transformers import AutoTokenizer, GPT2Config, LlamaConfig
+
+    from adalora_search.assets import resolve_model
+
+    path = directory / f"tiny-{arch}"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    tokenizer.eos_token = "[SEP]"
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id}
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, max_position_embeddings=128, **common)
+    else:
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=128, **common)
+    config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def causal_study(model_dir: Path, **sections: Any) -> dict[str, Any]:
+    """BASE_STUDY as a causal-LM study: the topic of a BBC headline, answered in one word."""
+    data = study_dict(
+        model={"name_or_path": str(model_dir), "init": "random", "task": "causal_lm", "config_overrides": {}},
+        study={"objective": {"metric": "eval_loss", "direction": "minimize"}},
+        data={"text_fields": None, "prompt_template": "Headline: {headline}\nTopic:", "response_field": "label",
+              "max_length": 48},
+        training={"eval_batch_size": 16, "generation": {"max_new_tokens": 3, "max_samples": 8}},
+        adalora={"target_modules": ["q_proj", "v_proj"]},
+    )
+    data["data"].pop("text_fields")
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data

@@ -80,7 +80,7 @@ def test_final_allocation_happens_even_if_the_final_step_is_skipped() -> None:
 def test_orthogonal_regularizer_in_training_loss_not_in_evaluation() -> None:
     run = make_run(adalora={"orth_reg_weight": 5.0})
     batch = next(iter(__import__("adalora_search.data", fromlist=["batches"]).batches(
-        run.data.splits["validation"], 16, run.data.pad_token_id, None, False)))
+        run.data.splits["validation"], 16, run.data.pad_token_id, None)))
     run.model.eval()
     with torch.no_grad():
         train_loss = float(run.model(**batch).loss)  # labels given: PEFT adds the regularizer
@@ -154,8 +154,7 @@ def test_lora_and_full_methods_train() -> None:
     assert full.trainable_params["final"] == full.trainable_params["model_total"]
 
 
-@pytest.mark.parametrize("regression", [True])
-def test_regression_reports_pearson_and_spearman(tmp_path, regression) -> None:
+def test_regression_reports_pearson_and_spearman(tmp_path) -> None:
     rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
     (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
     run = make_run(model={"task": "regression"}, study={"objective": {"metric": "pearson"}},

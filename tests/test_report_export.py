@@ -12,7 +12,6 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from adalora_search import metrics as metrics_mod
 from adalora_search.data import batches
 from adalora_search.errors import UserError
 from adalora_search.export import export_trial
@@ -20,6 +19,7 @@ from adalora_search.modeling import build_base
 from adalora_search.report import write_report
 from adalora_search.runner import prepare_data
 from adalora_search.session import run_session
+from adalora_search.tasks.sequence_classification import SequenceClassification
 from adalora_search.loader import load_spec
 from conftest import study_dict, write_study
 
@@ -57,7 +57,7 @@ def test_exported_lora_config_rebuilds_the_allocation_exactly(study, tmp_path: P
     rank_config = json.loads((out / "rank_config.json").read_text())
     config = LoraConfig.from_pretrained(str(out / "lora"))
     spec = load_spec(path)
-    base = build_base(spec.model, 5, False, 0)
+    base = build_base(spec.model, [str(i) for i in range(5)], 0)
     model = get_peft_model(base, config)
     ranks = {name.removeprefix("base_model.model."): m.r["default"]
              for name, m in model.named_modules() if isinstance(m, LoraLayer)}
@@ -75,16 +75,16 @@ def test_kept_adapter_loads_and_reproduces_the_recorded_metric(study, tmp_path: 
     best = st.best_trial
     spec = load_spec(path)
     data = prepare_data(spec)
-    base = build_base(spec.model, data.num_labels, False, spec.training.seed)
+    base = build_base(spec.model, data.label_names, spec.training.seed)
     model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
     preds, labels, loss = [], [], 0.0
     with torch.no_grad():
-        for batch in batches(data.splits["validation"], 64, data.pad_token_id, None, False):
+        for batch in batches(data.splits["validation"], 64, data.pad_token_id, None):
             labels.append(batch.pop("labels"))
             logits = model(**batch).logits
             loss += float(torch.nn.functional.cross_entropy(logits, labels[-1], reduction="sum"))
             preds.append(logits.argmax(-1))
-    scores = metrics_mod.compute(torch.cat(preds).numpy(), torch.cat(labels).numpy(), False)
+    scores = SequenceClassification().scores(torch.cat(preds).numpy(), torch.cat(labels).numpy())
     recorded = best.user_attrs["metrics"]["final"]
     assert scores["accuracy"] == pytest.approx(recorded["accuracy"])
     # the loss is continuous: it only matches if every adapter weight and the head came back

@@ -15,7 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from adalora_search import metrics as metrics_mod
+from adalora_search.tasks.sequence_classification import SequenceClassification
 from adalora_search.loader import load_spec
 from adalora_search.runner import Budget, work
 from adalora_search.session import run_session
@@ -60,14 +60,14 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
     spec = load_spec(path)
     calls = {"n": 0}
     if fault == "metric":
-        real = metrics_mod.compute
+        real = SequenceClassification.scores
 
         def broken(*args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 1:
                 raise ValueError("metric exploded")
             return real(*args, **kwargs)
-        monkeypatch.setattr(metrics_mod, "compute", broken)
+        monkeypatch.setattr(SequenceClassification, "scores", broken)
     else:
         from adalora_search import engine
 

@@ -1,0 +1,121 @@
+"""What a task is: the contract between the data pipeline, the model builder and the evaluator.
+
+A task owns everything that differs between, say, sequence classification and causal language
+modelling: which source columns it reads, how rows become ``input_ids`` and ``labels``, which
+transformers Auto class and PEFT ``TaskType`` it uses, how a split is evaluated and which
+metrics a study may optimise (each with its default direction). Adding a task is one module
+beside this one plus one line in ``tasks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
+
+from adalora_search.errors import Problem
+
+if TYPE_CHECKING:
+    import torch
+
+    from adalora_search.data import Split
+    from adalora_search.spec import DataSpec, TrainingSpec
+
+Direction = Literal["maximize", "minimize"]
+Rows = dict[str, list[Any]]
+
+
+@dataclass
+class EvalContext:
+    """What a task's evaluation may use; built by the engine for one split.
+
+    ``forward`` runs the model on one collated batch (labels removed) and returns float32 logits
+    on the CPU ([batch, classes], or [batch, tokens, classes/vocab]); ``batches`` yields collated
+    batches in a fixed order; ``generate`` (causal LM) maps prompt ids to generated token ids.
+    """
+
+    forward: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    batches: Callable[[], Iterable[dict[str, torch.Tensor]]]
+    split: Split
+    label_names: list[str] | None
+    tokenizer: Any = None
+    generate: Callable[[list[list[int]], int], list[list[int]]] | None = None
+    generation: Any = None  # spec.GenerationSpec
+    final: bool = False  # the evaluation after training (generation metrics always run then)
+
+
+class Task(ABC):
+    """One supervised task. Instances are stateless; the registry holds one of each."""
+
+    name: ClassVar[str]
+    auto_class: ClassVar[str]  # transformers Auto class name, e.g. "AutoModelForSequenceClassification"
+    peft_task_type: ClassVar[str]  # peft.TaskType value, e.g. "SEQ_CLS"
+    metrics: ClassVar[dict[str, Direction]]  # what a study may optimise, with its default direction
+    main_metric: ClassVar[str]  # what "best" means for references, retrain and the summary
+    stratify: ClassVar[bool] = False  # stratified split by label (classification only)
+    head_modules: ClassVar[tuple[str, ...]] = ("classifier", "score")  # never adapted, trained in full
+
+    # ---------------------------------------------------------------- study-file checks
+    def check_data(self, data: DataSpec) -> list[Problem]:
+        """Problems with the data section for this task (missing or unused fields)."""
+        return []
+
+    def check_training(self, training: TrainingSpec) -> list[Problem]:
+        return []
+
+    # ---------------------------------------------------------------- rows -> tokens
+    @abstractmethod
+    def columns(self, data: DataSpec) -> list[tuple[str, str]]:
+        """(data field, source column) pairs this task reads; each column must be in every split."""
+
+    @abstractmethod
+    def select(self, rows: Rows, data: DataSpec, split: str, features: Any = None) -> Rows:
+        """Normalise raw columns (texts as str, labels typed); raise ``UserError`` on unusable data.
+
+        ``features`` are the source split's ``datasets.Features`` (class names of int labels).
+        """
+
+    def check_metric(self, data: DataSpec, metric: str) -> str | None:
+        """Why ``metric`` cannot be optimised with this data, or None."""
+        return None
+
+    def label_names(self, train: Rows) -> list[str] | None:
+        """Class or tag names in id order (None for tasks without classes)."""
+        return None
+
+    @abstractmethod
+    def encode(self, rows: Rows, data: DataSpec, tokenizer: Any, label_names: list[str] | None,
+               split: str) -> tuple[Rows, int]:
+        """Token columns of one split (``input_ids``, ``labels``, ...) and the number of rows dropped."""
+
+    def dedupe_key(self, rows: Rows, i: int) -> Any:
+        """What makes two rows duplicates (by default every column but the label)."""
+        return tuple(str(rows[c][i]) for c in rows if c != "label")
+
+    # ---------------------------------------------------------------- model
+    def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        """Keyword arguments for ``AutoConfig.from_pretrained`` (labels, problem type)."""
+        return {}
+
+    # ---------------------------------------------------------------- evaluation
+    @abstractmethod
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        """Metrics and ``eval_loss`` (plain loss, no orthogonal regularizer) over one split."""
+
+    def direction(self, metric: str) -> Direction:
+        return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")
+
+    def is_better(self, metric: str, new: float, old: float | None) -> bool:
+        """True when ``new`` beats ``old`` for this metric."""
+        if old is None:
+            return True
+        return new < old if self.direction(metric) == "minimize" else new > old
+
+
+def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
+    """Refuse data fields that were written in the study file but mean nothing for this task."""
+    from adalora_search.spec import TASK_DATA_FIELDS
+
+    return [Problem(f"data.{name}", getattr(data, name),
+                    f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})")
+            for name in sorted(TASK_DATA_FIELDS & data.model_fields_set - wanted)]

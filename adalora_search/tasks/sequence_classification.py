@@ -1,0 +1,159 @@
+"""Sequence classification (``model.task: classification``) and regression (``regression``).
+
+Rows: one or two text fields (a sentence pair) and a label. ``input_ids``: [n_tokens] per row
+(two fields joined by the tokenizer, with ``token_type_ids``); ``labels``: a class id (int) or,
+for regression, a float. Metrics come from scikit-learn and SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from typing import TYPE_CHECKING
+
+from adalora_search.errors import Problem, UserError
+from adalora_search.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class SequenceClassification(Task):
+    name = "classification"
+    auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    metrics: ClassVar[dict[str, Direction]] = {"accuracy": "maximize", "f1_macro": "maximize", "mcc": "maximize",
+                                               "eval_loss": "minimize"}
+    main_metric = "accuracy"
+    stratify = True
+
+    def check_data(self, data: Any) -> list[Problem]:
+        problems = used_fields(data, {"text_fields", "label_field"}, self.name)
+        if not data.text_fields:
+            problems.append(Problem("data.text_fields", None, f"model.task {self.name} needs one text field, "
+                                    "or two for sentence pairs, e.g. text_fields: [sentence]"))
+        return problems
+
+    def columns(self, data: Any) -> list[tuple[str, str]]:
+        return [*(("text_fields", f) for f in data.text_fields), ("label_field", data.label_field)]
+
+    def select(self, rows: Rows, data: Any, split: str, features: Any = None) -> Rows:
+        out = {f: ["" if t is None else str(t) for t in rows[f]] for f in data.text_fields}
+        if not any(text.strip() for texts in out.values() for text in texts):
+            raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
+                            "(nothing left to tokenize); point text_fields at a column that holds text")
+        out["label"] = self._labels(rows[data.label_field], data)
+        return out
+
+    def _labels(self, labels: list[Any], data: Any) -> list[Any]:
+        return labels
+
+    def label_names(self, train: Rows) -> list[str] | None:
+        return sorted({str(v) for v in train["label"]})
+
+    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None,
+               split: str) -> tuple[Rows, int]:
+        encoded = tokenizer(*[rows[f] for f in data.text_fields], truncation=True, max_length=data.max_length)
+        if all(len(ids) <= 2 for ids in encoded["input_ids"]):
+            raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
+                            "(nothing left after tokenization); point text_fields at a column that holds text")
+        out: Rows = {"input_ids": encoded["input_ids"]}
+        if len(data.text_fields) == 2 and "token_type_ids" in encoded:
+            out["token_type_ids"] = encoded["token_type_ids"]
+        out["labels"] = self._label_ids(rows["label"], data, label_names, split)
+        return out, 0
+
+    def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
+        assert names is not None
+        unknown = sorted({str(v) for v in labels} - set(names))
+        if unknown:
+            raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has labels {unknown[:5]} "
+                            f"that never occur in train ({names[:10]}); fix the data or the split")
+        index = {name: i for i, name in enumerate(names)}
+        return [index[str(v)] for v in labels]
+
+    def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        if label_names is None:  # not known yet (the model is only inspected)
+            return {}
+        names = label_names
+        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+                "label2id": {n: i for i, n in enumerate(names)}}
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        import torch
+
+        preds, labels, loss, n = [], [], 0.0, 0
+        for batch in ctx.batches():
+            target = batch.pop("labels")
+            logits = ctx.forward(batch).float().cpu()
+            loss += float(self._loss(logits, target)) * len(target)
+            n += len(target)
+            preds.append(self._predict(logits))
+            labels.append(target)
+        scores = self.scores(torch.cat(preds).numpy(), torch.cat(labels).numpy())
+        scores["eval_loss"] = loss / max(n, 1)
+        return scores
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    def _predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(-1)
+
+    def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """accuracy, macro-F1 and MCC of class ids [n] against class ids [n] (scikit-learn)."""
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+        return {"accuracy": float(accuracy_score(labels, predictions)),
+                "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+                "mcc": float(matthews_corrcoef(labels, predictions))}
+
+
+class Regression(SequenceClassification):
+    name = "regression"
+    metrics: ClassVar[dict[str, Direction]] = {"pearson": "maximize", "spearman": "maximize",
+                                               "eval_loss": "minimize"}
+    main_metric = "pearson"
+    stratify = False
+
+    def _labels(self, labels: list[Any], data: Any) -> list[Any]:
+        try:
+            return [float(v) for v in labels]
+        except (TypeError, ValueError):
+            raise UserError(f"data.label_field = {data.label_field!r}: model.task is regression but labels "
+                            f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
+
+    def label_names(self, train: Rows) -> list[str] | None:
+        return None
+
+    def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
+        return [float(v) for v in labels]
+
+    def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
+        return {"num_labels": 1, "problem_type": "regression"}
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), target)
+
+    def _predict(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1)
+
+    def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Pearson and Spearman correlation (SciPy); a constant prediction scores 0 (never NaN)."""
+        import numpy as np
+        from scipy import stats
+
+        if np.std(predictions) == 0 or np.std(labels) == 0:
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": _finite(stats.pearsonr(predictions, labels)[0]),
+                "spearman": _finite(stats.spearmanr(predictions, labels)[0])}
+
+
+def _finite(value: float) -> float:
+    return 0.0 if math.isnan(value) else float(value)

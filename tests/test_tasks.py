@@ -1,0 +1,194 @@
+"""The task registry: causal LM (Llama, GPT-2) and token classification on tiny models from configs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from adalora_search import cli
+from adalora_search.data import load_splits
+from adalora_search.engine import TrialRun
+from adalora_search.loader import load_spec, parse_spec
+from adalora_search.modeling import build_base, load_tokenizer
+from adalora_search.runner import prepare_data
+from adalora_search.space import sample
+from adalora_search.tasks import TASKS, get_task
+from adalora_search.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
+from adalora_search.tasks.token_classification import align_labels
+from conftest import causal_study, study_dict, tiny_decoder, write_study
+
+
+def _cli(args: list[str], monkeypatch) -> int:
+    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> Path:
+    return tiny_decoder(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory) -> Path:
+    return tiny_decoder(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+def test_every_registered_task_is_a_study_value_and_names_its_metrics() -> None:
+    from adalora_search.spec import ModelSpec
+
+    assert set(TASKS) == set(ModelSpec.model_fields["task"].annotation.__args__)
+    for task in TASKS.values():
+        assert task.main_metric in task.metrics and "eval_loss" in task.metrics
+        assert task.direction("eval_loss") == "minimize"
+    assert get_task("causal_lm").direction("perplexity") == "minimize"
+    assert get_task("causal_lm").direction("exact_match") == "maximize"
+
+
+def test_response_only_loss_equals_cross_entropy_by_hand(llama: Path) -> None:
+    spec = parse_spec(yaml.safe_dump(causal_study(llama, data={"max_length": 64})))
+    data = prepare_data(spec)
+    raw = load_splits(spec.data, get_task("causal_lm"))["validation"]
+    run = TrialRun(sample(spec, optuna.trial.FixedTrial({})), data)
+    scores = run.evaluate("validation")
+    tokenizer = load_tokenizer(spec.model)
+    total, count = 0.0, 0
+    run.model.eval()
+    with torch.no_grad():
+        for prompt, response in zip(raw["prompt"], raw["response"]):
+            p = tokenizer(prompt)["input_ids"]
+            r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            logits = run.model(input_ids=torch.tensor([p + r])).logits[0]
+            total += float(torch.nn.functional.cross_entropy(logits[len(p) - 1:-1], torch.tensor(r), reduction="sum"))
+            count += len(r)
+    assert len(data.splits["validation"]) == len(raw)  # nothing dropped at this max_length
+    assert scores["eval_loss"] == pytest.approx(total / count, rel=1e-4)
+    assert scores["perplexity"] == pytest.approx(float(torch.exp(torch.tensor(total / count))), rel=1e-4)
+
+
+def test_chat_template_masks_assistant_turns_only(llama: Path) -> None:
+    tokenizer = load_tokenizer(load_spec_model(llama))
+    turns = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "alpha beta"},
+             {"role": "user", "content": "second question"}, {"role": "assistant", "content": "gamma"}]
+    ids, mask, start = chat_tokens(tokenizer, turns)
+    learned = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    assert learned.split() == ["alpha", "beta", "[SEP]", "gamma", "[SEP]"]  # assistant text + end of turn
+    assert "question" not in learned
+    prompt = tokenizer.decode(ids[:start])
+    assert prompt.endswith("< assistant >") and "alpha beta" in prompt and "gamma" not in prompt
+
+
+def load_spec_model(directory: Path):  # noqa: ANN201 - a ModelSpec
+    from adalora_search.spec import ModelSpec
+
+    return ModelSpec(name_or_path=str(directory), task="causal_lm")
+
+
+def test_truncation_cuts_the_prompt_start_and_drops_rows_whose_response_does_not_fit() -> None:
+    ids, mask = list(range(10)), [False] * 6 + [True] * 4
+    assert fit(ids, mask, 6, 7) == (ids[3:], mask[3:], 3)  # the start of the prompt is cut
+    assert fit(ids, mask, 6, 3) is None  # the response alone is longer than max_length
+    assert fit(ids, mask, 6, 10) == (ids, mask, 6)
+
+
+def test_generation_metrics_are_normalised_exact_match_and_rouge_l() -> None:
+    assert normalize("The  Sport!") == "sport"
+    scores = text_scores(["sport", "the business news", "tech"], ["Sport.", "business", "politics"])
+    assert scores["exact_match"] == pytest.approx(1 / 3)
+    assert 0.3 < scores["rouge_l"] < 1
+
+
+def test_first_sub_token_alignment() -> None:
+    assert align_labels([None, 0, 1, 1, 1, 2, None], [3, 5, 7]) == [-100, 3, 5, -100, -100, 7, -100]
+    tokenizer = load_tokenizer(load_spec_model(Path("minilm-l6")).model_copy(update={"name_or_path": "minilm-l6"}))
+    encoded = tokenizer([["Unbelievably", "good"]], is_split_into_words=True)
+    labels = align_labels(encoded.word_ids(0), [1, 2])
+    assert len(encoded["input_ids"][0]) > 4  # the first word has several sub-tokens
+    assert [x for x in labels if x != -100] == [1, 2] and labels[1] == 1
+
+
+def _ner_files(directory: Path) -> dict[str, str]:
+    words = ["alice", "visited", "paris", "and", "bob", "saw", "london", "today"]
+    tags = ["B-PER", "O", "B-LOC", "O", "B-PER", "O", "B-LOC", "O"]
+    rows = [{"tokens": words[i % 4:i % 4 + 4], "ner": tags[i % 4:i % 4 + 4]} for i in range(40)]
+    rows = [dict(r, tokens=r["tokens"] + [f"w{i}"], ner=r["ner"] + ["O"]) for i, r in enumerate(rows)]
+    path = directory / "ner.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return {"train": str(path)}
+
+
+def _whole_path(path: Path, monkeypatch, tmp: Path) -> tuple[optuna.Study, dict]:
+    assert _cli(["validate", str(path)], monkeypatch) == 0
+    assert _cli(["run", str(path)], monkeypatch) == 0
+    assert _cli(["report", str(path), "--out", str(tmp / "report")], monkeypatch) == 0
+    assert _cli(["export", str(path), "--out", str(tmp / "export")], monkeypatch) == 0
+    assert _cli(["retrain", str(tmp / "export")], monkeypatch) == 0
+    spec = load_spec(path)
+    study = optuna.load_study(study_name=spec.study.name, storage=f"sqlite:///{tmp / (spec.study.name + '.db')}")
+    return study, json.loads((tmp / "export" / "rank_config.json").read_text())
+
+
+def test_causal_lm_whole_path_with_zero_shot_and_lora_references(llama: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    data = causal_study(llama, study={"references": [{"kind": "zero_shot"}, {"kind": "lora"}]},
+                        training={"generation": {"max_new_tokens": 3, "max_samples": 8, "at_evals": True}})
+    study, exported = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
+    out = capsys.readouterr().out
+    assert "reference zero_shot" in out and "reference lora" in out and "fixed-rank LoRA" in out
+    best = study.best_trial
+    assert {"eval_loss", "perplexity", "exact_match", "rouge_l"} <= set(best.user_attrs["metrics"]["test"])
+    assert {"exact_match", "rouge_l"} <= set(best.intermediate_values and best.user_attrs["metrics"]["final"])
+    assert study.user_attrs["references"]["zero_shot"]["trainable_params"]["final"] == 0
+    config = json.loads((tmp_path / "export" / "lora" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"
+    alloc = pd.read_csv(tmp_path / "report" / "allocations.csv")
+    assert set(alloc["module_type"]) == {"query", "value"}
+
+
+def test_gpt2_conv1d_modules_are_adapted_reported_and_exported(gpt2: Path, tmp_path: Path, monkeypatch) -> None:
+    data = causal_study(gpt2, adalora={"target_modules": ["c_attn", "c_proj", "c_fc"]})
+    study, exported = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
+    ranks = exported["rank_allocation"]
+    alloc = pd.read_csv(tmp_path / "report" / "allocations.csv")
+    assert set(alloc["module_type"]) == {"qkv", "attn_out", "ffn_in", "ffn_out"}
+    assert sum(ranks.values()) == 2 * len(ranks)  # target_r x matrices, Conv1D included
+    spec = load_spec(tmp_path / "study.yaml")
+    model = get_peft_model(build_base(spec.model, None, 0), LoraConfig.from_pretrained(str(tmp_path / "export" / "lora")))
+    rebuilt = {n.removeprefix("base_model.model."): m.r["default"] for n, m in model.named_modules()
+               if isinstance(m, LoraLayer)}
+    assert rebuilt == {k: v for k, v in ranks.items() if v > 0}
+
+
+def test_token_classification_whole_path(tmp_path: Path, monkeypatch) -> None:
+    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
+                      data={"source": {"type": "files", "format": "jsonl", "paths": _ner_files(tmp_path)},
+                            "text_fields": ["tokens"], "label_field": "ner", "deduplicate": False,
+                            "split": {"validation": 0.25, "test": 0.25, "seed": 0}})
+    study, exported = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
+    metrics = study.best_trial.user_attrs["metrics"]
+    assert {"f1", "precision", "recall", "accuracy", "eval_loss"} <= set(metrics["final"])
+    config = json.loads((tmp_path / "export" / "lora" / "adapter_config.json").read_text())
+    assert config["task_type"] == "TOKEN_CLS"
+
+
+def test_regression_whole_path(tmp_path: Path, monkeypatch) -> None:
+    rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
+    (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
+    data = study_dict(model={"task": "regression"}, study={"objective": {"metric": "spearman"}},
+                      data={"source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
+                            "text_fields": ["text"], "label_field": "score",
+                            "split": {"validation": 0.3, "test": 0.2, "seed": 0}})
+    study, _ = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
+    assert {"pearson", "spearman"} <= set(study.best_trial.user_attrs["metrics"]["test"])

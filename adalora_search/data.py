@@ -167,8 +167,11 @@ def _load_source(spec: DataSpec) -> dict[str, datasets.Dataset]:
         return _load_files(src)
     except UserError:
         raise
-    except (OSError, ValueError, ConnectionError) as exc:
-        raise UserError(f"data.source: cannot load {src.model_dump()}: {type(exc).__name__}: {exc}") from None
+    except (OSError, ValueError, ConnectionError, _datasets().exceptions.DatasetGenerationError) as exc:
+        cause = exc.__cause__ or exc
+        hint = "; if the file uses another separator, set data.source.delimiter" if src.type == "files" else ""
+        raise UserError(f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: "
+                        f"{str(cause)[:300]}{hint}") from None
 
 
 def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
@@ -176,15 +179,20 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
         if not Path(path).exists():
             raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
     builder = {"jsonl": "json"}.get(src.format, src.format)
-    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths)))
+    if src.delimiter is not None and src.format != "csv":
+        raise UserError(f"data.source.delimiter = {src.delimiter!r}: only csv files have a delimiter; remove it")
+    options = {"delimiter": src.delimiter} if src.delimiter is not None else {}
+    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), **options))
 
 
 def _check_columns(columns: list[tuple[str, str]], source: dict[str, datasets.Dataset]) -> None:
     for name, ds in source.items():
         for field_name, column in columns:
             if column not in ds.column_names:
+                joined = len(ds.column_names) == 1 and any(c in ds.column_names[0] for c in ";\t|")
+                hint = "; the file seems to use another separator: set data.source.delimiter" if joined else ""
                 raise UserError(f"data.{field_name}: column {column!r} is not in the {name} split; "
-                                f"its columns are {ds.column_names}")
+                                f"its columns are {ds.column_names}{hint}")
 
 
 def _select(ds: datasets.Dataset, spec: DataSpec, task: Task, split: str) -> datasets.Dataset:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from adalora_search import modeling
 from adalora_search.distributions import corners, describe
 from adalora_search.space import KNOBS, knob, optimizer_steps
@@ -37,8 +39,13 @@ def _data(data: TokenizedData) -> list[str]:
     if dropped:
         lines.append("  rows dropped (response longer than data.max_length): "
                      + ", ".join(f"{k} {v}" for k, v in dropped.items()))
-    if data.label_names is not None:
-        lines.append(f"  {len(data.label_names)} labels: {', '.join(data.label_names[:20])}")
+    labels = data.splits["train"].columns["labels"]
+    if data.label_names is not None and labels and not isinstance(labels[0], list):
+        counts = Counter(labels)
+        lines.append(f"  {len(data.label_names)} classes in train: "
+                     + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.label_names[:30])))
+    elif data.label_names is not None:
+        lines.append(f"  {len(data.label_names)} tags: {', '.join(data.label_names[:30])}")
     return lines
 
 

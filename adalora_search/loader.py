@@ -26,7 +26,14 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
-    """Relative data file paths are relative to the study file, not to the working directory."""
+    """Relative data files and model directories are relative to the study file, not the working directory.
+
+    ``model.name_or_path`` is taken as a directory beside the study file when one exists there (or
+    when it starts with ``./`` or ``../``); otherwise it stays a packaged name or a Hub id.
+    """
+    name = spec.model.name_or_path
+    if not Path(name).is_absolute() and ((base / name).is_dir() or name.startswith(("./", "../"))):
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": str(base / name)})})
     source = spec.data.source
     if not isinstance(source, FilesSource):
         return spec

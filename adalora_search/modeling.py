@@ -180,12 +180,12 @@ def head_params(model: torch.nn.Module) -> int:
                if p.requires_grad and "lora_" not in n)
 
 
-def inspect(spec: ModelSpec) -> tuple[dict[str, tuple[int, int]], Any]:
+def inspect(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[dict[str, tuple[int, int]], Any]:
     """(in, out) features of every Linear / Conv1D of the model, and its config.
 
     The model is built on the meta device from its config: no weights are read.
     """
-    config = load_config(spec)
+    config = load_config(spec, label_names)
     auto = getattr(transformers, get_task(spec.task).auto_class)
     try:
         with torch.device("meta"):

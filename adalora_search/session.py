@@ -61,7 +61,7 @@ def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, in
     """Inspect the model (meta device) and refuse what would fail every trial; returns its Linears."""
     from adalora_search import modeling
 
-    linears, config = modeling.inspect(spec.model)
+    linears, config = modeling.inspect(spec.model, data.label_names)
     modeling.check_model(spec, linears, config, data.label_names)
     return linears
 

@@ -107,6 +107,8 @@ class FilesSource(Frozen):
     type: Literal["files"] = "files"
     format: Literal["csv", "json", "jsonl", "parquet"]
     paths: dict[Literal["train", "validation", "test"], str] = Field(min_length=1)
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1,
+                                  description="csv only: the field separator, e.g. ';' or '\t' (default ',')")
 
 
 Source = Annotated[Union[PackagedSource, HubSource, FilesSource], Field(discriminator="type")]
@@ -137,7 +139,7 @@ class SplitNames(Frozen):
 
 # fields of DataSpec that only some tasks read (a task refuses the ones it does not use)
 TASK_DATA_FIELDS = {"text_fields", "label_field", "prompt_field", "prompt_template", "response_field",
-                    "messages_field", "use_chat_template"}
+                    "messages_field", "use_chat_template", "drop_blank_labels"}
 
 
 class DataSpec(Frozen):
@@ -157,6 +159,7 @@ class DataSpec(Frozen):
         default=False, description="causal_lm: render prompt/response as a user and an assistant turn")
     split: SplitSpec | None = Field(default=None, description="omit when the source has a validation split")
     deduplicate: bool = True
+    drop_blank_labels: bool = Field(default=False, description="drop rows whose label is empty instead of refusing")
     max_length: int = Field(default=128, ge=8, le=8192)
     max_train_samples: int | None = Field(default=None, ge=1)
     max_eval_samples: int | None = Field(default=None, ge=1)

@@ -192,3 +192,60 @@ def test_regression_whole_path(tmp_path: Path, monkeypatch) -> None:
                             "split": {"validation": 0.3, "test": 0.2, "seed": 0}})
     study, _ = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
     assert {"pearson", "spearman"} <= set(study.best_trial.user_attrs["metrics"]["test"])
+
+
+def _chat_rows(directory: Path, rows: list[dict]) -> dict[str, str]:
+    path = directory / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return {"train": str(path)}
+
+
+CHATS = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+         for w in ["yes", "no", "maybe", "never", "always", "often", "seldom", "sometimes"] * 5]
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("prompt_column_missing", "data.prompt_template: column 'title' is not in"),
+    ("response_column_missing", "data.response_field: column 'answer' is not in"),
+    ("messages_column_missing", "data.messages_field: column 'conversation' is not in"),
+    ("no_form", "causal_lm needs response_field"),
+    ("unused_field", "data.label_field"),
+    ("empty_responses", "every response of the train split is empty"),
+    ("responses_too_long", "every response of the train split is longer than max_length"),
+    ("no_chat_template", "the tokenizer has no chat template"),
+    ("metric_of_another_task", "not a causal_lm metric"),
+    ("generation_metric_on_plain_text", "plain text has none"),
+    ("max_length_above_positions", "data.max_length = 512"),
+])
+def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tmp_path: Path, monkeypatch,
+                                                      capsys) -> None:
+    model = tiny_decoder(tmp_path, "llama", chat_template=case != "no_chat_template")
+    chat = {"source": {"type": "files", "format": "jsonl", "paths": _chat_rows(tmp_path, CHATS)},
+            "prompt_template": None, "response_field": None, "messages_field": "messages",
+            "split": {"validation": 0.2, "test": 0.0, "seed": 0}}
+    sections = {
+        "prompt_column_missing": {"data": {"prompt_template": "Title: {title}"}},
+        "response_column_missing": {"data": {"response_field": "answer"}},
+        "messages_column_missing": {"data": {**chat, "messages_field": "conversation"}},
+        "no_form": {"data": {"prompt_template": None, "response_field": None}},
+        "unused_field": {"data": {"label_field": "label"}},
+        "empty_responses": {"data": {"response_field": "body_blank"}},
+        "responses_too_long": {"data": {"prompt_template": "{headline}", "response_field": "body", "max_length": 16}},
+        "no_chat_template": {"data": chat},
+        "metric_of_another_task": {"study": {"objective": {"metric": "accuracy"}}},
+        "generation_metric_on_plain_text": {"study": {"objective": {"metric": "rouge_l"}},
+                                            "data": {"prompt_template": None, "response_field": None,
+                                                     "text_fields": ["body"]}},
+        "max_length_above_positions": {"data": {"max_length": 512}},
+    }[case]
+    data = causal_study(model, **sections)
+    data["data"] = {k: v for k, v in data["data"].items() if v is not None}
+    if case == "empty_responses":
+        rows = [{"headline": f"h{i}", "body_blank": " "} for i in range(40)]
+        data["data"]["source"] = {"type": "files", "format": "jsonl", "paths": _chat_rows(tmp_path, rows)}
+    path = write_study(tmp_path, data)
+    assert _cli(["validate", str(path)], monkeypatch) == 2
+    assert _cli(["run", str(path)], monkeypatch) == 2
+    output = capsys.readouterr().err
+    assert expect in output and "Traceback" not in output
+    assert not list(tmp_path.glob("*.db")), "nothing may be stored for a bad study"

@@ -30,7 +30,7 @@ class SequenceClassification(Task):
     stratify = True
 
     def check_data(self, data: Any) -> list[Problem]:
-        problems = used_fields(data, {"text_fields", "label_field"}, self.name)
+        problems = used_fields(data, {"text_fields", "label_field", "drop_blank_labels"}, self.name)
         if not data.text_fields:
             problems.append(Problem("data.text_fields", None, f"model.task {self.name} needs one text field, "
                                     "or two for sentence pairs, e.g. text_fields: [sentence]"))
@@ -40,6 +40,7 @@ class SequenceClassification(Task):
         return [*(("text_fields", f) for f in data.text_fields), ("label_field", data.label_field)]
 
     def select(self, rows: Rows, data: Any, split: str, features: Any = None) -> Rows:
+        rows = _without_blank_labels(rows, data, split)
         out = {f: ["" if t is None else str(t) for t in rows[f]] for f in data.text_fields}
         if not any(text.strip() for texts in out.values() for text in texts):
             raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
@@ -153,6 +154,19 @@ class Regression(SequenceClassification):
             return {"pearson": 0.0, "spearman": 0.0}
         return {"pearson": _finite(stats.pearsonr(predictions, labels)[0]),
                 "spearman": _finite(stats.spearmanr(predictions, labels)[0])}
+
+
+def _without_blank_labels(rows: Rows, data: Any, split: str) -> Rows:
+    """Rows whose label cell is empty are refused, or dropped with ``data.drop_blank_labels``."""
+    labels = rows[data.label_field]
+    blank = [i for i, v in enumerate(labels) if v is None or (isinstance(v, str) and not v.strip())]
+    if not blank:
+        return rows
+    if not data.drop_blank_labels:
+        raise UserError(f"data.label_field = {data.label_field!r}: {len(blank)} row(s) of the {split} split have a "
+                        f"blank label (e.g. row {blank[0]}); fill them, or set data.drop_blank_labels: true")
+    keep = sorted(set(range(len(labels))) - set(blank))
+    return {column: [values[i] for i in keep] for column, values in rows.items()}
 
 
 def _finite(value: float) -> float:

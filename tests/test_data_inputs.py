@@ -1,0 +1,70 @@
+"""Data and model inputs as users bring them: blank labels, other delimiters, relative model paths."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adalora_search import cli
+from adalora_search.assets import resolve_model
+
+CORPUS = Path(__file__).parent / "bad_studies"
+FIELD = Path(__file__).parent / "field_cases"
+
+
+def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _fixed(tmp_path: Path, name: str, **data: object) -> Path:
+    """A copy of a bad-studies corpus file with the fix applied to its data section."""
+    shutil.copytree(CORPUS / "data", tmp_path / "data")
+    study = yaml.safe_load((CORPUS / f"{name}.yaml").read_text())
+    for key, value in data.items():
+        if key == "source":
+            study["data"]["source"].update(value)
+        else:
+            study["data"][key] = value
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_dropping_blank_labels_is_explicit_and_validate_lists_class_counts(tmp_path, monkeypatch, capsys) -> None:
+    code, out = _cli(["validate", str(_fixed(tmp_path, "blank_labels", drop_blank_labels=True))], monkeypatch, capsys)
+    assert code == 0, out
+    assert "2 classes in train: business" in out and "sport" in out
+
+
+def test_csv_delimiter_option_reads_the_file(tmp_path, monkeypatch, capsys) -> None:
+    path = _fixed(tmp_path, "csv_other_delimiter", source={"delimiter": ";"}, split={"validation": 0.5, "test": 0.0,
+                                                                                     "seed": 0})
+    code, out = _cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 0, out
+
+
+def test_relative_model_directory_resolves_against_the_study_file(tmp_path, monkeypatch, capsys) -> None:
+    """Field case 09: a GPT-2 model beside the study file (c_attn is a transformers Conv1D)."""
+    shutil.copytree(FIELD / "case09", tmp_path / "case09")
+    for name in ("vocab.txt", "tokenizer.json"):
+        source = Path(resolve_model("minilm-l6")) / name
+        if source.exists():
+            shutil.copy(source, tmp_path / "case09" / "tiny-gpt2" / name)
+    monkeypatch.chdir(tmp_path)  # not the study file's folder
+    code, out = _cli(["validate", "case09/study.yaml"], monkeypatch, capsys)
+    assert code == 0, out
+    assert "c_attn: 2 matrices" in out
+    code, out = _cli(["run", "case09/study.yaml"], monkeypatch, capsys)
+    assert code == 0, out
+    assert "best trial" in out

@@ -9,6 +9,7 @@ never changes); LoRA scales by ``alpha / r``. So module m with final rank r_m ge
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -18,10 +19,11 @@ from typing import Any
 import optuna
 import yaml
 
-from adalora_search import modeling
+from adalora_search import modeling, ranking
 from adalora_search.errors import UserError
-from adalora_search.runner import best_trial
 from adalora_search.space import TrialConfig
+
+_log = logging.getLogger(__name__)
 
 
 def lora_patterns(ranks: dict[str, int], lora_alpha: float, init_r: int) -> tuple[dict[str, int], dict[str, float]]:
@@ -32,18 +34,17 @@ def lora_patterns(ranks: dict[str, int], lora_alpha: float, init_r: int) -> tupl
 
 def pareto_pick(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial | None:
     """A named trial of a multi-objective study's Pareto front: best ``metric`` or fewest ``params``."""
-    front = study.best_trials
+    front = ranking.pareto_front(study)
     if not front:
         return None
     if pick == "params":
         return min(front, key=lambda t: (t.user_attrs.get("trainable_params", {}).get("final", 0), t.number))
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-    return min(front, key=lambda t: (sign * t.values[0], t.number))
+    return front[0]  # ranking order: the front's best first objective
 
 
 def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") -> optuna.trial.FrozenTrial:
     if number is None:
-        trial = pareto_pick(study, pick) if len(study.directions) > 1 else best_trial(study)
+        trial = pareto_pick(study, pick) if len(study.directions) > 1 else ranking.best(study)
         if trial is None:
             raise UserError(f"study {study.study_name!r} has no completed trial to export yet")
     else:
@@ -51,6 +52,11 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
         if not found:
             raise UserError(f"--trial = {number}: no such trial in study {study.study_name!r}")
         trial = found[0]
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        steps = (trial.user_attrs.get("timing") or {}).get("steps")
+        _log.warning("trial %d is %s at step %s of %s: its allocation is where rank pruning had got to, not "
+                     "AdaLoRA's final one (rank_config.json records this)", trial.number, trial.state.name, steps,
+                     trial.user_attrs.get("total_steps"))
     if not trial.user_attrs.get("rank_allocation") or "config" not in trial.user_attrs:
         raise UserError(f"--trial = {trial.number}: the trial ({trial.state.name}) stored no rank allocation "
                         "and config; pick another trial with --trial")
@@ -68,6 +74,8 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         "lora_alpha": a["lora_alpha"], "rank_allocation": trial.user_attrs["rank_allocation"],
         "trainable_params": trial.user_attrs.get("trainable_params"),
         "total_steps": trial.user_attrs.get("total_steps"), "params": trial.params, "config": cfg,
+        "complete": trial.state == optuna.trial.TrialState.COMPLETE,
+        "steps_trained": (trial.user_attrs.get("timing") or {}).get("steps"),
     }
 
 

@@ -49,6 +49,7 @@ class Objective:
             if "test" in self.data.splits:
                 run.result.metrics["test"] = run.evaluate("test", final=True)
             self._keep_adapter(trial, run)
+            self._warn(trial, run)
             return self._values(run)
         except TRIAL_ERRORS as exc:
             trial.set_user_attr("failure", {"type": type(exc).__name__, "message": str(exc)[:2000]})
@@ -73,6 +74,18 @@ class Objective:
                 raise optuna.TrialPruned(f"trial pruned at step {step}: {metric} {scores[metric]:.4f}")
 
         return on_eval
+
+    def _warn(self, trial: optuna.Trial, run: TrialRun) -> None:
+        """Results a user can misread are stored and printed with the trial, never left silent."""
+        final = run.result.metrics.get("final") or {}
+        notes = []
+        if final.get("predicted_classes") == 1:
+            notes.append("predicts a single class for every validation example (MCC 0): the model ignores its "
+                         "input; lower the learning rate or train longer")
+        if notes:
+            trial.set_user_attr("warnings", notes)
+            for note in notes:
+                self.log(f"[trial {trial.number}] WARNING: {note}")
 
     def _values(self, run: TrialRun) -> float | list[float]:
         values = []

@@ -21,7 +21,9 @@ def heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "{:.0f}", la
     ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right")
     ax.set_yticks(range(len(table.index)), ["pooler" if i == -1 else f"layer {i}" for i in table.index])
     for (r, c), v in np.ndenumerate(values):
-        if not np.isnan(v):
+        if np.isnan(v):  # no trial adapted this cell; 0 would mean adapted and pruned away
+            ax.text(c, r, "n/a", ha="center", va="center", fontsize=7, color="gray")
+        else:
             ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8,
                     color="white" if v > np.nanmax(values) * 0.6 else "black")
     fig.colorbar(image, ax=ax, label=label)

@@ -110,6 +110,7 @@ def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
         gain = "" if label.startswith("best") or test is None or best_test is None else \
             f"  (best trial {_gain(metrics[0], best_test, test)})"
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
+        lines += [f"  WARNING: {note}" for note in attrs.get("warnings", [])]
     return lines
 
 

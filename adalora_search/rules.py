@@ -111,6 +111,10 @@ def _study(spec: StudySpec) -> list[Problem]:
         for path, dist in searched_knobs(spec):
             if not isinstance(dist, Choices):
                 out.append(Problem(path, dist.model_dump(), "the grid sampler needs {choices: [...]} here"))
+    if spec.study.keep_top_k_adapters and len(objectives) > 1:
+        out.append(Problem("study.keep_top_k_adapters", spec.study.keep_top_k_adapters,
+                           "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
+                           "retrain the exported Pareto trial you pick"))
     if spec.study.keep_top_k_adapters and spec.study.artifacts_dir == "":
         out.append(Problem("study.artifacts_dir", "", "set a directory to keep adapters in"))
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from adalora_search import ranking
 from adalora_search import storage as storage_mod
 from adalora_search.data import TokenizedData, load_tokenized
 from adalora_search.errors import UserError
@@ -176,13 +177,8 @@ def progress_line(study: optuna.Study, budget: Budget, deadline: float | None) -
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    if len(study.directions) > 1:
-        front = study.best_trials
-        return front[0] if front else None
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
+    """The best trial as status, report, export and references see it (``ranking.best``)."""
+    return ranking.best(study)
 
 
 def spawn_workers(study_file: str, url: str, budget: Budget, workers: int, gpus: list[str]) -> int:

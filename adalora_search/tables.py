@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from adalora_search import ranking
 from adalora_search.tasks import TASKS
 
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
@@ -90,19 +91,20 @@ def allocations_table(study: optuna.Study) -> pd.DataFrame:
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Completed trials with an allocation, best first (by the first objective)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and t.user_attrs.get("rank_allocation")]
-    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.values[0], reverse=maximize)
+    return [t for t in ranking.ranked(study) if t.user_attrs.get("rank_allocation")]
 
 
 def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> pd.DataFrame:
-    """Layer x module type, averaged over ``trials`` (rank, or rank_share to compare budgets)."""
+    """Layer x module type, averaged over those of ``trials`` that adapted each cell.
+
+    A cell is the sum over its modules (e.g. a layer's query) of ``value`` (rank, or rank_share to
+    compare budgets). NaN: no trial adapted it; 0: adapted, and every triplet pruned away.
+    """
     subset = allocations[allocations["trial"].isin(trials)]
     if subset.empty:
         return pd.DataFrame()
-    table = subset.pivot_table(index="layer", columns="module_type", values=value, aggfunc="sum")
-    table = table / len(trials)
+    per_trial = subset.groupby(["trial", "layer", "module_type"])[value].sum()
+    table = per_trial.groupby(["layer", "module_type"]).mean().unstack("module_type")
     ordered = [c for c in TYPE_ORDER if c in table.columns] + [c for c in table.columns if c not in TYPE_ORDER]
     return table[ordered].sort_index()
 

@@ -106,12 +106,14 @@ class SequenceClassification(Task):
         return logits.argmax(-1)
 
     def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """accuracy, macro-F1 and MCC of class ids [n] against class ids [n] (scikit-learn)."""
+        """accuracy, macro-F1 and MCC of class ids [n] against class ids [n] (scikit-learn), and how many
+        distinct classes were predicted (1: the model ignores its input, whatever the accuracy)."""
         from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
         return {"accuracy": float(accuracy_score(labels, predictions)),
                 "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-                "mcc": float(matthews_corrcoef(labels, predictions))}
+                "mcc": float(matthews_corrcoef(labels, predictions)),
+                "predicted_classes": len(set(predictions.tolist()))}
 
 
 class Regression(SequenceClassification):

@@ -197,13 +197,14 @@ class TrialRun:
         """Generation metrics on validation after training, when they were not computed at evaluations."""
         generation = self.cfg.training.generation
         final = self.result.metrics.get("final")
-        if final is None or generation.at_evals or not hasattr(self.task, "generation_scores"):
+        if final is None or generation.at_evals:
             return
         self.model.eval()
         with torch.no_grad():
             scores = self.task.generation_scores(self._context("validation", final=True))
-        final.update(scores)
-        self.result.history[-1].update(scores)
+        if scores:
+            final.update(scores)
+            self.result.history[-1].update(scores)
 
     def evaluate(self, split: str, final: bool = False) -> dict[str, float]:
         """The task's metrics and plain loss (no orthogonal regularizer) on a split.

@@ -57,7 +57,7 @@ def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
                         "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
-    if getattr(config, "pad_token_id", None) is None and task.name != "causal_lm":
+    if getattr(config, "pad_token_id", None) is None and task.pools_on_pad:
         config.pad_token_id = getattr(config, "eos_token_id", None)  # GPT-2-style models batch with EOS as pad
     return config
 

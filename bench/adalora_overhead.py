@@ -23,6 +23,7 @@ from adalora_search.data import batches, load_tokenized
 from adalora_search.engine import TrialRun
 from adalora_search.loader import parse_spec
 from adalora_search.modeling import load_tokenizer
+from adalora_search.tasks import get_task
 from adalora_search.space import LoraKnobs, sample
 
 MODELS = {
@@ -72,7 +73,7 @@ def forward_backward(cfg, data, steps: int) -> float:
     """The same AdaLoRA model, forward + backward only: no optimizer step, no allocation."""
     run = TrialRun(cfg, data)
     run.model.train()
-    it = batches(data.splits["train"], 32, data.pad_token_id, 0, False)
+    it = batches(data.splits["train"], 32, data.pad_token_id, 0)
     start = time.perf_counter()
     for _ in range(steps):
         run.model(**next(it)).loss.backward()
@@ -90,7 +91,7 @@ def main() -> None:
     rows = []
     for label, model in MODELS.items():
         spec = spec_for(model, args.steps)
-        data = load_tokenized(spec.data, load_tokenizer(spec.model), False)
+        data = load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))
         cfg = sample(spec, optuna.trial.FixedTrial({}))
         names = [n for n in _module_names(cfg, data)]
         lora = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(

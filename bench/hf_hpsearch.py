@@ -19,6 +19,7 @@ from transformers import (AutoModelForSequenceClassification, DataCollatorWithPa
 from adalora_search.assets import resolve_model
 from adalora_search.data import load_splits
 from adalora_search.modeling import adalora_config, load_tokenizer
+from adalora_search.tasks import get_task
 from adalora_search.space import KNOBS, build_config, knob
 from adalora_search.distributions import suggest
 
@@ -42,7 +43,7 @@ class Allocate(TrainerCallback):
 def run_hf_search(spec, seed: int, wall_budget: float) -> dict:
     start = time.perf_counter()
     tokenizer = load_tokenizer(spec.model)
-    raw = load_splits(spec.data, regression=False)
+    raw = load_splits(spec.data, get_task(spec.model.task))
     names = sorted(set(raw["train"]["label"]))
 
     def encode(batch):

@@ -27,6 +27,7 @@ from adalora_search.data import load_splits, load_tokenized
 from adalora_search.engine import TrialRun
 from adalora_search.loader import parse_spec
 from adalora_search.modeling import adalora_config, load_tokenizer
+from adalora_search.tasks import get_task
 from adalora_search.space import sample
 
 STUDY = """
@@ -42,7 +43,7 @@ adalora: {target_modules: [query, key, value, attention.output.dense, intermedia
 def ours(spec) -> dict:
     start = time.perf_counter()
     cfg = sample(spec, optuna.trial.FixedTrial({}))
-    data = load_tokenized(spec.data, load_tokenizer(spec.model), False)  # warm cache: as trial 2..N of a study
+    data = load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))  # warm cache: as trial 2..N of a study
     run = TrialRun(cfg, data, time.perf_counter() - start)
     result = run.train()
     wall = time.perf_counter() - start
@@ -63,7 +64,7 @@ class Allocate(TrainerCallback):
 def trainer(spec, steps: int) -> dict:
     start = time.perf_counter()
     tokenizer = load_tokenizer(spec.model)
-    raw = load_splits(spec.data, regression=False)  # a typical script loads and splits per run...
+    raw = load_splits(spec.data, get_task(spec.model.task))  # a typical script loads and splits per run...
     names = sorted(set(raw["train"]["label"]))
     def encode(batch):  # ...and tokenizes per run
         out = tokenizer(batch["headline"], truncation=True, max_length=32)
@@ -96,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/trial_cost.json")
     args = parser.parse_args()
     spec = parse_spec(STUDY.replace("STEPS", str(args.steps)))
-    load_tokenized(spec.data, load_tokenizer(spec.model), False)  # build the cache once, outside the timing
+    load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))  # build the cache once, outside the timing
     runs = {"adalora-search": [], "hf-trainer": []}
     for _ in range(args.repeats):  # interleaved so drift hits both sides
         runs["adalora-search"].append(ours(spec))

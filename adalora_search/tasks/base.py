@@ -53,7 +53,7 @@ class Task(ABC):
     metrics: ClassVar[dict[str, Direction]]  # what a study may optimise, with its default direction
     main_metric: ClassVar[str]  # what "best" means for references, retrain and the summary
     stratify: ClassVar[bool] = False  # stratified split by label (classification only)
-    head_modules: ClassVar[tuple[str, ...]] = ("classifier", "score")  # never adapted, trained in full
+    pools_on_pad: ClassVar[bool] = True  # the head reads the last non-pad token: the config needs a pad id
 
     # ---------------------------------------------------------------- study-file checks
     def check_data(self, data: DataSpec) -> list[Problem]:
@@ -101,6 +101,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         """Metrics and ``eval_loss`` (plain loss, no orthogonal regularizer) over one split."""
+
+    def generation_scores(self, ctx: EvalContext) -> dict[str, float]:
+        """Metrics of generated text, computed after training (none for tasks that do not generate)."""
+        return {}
 
     def direction(self, metric: str) -> Direction:
         return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")

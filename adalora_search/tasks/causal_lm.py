@@ -38,7 +38,7 @@ class CausalLM(Task):
     metrics: ClassVar[dict[str, Direction]] = {"eval_loss": "minimize", "perplexity": "minimize",
                                                "exact_match": "maximize", "rouge_l": "maximize"}
     main_metric = "eval_loss"
-    head_modules = ("lm_head",)
+    pools_on_pad = False
 
     # ---------------------------------------------------------------- checks
     def check_data(self, data: Any) -> list[Problem]:

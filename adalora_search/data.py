@@ -54,6 +54,8 @@ class Split:
 
 @dataclass(frozen=True)
 class TokenizedData:
+    """A study's tokenized splits (``train``, ``validation``, optional ``test``) and what batches need."""
+
     splits: dict[str, Split]
     label_names: list[str] | None  # class or tag names in id order; None for regression and causal_lm
     pad_token_id: int
@@ -62,10 +64,12 @@ class TokenizedData:
 
     @property
     def num_labels(self) -> int:
+        """Number of classes or tags (1 for regression and causal LM)."""
         return len(self.label_names) if self.label_names is not None else 1
 
 
 def cache_root() -> Path:
+    """Where tokenized data and converted models are cached: $ADALORA_SEARCH_CACHE or ~/.cache/adalora_search."""
     return Path(os.environ.get("ADALORA_SEARCH_CACHE", Path.home() / ".cache" / "adalora_search"))
 
 

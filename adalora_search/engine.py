@@ -40,6 +40,7 @@ class RunResult:
     final_allocation_done: bool = False
 
     def as_attrs(self) -> dict[str, Any]:
+        """The result as plain JSON-able dicts and lists (Optuna user attrs)."""
         return asdict(self)
 
 
@@ -65,6 +66,15 @@ class TrialRun:
 
     # ------------------------------------------------------------------ train
     def train(self, on_eval: OnEval | None = None) -> RunResult:
+        """Train for ``total_steps`` optimizer steps, evaluating every ``eval_every`` steps.
+
+        ``on_eval(step, scores)`` is called after each evaluation (scores: the task's metrics,
+        ``train_loss`` and the current ``budget``, total rank); it may raise to stop the run
+        (trial pruning), and ``result`` then keeps what was known.
+
+        Raises:
+            TrialFailure: a non-finite training loss, or CUDA out of memory.
+        """
         t = self.cfg.training
         optimizer, scheduler = self._optimizer()
         step, micro, tokens, start, eval_s = 0, 0, 0, time.perf_counter(), 0.0
@@ -254,10 +264,12 @@ class TrialRun:
             t["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     def save_adapter(self, directory: str) -> None:
+        """PEFT's ``save_pretrained`` of the trained adapter (and head)."""
         self.model.save_pretrained(directory)
 
 
 def total_steps(cfg: TrialConfig, n_train: int) -> int:
+    """Optimizer steps of this run for ``n_train`` training rows (``space.optimizer_steps``)."""
     return optimizer_steps(cfg.training, n_train)
 
 

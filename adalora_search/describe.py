@@ -10,7 +10,7 @@ from adalora_search.spec import StudySpec
 
 def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, n_train: int | None) -> list[str]:
     s = spec.study
-    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.direction} {o.metric}" for o in s.objectives),
+    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.resolved_direction} {o.metric}" for o in s.objectives),
              f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
              f"n_trials {s.n_trials}, timeout {s.timeout}",
              f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",

@@ -200,7 +200,7 @@ def check_failures(study: optuna.Study, limit: int) -> None:
     last = sorted(finished, key=lambda t: t.number)[-limit:]
     if len(last) < limit or any(t.state != TrialState.FAIL for t in last):
         return
-    reasons = list(dict.fromkeys(f"{t.user_attrs['failure']['type']}: {t.user_attrs['failure']['message'][:300]}"
+    reasons = list(dict.fromkeys(f"{t.user_attrs['failure']['type']}: {t.user_attrs['failure']['message'][:300].rstrip('. ')}"
                                  for t in last))
     said = reasons[0] if len(reasons) == 1 else " | ".join(reasons[:3])
     raise RepeatedFailure(

@@ -184,8 +184,10 @@ def typed_value(path: str, value: Any) -> Any:
     report print); numbers must be numbers (a quoted ``"1e-3"`` is refused, not guessed).
     """
     kind = knob_value_type(path)
-    if kind == list[str] and isinstance(value, str):
-        value = [name.strip() for name in value.split(",") if name.strip()]
+    if kind == list[str] and isinstance(value, (str, list)):  # "query,value" or [query, "key,value"]
+        parts = [value] if isinstance(value, str) else value
+        if all(isinstance(part, str) for part in parts):
+            value = [name.strip() for part in parts for name in part.split(",") if name.strip()]
     try:
         return TypeAdapter(kind).validate_python(value, strict=True)
     except ValidationError:

@@ -37,7 +37,13 @@ def ambiguous_password(url: str) -> bool:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.startswith("sqlite"):
         return False
-    return rest.split("?", 1)[0].count("@") > 1
+    if rest.split("?", 1)[0].count("@") > 1:
+        return True
+    try:  # e.g. a '?' before the '@'s: SQLAlchemy ends the password at the first '@' regardless
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return "@" in rest.partition("@")[2]
+    return "@" in (parsed.host or "") + (parsed.database or "")
 
 
 def _redacted(url: str) -> str:
@@ -56,7 +62,7 @@ def url_problem(url: str) -> str | None:
     try:
         make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        return ("not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://user@host/db "
+        return ("not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://name@host/db "
                 "(percent-encode the password with urllib.parse.quote(password, safe=''))")
     return None
 

@@ -59,6 +59,8 @@ def schema() -> None:
 def _budget_options(f):
     f = click.option("--n-trials", type=click.IntRange(min=1), help="finished trials for the whole study")(f)
     f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds")(f)
+    f = click.option("--allow-changed-study", "allow_changed", is_flag=True,
+                     help="go on with a stored study created from a different study file (not comparable)")(f)
     return click.option("--storage", help="SQLAlchemy URL; overrides study.storage")(f)
 
 
@@ -67,21 +69,22 @@ def _budget_options(f):
 @_budget_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="worker processes on this machine")
 @click.option("--gpus", default="", help="comma-separated GPU ids, one worker per GPU")
-def run(study_file: str, n_trials, timeout, storage, workers: int, gpus: str) -> None:
+def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str) -> None:
     """Run (or resume) the search of STUDY_FILE."""
     from adalora_search.session import run_session
 
-    run_session(study_file, n_trials, timeout, storage, workers, [g for g in gpus.split(",") if g.strip()])
+    run_session(study_file, n_trials, timeout, storage, workers, [g for g in gpus.split(",") if g.strip()],
+                allow_changed)
 
 
 @cli.command(hidden=True)
 @click.argument("study_file")
 @_budget_options
-def worker(study_file: str, n_trials, timeout, storage) -> None:
+def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool) -> None:
     """One worker process (started by `run --workers`, or by hand on another machine)."""
     from adalora_search.session import run_worker
 
-    run_worker(study_file, n_trials, timeout, storage)
+    run_worker(study_file, n_trials, timeout, storage, allow_changed)
 
 
 def _study_options(f):

@@ -15,7 +15,7 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
     """Lines describing the study: objective, knobs, steps, data sizes, budget per target-module choice."""
     s = spec.study
     n_train = len(data.splits["train"]) if data is not None else None
-    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.direction} {o.metric}" for o in s.objectives),
+    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.resolved_direction} {o.metric}" for o in s.objectives),
              f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
              f"n_trials {s.n_trials}, timeout {s.timeout}",
              f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",

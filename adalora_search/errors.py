@@ -44,3 +44,7 @@ class TrialFailure(Exception):
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class RepeatedFailure(UserError):
+    """The study's last trials all failed: the cause repeats, so the worker stops (exit code 2)."""

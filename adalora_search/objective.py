@@ -118,7 +118,7 @@ class Objective:
         value = self._values(run)
         done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         scores = [(t.value, t.number) for t in done if t.value is not None] + [(value, trial.number)]
-        sign = -1 if self.spec.study.objectives[0].direction == "maximize" else 1
+        sign = -1 if self.spec.study.objectives[0].resolved_direction == "maximize" else 1
         keep = {n for _, n in sorted(scores, key=lambda s: (sign * s[0], s[1]))[:k]}  # ties: earliest, as Optuna
         for path in self.artifacts_dir.glob("trial_*"):
             if int(path.name.split("_")[1]) not in keep:

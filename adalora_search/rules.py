@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from adalora_search import storage
 from adalora_search.distributions import Choices, corners, is_searched
 from adalora_search.errors import Problem
 from adalora_search.samplers import Grid, NoPruner
-from adalora_search.space import KNOBS, build_config, knob, searched_knobs
+from adalora_search.space import KNOBS, build_config, knob, searched_knobs, typed_value
 from adalora_search.spec import StudySpec
 from adalora_search.tasks import get_task
 
@@ -115,6 +116,8 @@ def _study(spec: StudySpec) -> list[Problem]:
         out.append(Problem("study.keep_top_k_adapters", spec.study.keep_top_k_adapters,
                            "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
                            "retrain the exported Pareto trial you pick"))
+    if spec.study.storage and (problem := storage.url_problem(spec.study.storage)):
+        out.append(Problem("study.storage", storage.mask(spec.study.storage), problem))
     if spec.study.keep_top_k_adapters and spec.study.artifacts_dir == "":
         out.append(Problem("study.artifacts_dir", "", "set a directory to keep adapters in"))
     return out
@@ -132,7 +135,12 @@ def _baselines(spec: StudySpec) -> list[Problem]:
         for path in KNOBS:
             spec_value = knob(spec, path)
             if path in baseline.params:
-                values[path] = baseline.params[path]
+                try:
+                    values[path] = typed_value(path, baseline.params[path])
+                except ValueError as exc:
+                    out.append(Problem(f"{where}.params.{path}", baseline.params[path], str(exc)))
+                    values[path] = corners(spec_value)[0]
+                    continue
                 if isinstance(spec_value, Choices) and values[path] not in spec_value.choices:
                     out.append(Problem(f"{where}.params.{path}", values[path],
                                        f"not one of the study's choices {spec_value.choices}; add it there"))

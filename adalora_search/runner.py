@@ -6,6 +6,7 @@ study has fewer than n_trials finished-or-running trials) -> run it with a heart
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -21,15 +22,19 @@ import optuna
 from optuna.trial import TrialState
 
 from adalora_search import ranking
+from adalora_search import fingerprint
 from adalora_search import storage as storage_mod
 from adalora_search.data import TokenizedData, load_tokenized
-from adalora_search.errors import UserError
+from adalora_search.errors import RepeatedFailure, UserError
 from adalora_search.modeling import load_tokenizer
 from adalora_search.objective import TRIAL_ERRORS, Objective
-from adalora_search.samplers import Grid
+from adalora_search.samplers import QMC, Grid
 from adalora_search.space import enqueue_params, grid_search_space, optimizer_steps
 from adalora_search.spec import StudySpec
 from adalora_search.tasks import get_task
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -40,35 +45,82 @@ class Budget:
     timeout: float | None
 
 
-def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for ask/tell: it never calls ``study.stop()`` (legal only inside
+    ``optimize``); the runner stops claiming once every grid point has started (``all_started``)."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        """No ``study.stop()``: the worker loop asks ``all_started`` before each claim instead."""
+
+    def all_started(self, study: optuna.Study) -> bool:
+        """Every point of this grid has a finished or running trial."""
+        started = {t.system_attrs["grid_id"] for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+                   if "grid_id" in t.system_attrs and self._same_search_space(t.system_attrs["search_space"])
+                   and (t.state.is_finished() or t.state == TrialState.RUNNING)}
+        return len(started) >= len(self._all_grids)
+
+
+def derived_seed(seed: int | None, n_stored: int) -> int | None:
+    """The sampler seed for a claim made when the study holds ``n_stored`` trials.
+
+    ``seed`` itself for a fresh study; otherwise a hash of (seed, n_stored). Claims are serialised
+    by the claim lock, so each gets its own seed: a resumed study or a second worker never replays
+    the parameters already proposed, and a rerun of the same history proposes the same points.
+    """
+    if seed is None or n_stored == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{n_stored}".encode()).digest()[:4], "big")
+
+
+def build_sampler(spec: StudySpec, n_stored: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded for a claim made when the study holds ``n_stored`` trials."""
     root = spec.study.sampler.root
+    if isinstance(root, QMC):  # the seed fixes the scrambling of one low-discrepancy sequence: keep it
+        return root.build()
+    seed = derived_seed(root.seed, n_stored)
     if isinstance(root, Grid):
-        return optuna.samplers.GridSampler(grid_search_space(spec), seed=root.seed)
-    return root.build()
+        return AskTellGridSampler(grid_search_space(spec), seed=seed)
+    return root.model_copy(update={"seed": seed}).build()
 
 
-def open_study(spec: StudySpec, url: str) -> optuna.Study:
-    """Create the study (enqueueing baselines exactly once) or load it if it exists."""
+def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=print) -> optuna.Study:
+    """Create the study or load it; check its fingerprint; enqueue each named baseline exactly once."""
     storage = storage_mod.open_storage(url, spec.study.heartbeat_interval, spec.study.max_retry)
-    directions = [o.direction for o in spec.study.objectives]
+    directions = [o.resolved_direction for o in spec.study.objectives]
     kwargs: dict[str, Any] = {"storage": storage, "study_name": spec.study.name,
                               "sampler": build_sampler(spec), "pruner": spec.study.pruner.root.build()}
     try:
         study = optuna.create_study(directions=directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kwargs)
+    with storage_mod.claim_lock(url):  # workers starting together: exactly one records and enqueues
+        fingerprint.check(study, spec, allow_changed, log)
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
             raise UserError(f"study.objective: the stored study {spec.study.name!r} has directions "
                             f"{[d.name.lower() for d in study.directions]}; rename the study to change them")
-    with storage_mod.claim_lock(url):  # workers starting together: exactly one enqueues the baselines
-        if not study.user_attrs.get("baselines_enqueued"):
-            for baseline in spec.baselines:
-                study.enqueue_trial(enqueue_params(spec, baseline.params), user_attrs={"baseline": baseline.name},
-                                    skip_if_exists=True)
-            study.set_user_attr("baselines_enqueued", True)
-            study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
-            study.set_user_attr("task", spec.model.task)
+        _enqueue_baselines(study, spec)
     return study
+
+
+def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> None:
+    """Enqueue every named baseline not enqueued before (``baselines_enqueued``: the names done).
+
+    Not ``skip_if_exists``: it compares searched params only, so two baselines that differ in a
+    fixed knob would collapse into one. A study from before names were kept stores ``True``.
+    """
+    done = study.user_attrs.get("baselines_enqueued")
+    if done is True:
+        return
+    names = list(done or [])
+    for baseline in spec.baselines:
+        if baseline.name not in names:
+            study.enqueue_trial(enqueue_params(spec, baseline.params), user_attrs={"baseline": baseline.name})
+            names.append(baseline.name)
+    study.set_user_attr("baselines_enqueued", names)
+    if "objectives" not in study.user_attrs:
+        study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
+        study.set_user_attr("task", spec.model.task)
 
 
 def prepare_data(spec: StudySpec) -> TokenizedData:
@@ -90,8 +142,9 @@ def _counts(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
-def _claim(study: optuna.Study, url: str, budget: Budget, deadline: float | None) -> optuna.Trial | None:
-    """Ask for a trial unless the study already has enough finished or running trials."""
+def _claim(study: optuna.Study, spec: StudySpec, url: str, budget: Budget,
+           deadline: float | None) -> optuna.Trial | None:
+    """Ask for a trial unless the study has enough finished or running trials, or its grid is done."""
     if deadline is not None and time.time() >= deadline:
         return None
     optuna.storages.fail_stale_trials(study)
@@ -100,28 +153,77 @@ def _claim(study: optuna.Study, url: str, budget: Budget, deadline: float | None
         taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
         if budget.n_trials is not None and taken >= budget.n_trials:
             return None
+        study.sampler = build_sampler(spec, sum(counts.values()))  # a fresh seed per claim: no replays
+        if grid_done(study, counts):
+            return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (storage.Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             return study.ask()
 
 
+def grid_done(study: optuna.Study, counts: dict[TrialState, int] | None = None) -> bool:
+    """A grid study whose every point has started and that has no queued trial left: a normal end."""
+    counts = counts or _counts(study)
+    sampler = study.sampler
+    return isinstance(sampler, AskTellGridSampler) and not counts[TrialState.WAITING] and sampler.all_started(study)
+
+
 def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=print,
-         data: TokenizedData | None = None) -> int:
-    """One worker: claim and run trials until the budget is spent; returns trials run here."""
+         data: TokenizedData | None = None, allow_changed: bool = False) -> int:
+    """One worker: claim and run trials until the budget is spent; returns trials run here.
+
+    Raises ``RepeatedFailure`` (exit code 2) once the study's last ``max_consecutive_failures``
+    finished trials all failed, and re-raises a ``UserError`` from a trial after marking it FAIL.
+    """
     data = data if data is not None else prepare_data(spec)
-    study = open_study(spec, url)
+    study = open_study(spec, url, allow_changed, log)
     objective = Objective(spec, data, artifacts_dir, log)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
     _sigterm_as_interrupt()
-    while (trial := _claim(study, url, budget, deadline)) is not None:
+    while (trial := _claim(study, spec, url, budget, deadline)) is not None:
         ran += 1
-        _run_one(study, trial, objective, spec, log)
+        state = _run_one(study, trial, objective, spec, log)
         log(progress_line(study, budget, deadline))
+        if state == TrialState.FAIL:
+            check_failures(study, spec.study.max_consecutive_failures)
+    if grid_done(study):
+        log(f"[study {study.study_name}] every point of the grid has run")
     return ran
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, log) -> None:
+def check_failures(study: optuna.Study, limit: int) -> None:
+    """Raise ``RepeatedFailure`` when the last ``limit`` finished trials (by number) all failed.
+
+    Read from storage, so failures of every worker and earlier runs count. Trials failed by an
+    interrupt or a lost worker (no ``failure`` attr, or type ``Interrupted``) are re-queued, not counted.
+    """
+    finished = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+                if t.state != TrialState.FAIL or t.user_attrs.get("failure", {}).get("type") not in (None, "Interrupted")]
+    last = sorted(finished, key=lambda t: t.number)[-limit:]
+    if len(last) < limit or any(t.state != TrialState.FAIL for t in last):
+        return
+    reasons = list(dict.fromkeys(f"{t.user_attrs['failure']['type']}: {t.user_attrs['failure']['message'][:300].rstrip('. ')}"
+                                 for t in last))
+    said = reasons[0] if len(reasons) == 1 else " | ".join(reasons[:3])
+    raise RepeatedFailure(
+        f"study.max_consecutive_failures = {limit}: the last {limit} trials "
+        f"({', '.join(str(t.number) for t in last)}) all failed, stopping the study: {said}. Fix the cause "
+        "(the study file, the data or the machine) and run again; raise study.max_consecutive_failures "
+        "if occasional failures are expected")
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, exc: BaseException, log) -> None:
+    """Tell FAIL with the reason in the ``failure`` attr (kept if the objective wrote one)."""
+    if "failure" not in trial.user_attrs:
+        trial.set_user_attr("failure", {"type": type(exc).__name__, "message": str(exc)[:2000]})
+    study.tell(trial, state=TrialState.FAIL)
+    log(f"[trial {trial.number}] FAILED ({type(exc).__name__}): {exc}")
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec,
+             log) -> TrialState:
+    """Run one claimed trial and tell its end state; a user error fails it, then stops the worker."""
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     with storage_mod.Heartbeat(study._storage, trial._trial_id, spec.study.heartbeat_interval):
         try:
@@ -129,11 +231,13 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
         except optuna.TrialPruned as exc:
             study.tell(trial, state=TrialState.PRUNED)
             log(f"[trial {trial.number}] trial pruned: {exc}")
-            return
+            return TrialState.PRUNED
         except TRIAL_ERRORS as exc:
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"[trial {trial.number}] FAILED ({type(exc).__name__}): {exc}")
-            return
+            _fail(study, trial, exc, log)
+            return TrialState.FAIL
+        except UserError as exc:  # the same input error would repeat in every trial
+            _fail(study, trial, exc, log)
+            raise
         except KeyboardInterrupt:
             trial.set_user_attr("failure", {"type": "Interrupted", "message": "stopped by SIGINT/SIGTERM"})
             study.tell(trial, state=TrialState.FAIL)
@@ -141,6 +245,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
             log(f"[trial {trial.number}] interrupted: marked FAIL and re-queued; `run` again to resume")
             raise
     study.tell(trial, values)
+    return TrialState.COMPLETE
 
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
@@ -181,7 +286,8 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return ranking.best(study)
 
 
-def spawn_workers(study_file: str, url: str, budget: Budget, workers: int, gpus: list[str]) -> int:
+def spawn_workers(study_file: str, url: str, budget: Budget, workers: int, gpus: list[str],
+                  allow_changed: bool = False) -> int:
     """Start one worker process per slot (per GPU when ``gpus``); returns the worst exit code."""
     slots = gpus or [None] * workers
     threads = max(1, (os.cpu_count() or 1) // len(slots))
@@ -193,6 +299,7 @@ def spawn_workers(study_file: str, url: str, budget: Budget, workers: int, gpus:
         cmd = [sys.executable, "-m", "adalora_search", "worker", study_file, "--storage", url]
         cmd += ["--n-trials", str(budget.n_trials)] if budget.n_trials else []
         cmd += ["--timeout", str(budget.timeout)] if budget.timeout else []
+        cmd += ["--allow-changed-study"] if allow_changed else []
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         return max(p.wait() for p in procs)

@@ -17,6 +17,9 @@ from adalora_search.spec import StudySpec
 
 
 def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
+    """--storage, else study.storage, else ``<study file stem>.db`` beside the file; checked, never leaked."""
+    if override:
+        storage_mod.check_url(override, "--storage")
     return override or spec.study.storage or storage_mod.default_url(study_file, spec.study.name)
 
 
@@ -35,7 +38,7 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
 
 
 def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-                workers: int, gpus: list[str]) -> None:
+                workers: int, gpus: list[str], allow_changed: bool = False) -> None:
     """Validate everything, create/resume the study, run the trials, then the reference runs."""
     from adalora_search.references import finish_study
 
@@ -44,14 +47,15 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     url = storage_url(spec, study_file, storage)
     data = prepare_data(spec)  # data and model problems are reported before any storage is touched
     check_model(spec, data)
-    study = open_study(spec, url)
+    study = open_study(spec, url, allow_changed)
     print(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
     if workers > 1 or gpus:
-        code = spawn_workers(study_file, url, budget, workers, gpus)
+        code = spawn_workers(study_file, url, budget, workers, gpus, allow_changed)
         if code != 0:
-            print(f"a worker exited with code {code}")
+            raise UserError(f"a worker exited with code {code} (its message is above); the study stopped before "
+                            "the reference runs; fix the cause and `run` again to resume")
     else:
-        work(spec, url, budget, artifacts_dir(spec, study_file), data=data)
+        work(spec, url, budget, artifacts_dir(spec, study_file), data=data, allow_changed=allow_changed)
     for line in finish_study(spec, study, data):
         print(line)
     print(f"report: adalora-search report {study_file}\nexport: adalora-search export {study_file} --out DIR")
@@ -66,10 +70,12 @@ def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, in
     return linears
 
 
-def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None) -> None:
+def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
+               allow_changed: bool = False) -> None:
+    """One worker on a study that ``run`` (or another worker) may already have created."""
     spec = load_spec(study_file)
     work(spec, storage_url(spec, study_file, storage), _budget(spec, n_trials, timeout),
-         artifacts_dir(spec, study_file))
+         artifacts_dir(spec, study_file), allow_changed=allow_changed)
 
 
 def locate(study_file: str | None, storage: str | None, study_name: str | None) -> optuna.Study:
@@ -81,9 +87,10 @@ def locate(study_file: str | None, storage: str | None, study_name: str | None) 
         url, name = storage, study_name
     else:
         raise UserError("name a STUDY_FILE, or both --storage URL and --study NAME")
-    parsed = make_url(url) if "://" in url else None
-    if parsed is None:
-        raise UserError(f"--storage = {url!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db")
+    if "://" not in url:
+        raise UserError(f"--storage = {storage_mod.mask(url)!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db")
+    storage_mod.check_url(url, "--storage" if storage else "study.storage")
+    parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
         raise UserError(f"no study storage at {storage_mod.mask(url)}; run the study first")
     backend = storage_mod.open_storage(url)

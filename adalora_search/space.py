@@ -10,7 +10,7 @@ import math
 from typing import Any, Iterator, Literal
 
 import optuna
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from adalora_search.distributions import Choices, FloatRange, IntRange, encode_choice, is_searched, suggest
 from adalora_search.spec import DataSpec, Frozen, GenerationSpec, ModelSpec, StudySpec, TrainingSpec
@@ -167,6 +167,40 @@ def _train_config(training: TrainingSpec, values: dict[str, Any]) -> TrainConfig
     fields = training.model_dump(exclude={"learning_rate", "weight_decay"})
     return TrainConfig(**fields, learning_rate=values["training.learning_rate"],
                        weight_decay=values["training.weight_decay"])
+
+
+def knob_value_type(path: str) -> Any:
+    """The Python type of one value of a knob (float, int, or list[str] for target modules)."""
+    model = TrainConfig if path.startswith("training.") else AdaLoraKnobs
+    return model.model_fields[path.rsplit(".", 1)[-1]].annotation
+
+
+_TYPE_WORDS = {float: "a number, e.g. 1.0e-3", int: "a whole number, e.g. 8",
+               list[str]: "a list of module names, e.g. [query, value] (or the comma-joined 'query,value')"}
+
+
+def typed_value(path: str, value: Any) -> Any:
+    """A baseline's value for a knob, as the knob's type; ``ValueError`` naming the fix otherwise.
+
+    Target modules may be written comma-joined (``"query,value"``, the form validate and the
+    report print); numbers must be numbers (a quoted ``"1e-3"`` is refused, not guessed).
+    """
+    kind = knob_value_type(path)
+    if kind == list[str] and isinstance(value, (str, list)):  # "query,value" or [query, "key,value"]
+        parts = [value] if isinstance(value, str) else value
+        if all(isinstance(part, str) for part in parts):
+            value = [name.strip() for part in parts for name in part.split(",") if name.strip()]
+    try:
+        return TypeAdapter(kind).validate_python(value, strict=True)
+    except ValidationError:
+        raise ValueError(f"must be {_TYPE_WORDS.get(kind, kind)}, but got {type(value).__name__} {value!r}") from None
+
+
+def with_typed_baselines(spec: StudySpec) -> StudySpec:
+    """The spec with every baseline value converted by ``typed_value`` (rules.check has vetted them)."""
+    baselines = [b.model_copy(update={"params": {p: typed_value(p, v) if p in KNOBS else v
+                                                 for p, v in b.params.items()}}) for b in spec.baselines]
+    return spec.model_copy(update={"baselines": baselines})
 
 
 def enqueue_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:

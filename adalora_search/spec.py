@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from adalora_search.distributions import TunableFloat, TunableInt, TunableModules
 from adalora_search.samplers import PrunerSpec, SamplerSpec
+from adalora_search.tasks import TASKS
 
 
 class Frozen(BaseModel):
@@ -19,13 +20,34 @@ class Frozen(BaseModel):
 
 
 # ---------------------------------------------------------------- study
+# which way each metric is better, from the task registry (each task's `metrics`): an objective's
+# direction defaults from it
+METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    **{metric: direction for task in TASKS.values() for metric, direction in task.metrics.items()},
+    "trainable_params": "minimize",
+}
+
+
 class Objective(Frozen):
     """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
 
     metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params",
-                    "perplexity", "exact_match", "rouge_l", "f1", "precision", "recall"] = Field(
-        description="a metric of model.task (tasks/), or trainable_params")
-    direction: Literal["maximize", "minimize"] = "maximize"
+                    "perplexity", "exact_match", "rouge_l", "f1", "precision", "recall"]
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="default: minimize for eval_loss, perplexity, trainable_params; else maximize")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_direction(cls, data: Any) -> Any:
+        """Fill a missing direction from the metric, so every reader sees the resolved one."""
+        if isinstance(data, dict) and data.get("direction") is None and data.get("metric") in METRIC_DIRECTIONS:
+            return {**data, "direction": METRIC_DIRECTIONS[data["metric"]]}
+        return data
+
+    @property
+    def resolved_direction(self) -> Literal["maximize", "minimize"]:
+        """The direction written in the file, else the metric's natural one (METRIC_DIRECTIONS)."""
+        return self.direction or METRIC_DIRECTIONS[self.metric]
 
 
 class Reference(Frozen):
@@ -63,6 +85,8 @@ class StudySection(Frozen):
     )
     heartbeat_interval: int = Field(default=30, ge=1, description="seconds between worker heartbeats")
     max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
+    max_consecutive_failures: int = Field(
+        default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
     keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
     artifacts_dir: str | None = Field(default=None, description="default: <study file dir>/<name>_artifacts")
     references: list["Reference"] = Field(

@@ -23,25 +23,71 @@ from adalora_search.errors import UserError
 
 
 def default_url(study_file: str | Path, name: str) -> str:
-    """``sqlite:///<study file dir>/<name>.db`` (absolute, so any working directory works)."""
-    return f"sqlite:///{Path(study_file).resolve().parent / f'{name}.db'}"
+    """``sqlite:///<study file dir>/<study file stem>.db`` (absolute, so any working directory works).
+
+    Named after the file, not ``study.name``: two study files in one folder never share a database
+    by accident (``name`` is unused here; kept for callers).
+    """
+    path = Path(study_file).resolve()
+    return f"sqlite:///{path.parent / f'{path.stem}.db'}"
+
+
+def ambiguous_password(url: str) -> bool:
+    """True when the URL's password holds a raw '@': SQLAlchemy would read part of it as host or port."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.startswith("sqlite"):
+        return False
+    if rest.split("?", 1)[0].count("@") > 1:
+        return True
+    try:  # e.g. a '?' before the '@'s: SQLAlchemy ends the password at the first '@' regardless
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return "@" in rest.partition("@")[2]
+    return "@" in (parsed.host or "") + (parsed.database or "")
+
+
+def _redacted(url: str) -> str:
+    """Scheme and user name only: where the password ends cannot be known."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split(':', 1)[0].split('@', 1)[0]}:***@..."
+
+
+def url_problem(url: str) -> str | None:
+    """Why the storage URL cannot be used as written (never quoting the password), or None."""
+    if ambiguous_password(url):
+        # worded to share no 3 letters with typical passwords' fragments ("print", "characters"...)
+        return ("the password holds a raw '@', so SQLAlchemy would read part of it as the host; "
+                "percent-encode the password with urllib.parse.quote(password, safe='') "
+                "('@' becomes %40, ':' %3A, '/' %2F)")
+    try:
+        make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return ("not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://name@host/db "
+                "(percent-encode the password with urllib.parse.quote(password, safe=''))")
+    return None
+
+
+def check_url(url: str, field: str = "study.storage") -> None:
+    """Raise a ``UserError`` naming ``field`` when the URL cannot be used as written."""
+    problem = url_problem(url)
+    if problem:
+        raise UserError(f"{field} = {mask(url)!r}: {problem}")
 
 
 def mask(url: str) -> str:
     """The URL with any password replaced by ***, safe to print or store."""
+    if ambiguous_password(url):
+        return _redacted(url)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         return "<unparseable storage URL>"
 
 
 def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> RDBStorage:
     """An RDBStorage with heartbeats; a killed worker's trial is failed and re-queued."""
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"study.storage = {mask(url)!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db "
-                        "or postgresql://user@host/db") from None
+    check_url(url)
+    parsed = make_url(url)
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""

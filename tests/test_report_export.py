@@ -33,7 +33,7 @@ def study(tmp_path_factory) -> tuple[optuna.Study, Path]:
                       baselines=[{"name": "defaults", "params": {"training.learning_rate": 1e-3}}])
     path = write_study(tmp, data)
     run_session(str(path), None, None, None, 1, [])
-    return optuna.load_study(study_name="t", storage=f"sqlite:///{tmp / 't.db'}"), path
+    return optuna.load_study(study_name="t", storage=f"sqlite:///{tmp / 'study.db'}"), path
 
 
 def test_report_writes_tables_markdown_html_and_pngs(study, tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_pareto_study_export_picks_by_name(tmp_path: Path) -> None:
                       adalora={"target_r": {"choices": [1, 2, 3]}})
     path = write_study(tmp_path, data)
     run_session(str(path), None, None, None, 1, [])
-    st = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 't.db'}")
+    st = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}")
     front = st.best_trials
     small = json.loads((export_trial(st, tmp_path / "p", pick="params") / "rank_config.json").read_text())
     fewest = min(t.user_attrs["trainable_params"]["final"] for t in front)

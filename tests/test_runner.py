@@ -46,7 +46,7 @@ def test_smoke_study_prunes_and_resumes_without_duplicating_baselines(tmp_path: 
 def test_completed_trial_stores_every_result(tmp_path: Path) -> None:
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
     run_session(str(path), None, None, None, 1, [])
-    trial = load(f"sqlite:///{tmp_path / 't.db'}", "t").trials[0]
+    trial = load(f"sqlite:///{tmp_path / 'study.db'}", "t").trials[0]  # default: <study file stem>.db
     for key in ("metrics", "rank_allocation", "budget_curve", "trainable_params", "timing", "config"):
         assert trial.user_attrs[key], key
     assert {"data_s", "build_s", "train_s", "eval_s", "train_tokens_per_s", "peak_memory_mb", "device",
@@ -183,10 +183,10 @@ def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
     from adalora_search.session import locate, status_lines
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
-    url = f"sqlite:///{tmp_path / 't.db'}"
+    url = f"sqlite:///{tmp_path / 'study.db'}"
     with pytest.raises(UserError, match="run the study first"):
         locate(None, url, "t")
-    assert not (tmp_path / "t.db").exists()  # reading never creates storage
+    assert not (tmp_path / "study.db").exists()  # reading never creates storage
     run_session(str(path), None, None, None, 1, [])
     lines = status_lines(locate(None, url, "t"))
     assert lines[0] == "study t: 1 complete"

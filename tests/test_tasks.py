@@ -50,7 +50,10 @@ def gpt2(tmp_path_factory) -> Path:
 def test_every_registered_task_is_a_study_value_and_names_its_metrics() -> None:
     from adalora_search.spec import ModelSpec
 
+    from adalora_search.spec import METRIC_DIRECTIONS, Objective
+
     assert set(TASKS) == set(ModelSpec.model_fields["task"].annotation.__args__)
+    assert set(METRIC_DIRECTIONS) == set(Objective.model_fields["metric"].annotation.__args__)
     for task in TASKS.values():
         assert task.main_metric in task.metrics and "eval_loss" in task.metrics
         assert task.direction("eval_loss") == "minimize"

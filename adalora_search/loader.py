@@ -121,7 +121,7 @@ def parse_spec(text: str, source: str = "<string>") -> StudySpec:
         raise UserError(f"{source}: {len(problems)} problem(s) in the study file", problems, source) from None
     problems = [_with_line(p, lines) for p in rules.check(spec)]
     if problems:
-        raise UserError(f"{source}: {len(problems)} problem(s) in the search space", problems, source)
+        raise UserError(f"{source}: {len(problems)} problem(s) in the study file", problems, source)
     return with_typed_baselines(spec)
 
 

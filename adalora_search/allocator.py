@@ -10,7 +10,11 @@ ops in the same order of operations, so the scores, the masks and the allocation
 from __future__ import annotations
 
 import torch
+from peft import PeftModel
+from peft.tuners.adalora import SVDLinear
 from peft.tuners.adalora.layer import RankAllocator
+
+ADAPTER = "default"
 
 
 class BatchedRankAllocator(RankAllocator):
@@ -107,3 +111,63 @@ def install(peft_model: torch.nn.Module) -> None:
     tuner = peft_model.base_model
     old = tuner.rankallocator
     tuner.rankallocator = BatchedRankAllocator(tuner.model, old.peft_config, old.adapter_name)
+
+
+class RankBook:
+    """AdaLoRA's rank pruning as a run goes: calls PEFT's ``update_and_allocate`` and records it.
+
+    ``step`` must be called once per optimizer step, after ``optimizer.step()`` and before
+    ``zero_grad()`` (PEFT's docstring of ``update_and_allocate``). ``allocation`` (module -> rank)
+    and ``budget_curve`` ([[step, total rank], ...]) are plain copies, never PEFT's own objects.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.allocation = allocation(model)
+        self.budget_curve = [[0, sum(self.allocation.values())]]
+        self.final = False
+
+    def step(self, step: int) -> bool:
+        """One optimizer step's ``update_and_allocate``; True when it pruned ranks (``final``: the last time)."""
+        config = self.model.peft_config[ADAPTER]
+        before = config.rank_pattern
+        self.model.base_model.update_and_allocate(step)
+        if config.rank_pattern is before:  # no rank pruning at this step
+            return False
+        self._record(step)
+        self.final = step == config.total_step - config.tfinal
+        return True
+
+    def finish(self, step: int) -> bool:
+        """Force the final allocation when the run stopped before ``total_step - tfinal``; True if done now."""
+        allocator = self.model.base_model.rankallocator
+        if self.final or not allocator.exp_avg_ipt:  # done, or no importance scores to rank yet
+            return False
+        config = self.model.peft_config[ADAPTER]
+        config.rank_pattern = allocator.mask_to_budget(self.model.base_model.model, allocator.target_bgt)
+        self._record(step)
+        self.final = True
+        return True
+
+    def _record(self, step: int) -> None:
+        self.allocation = allocation(self.model)
+        self.budget_curve.append([step, sum(self.allocation.values())])
+
+
+def adapted_modules(model: torch.nn.Module) -> dict[str, SVDLinear]:
+    """AdaLoRA layers by their name in the base transformers model (``bert.encoder...query``)."""
+    inner = model.base_model.model if isinstance(model, PeftModel) else model
+    return {name: m for name, m in inner.named_modules() if isinstance(m, SVDLinear)}
+
+
+def allocation(model: torch.nn.Module) -> dict[str, int]:
+    """Current rank per adapted module: init_r before the first rank pruning, then the masks' sums."""
+    config = model.peft_config[ADAPTER]
+    modules = adapted_modules(model)
+    ranks = {name: config.init_r for name in modules}
+    pattern = config.rank_pattern or {}
+    suffix = f".lora_E.{ADAPTER}"
+    for key, mask in pattern.items():
+        name = key[: -len(suffix)] if key.endswith(suffix) else key.removesuffix(".lora_E")
+        ranks[name] = int(sum(bool(x) for x in (mask.tolist() if torch.is_tensor(mask) else mask)))
+    return ranks

@@ -22,6 +22,7 @@ import torch
 
 from adalora_search.errors import UserError
 from adalora_search.spec import DataSpec, FilesSource, HubSource, PackagedSource
+
 if TYPE_CHECKING:
     import datasets
 

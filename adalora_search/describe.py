@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from adalora_search import modeling
+from adalora_search.data import TokenizedData
 from adalora_search.distributions import corners, describe
 from adalora_search.space import KNOBS, knob, optimizer_steps
-from adalora_search.data import TokenizedData
 from adalora_search.spec import StudySpec
 
 

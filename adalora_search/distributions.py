@@ -9,19 +9,18 @@ A knob in the study file is written as one of::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar, Union
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from adalora_search.frozen import Frozen
 
 T = TypeVar("T")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FloatRange(_Frozen):
+class FloatRange(Frozen):
     """A float range sampled with ``trial.suggest_float``."""
 
     low: float
@@ -35,7 +34,7 @@ class FloatRange(_Frozen):
         return self
 
 
-class IntRange(_Frozen):
+class IntRange(Frozen):
     """An integer range sampled with ``trial.suggest_int``."""
 
     low: int
@@ -49,7 +48,7 @@ class IntRange(_Frozen):
         return self
 
 
-class Choices(_Frozen, Generic[T]):
+class Choices(Frozen, Generic[T]):
     """A categorical knob; each choice may itself be a list (e.g. a set of target modules)."""
 
     choices: list[T] = Field(min_length=1)
@@ -70,18 +69,34 @@ def _kind(value: Any) -> str:
     return "fixed"
 
 
-def tunable(fixed: Any, range_type: type | None = None) -> Any:
-    """The pydantic type of a knob that is ``fixed``, a ``range_type`` range, or choices of ``fixed``."""
+@dataclass(frozen=True)
+class Knob:
+    """Marks a spec field as a search knob; ``value_type`` is one value's type with its constraints.
+
+    Every value a knob can take (a fixed value, each choice, both ends of a range) is checked
+    against ``value_type`` before anything runs (rules.py), and ``rule`` is what the user is told.
+    """
+
+    value_type: Any
+    rule: str = ""
+
+
+def tunable(fixed: Any, range_type: type | None = None, rule: str = "", **constraints: Any) -> Any:
+    """The pydantic type of a knob that is ``fixed``, a ``range_type`` range, or choices of ``fixed``.
+
+    ``constraints`` (pydantic ``Field`` arguments: ``gt``, ``ge``, ``lt``, ``min_length``...) bound
+    every value; ``rule`` says them in words, with the reason and an example.
+    """
     members: list[Any] = [Annotated[fixed, Tag("fixed")], Annotated[Choices[fixed], Tag("choices")]]
     if range_type is not None:
         members.append(Annotated[range_type, Tag("range")])
-    return Annotated[Union[tuple(members)], Discriminator(_kind)]
+    value_type = Annotated[fixed, Field(**constraints)] if constraints else fixed
+    return Annotated[Union[tuple(members)], Discriminator(_kind), Knob(value_type, rule)]
 
 
-TunableFloat = tunable(float, FloatRange)
-TunableInt = tunable(int, IntRange)
-TunableModules = tunable(list[str])
-Knob = Union[float, int, list, FloatRange, IntRange, Choices]
+def knob_of(field: Any) -> Knob | None:
+    """The ``Knob`` marker of a pydantic field, or None when the field is not a knob."""
+    return next((m for m in field.metadata if isinstance(m, Knob)), None)
 
 
 def is_searched(knob: Any) -> bool:

@@ -19,6 +19,7 @@ import torch
 from transformers import get_scheduler
 
 from adalora_search import modeling
+from adalora_search.allocator import RankBook
 from adalora_search.data import TokenizedData, batches
 from adalora_search.errors import TrialFailure
 from adalora_search.space import TrialConfig, optimizer_steps
@@ -57,9 +58,10 @@ class TrialRun:
         if threads:
             torch.set_num_threads(threads)
         start = time.perf_counter()
-        self.total_steps = total_steps(cfg, len(data.splits["train"]))
+        self.total_steps = optimizer_steps(cfg.training, len(data.splits["train"]))
         base = modeling.build_base(cfg.model, data.label_names, cfg.training.seed)
         self.model = modeling.wrap(base, cfg, self.total_steps).to(self.device)
+        self.ranks = RankBook(self.model) if cfg.method == "adalora" else None
         self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
         self._record_params(initial=True)
         self.result.timing["build_s"] = round(time.perf_counter() - start, 3)
@@ -140,45 +142,34 @@ class TrialRun:
 
     # ------------------------------------------------------------------ AdaLoRA
     def _allocate(self, step: int) -> None:
-        if self.cfg.method != "adalora":
-            return
-        config = self.model.peft_config[modeling.ADAPTER]
-        before = config.rank_pattern
-        self.model.base_model.update_and_allocate(step)
-        if config.rank_pattern is not before:  # a rank pruning happened at this step
-            self.result.rank_allocation = modeling.allocation(self.model)
-            self.result.budget_curve.append([step, sum(self.result.rank_allocation.values())])
-            if step == config.total_step - config.tfinal:
-                self.result.final_allocation_done = True
-                self._record_params()
+        if self.ranks is not None and self.ranks.step(step):
+            self._sync_ranks()
 
     def _finalize_allocation(self, step: int) -> None:
-        """Force the final rank pruning when the run stopped before ``total_step - tfinal``."""
-        if self.cfg.method != "adalora" or self.result.final_allocation_done:
-            return
-        allocator = self.model.base_model.rankallocator
-        config = self.model.peft_config[modeling.ADAPTER]
-        if not allocator.exp_avg_ipt:  # no importance scores yet: nothing to rank
-            return
-        config.rank_pattern = allocator.mask_to_budget(self.model.base_model.model, allocator.target_bgt)
-        self.result.rank_allocation = modeling.allocation(self.model)
-        self.result.budget_curve.append([step, sum(self.result.rank_allocation.values())])
-        self.result.final_allocation_done = True
-        self._record_params()
+        if self.ranks is not None and self.ranks.finish(step):
+            self._sync_ranks()
+
+    def _sync_ranks(self) -> None:
+        """The allocation so far into the result (a trial-pruned run keeps it); params once final."""
+        assert self.ranks is not None
+        r = self.result
+        r.rank_allocation, r.budget_curve = dict(self.ranks.allocation), [list(p) for p in self.ranks.budget_curve]
+        if self.ranks.final and not r.final_allocation_done:
+            r.final_allocation_done = True
+            self._record_params()
 
     def _record_params(self, initial: bool = False) -> None:
+        """Trainable parameters (AdaLoRA: the kept triplets and the head) and the model's total."""
         key = "initial" if initial else "final"
-        total = sum(p.numel() for p in self.model.parameters())
-        if self.cfg.method == "adalora":
-            ranks = self.result.rank_allocation or modeling.allocation(self.model)
+        if self.ranks is not None:
             if initial:
-                self.result.rank_allocation = dict(ranks)
-                self.result.budget_curve = [[0, sum(ranks.values())]]
-            count = modeling.adapter_params(self.model, ranks) + modeling.head_params(self.model)
+                self.result.rank_allocation = dict(self.ranks.allocation)
+                self.result.budget_curve = [list(p) for p in self.ranks.budget_curve]
+            count = modeling.adapter_params(self.model, self.ranks.allocation) + modeling.head_params(self.model)
         else:
             count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.result.trainable_params[key] = count
-        self.result.trainable_params.setdefault("model_total", total)
+        self.result.trainable_params.setdefault("model_total", sum(p.numel() for p in self.model.parameters()))
         if initial:
             self.result.trainable_params["final"] = count
 
@@ -266,11 +257,6 @@ class TrialRun:
     def save_adapter(self, directory: str) -> None:
         """PEFT's ``save_pretrained`` of the trained adapter (and head)."""
         self.model.save_pretrained(directory)
-
-
-def total_steps(cfg: TrialConfig, n_train: int) -> int:
-    """Optimizer steps of this run for ``n_train`` training rows (``space.optimizer_steps``)."""
-    return optimizer_steps(cfg.training, n_train)
 
 
 def _device(choice: str) -> torch.device:

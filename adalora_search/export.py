@@ -21,6 +21,7 @@ import yaml
 
 from adalora_search import modeling, ranking
 from adalora_search.errors import UserError
+from adalora_search.record import TrialRecord
 from adalora_search.space import TrialConfig
 
 _log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def pareto_pick(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial | No
     if not front:
         return None
     if pick == "params":
-        return min(front, key=lambda t: (t.user_attrs.get("trainable_params", {}).get("final", 0), t.number))
+        return min(front, key=lambda t: (TrialRecord.of(t).trainable_params.get("final", 0), t.number))
     return front[0]  # ranking order: the front's best first objective
 
 
@@ -52,30 +53,30 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
         if not found:
             raise UserError(f"--trial = {number}: no such trial in study {study.study_name!r}")
         trial = found[0]
-    if trial.state != optuna.trial.TrialState.COMPLETE:
-        steps = (trial.user_attrs.get("timing") or {}).get("steps")
+    record = TrialRecord.of(trial)
+    if record.state != optuna.trial.TrialState.COMPLETE:
         _log.warning("trial %d is %s at step %s of %s: its allocation is where rank pruning had got to, not "
-                     "AdaLoRA's final one (rank_config.json records this)", trial.number, trial.state.name, steps,
-                     trial.user_attrs.get("total_steps"))
-    if not trial.user_attrs.get("rank_allocation") or "config" not in trial.user_attrs:
+                     "AdaLoRA's final one (rank_config.json records this)", trial.number, trial.state.name,
+                     record.steps, record.total_steps)
+    if not record.rank_allocation or record.config is None:
         raise UserError(f"--trial = {trial.number}: the trial ({trial.state.name}) stored no rank allocation "
                         "and config; pick another trial with --trial")
     return trial
 
 
 def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    cfg = trial.user_attrs["config"]
-    a = cfg["adalora"]
+    record = TrialRecord.of(trial)
+    cfg = TrialConfig.model_validate(record.config)
+    a = cfg.adalora
     return {
         "study": study.study_name, "trial": trial.number, "state": trial.state.name,
-        "baseline": trial.user_attrs.get("baseline"), "values": trial.values,
-        "metrics": trial.user_attrs.get("metrics"), "model": cfg["model"]["name_or_path"],
-        "target_modules": a["target_modules"], "init_r": a["init_r"], "target_r": a["target_r"],
-        "lora_alpha": a["lora_alpha"], "rank_allocation": trial.user_attrs["rank_allocation"],
-        "trainable_params": trial.user_attrs.get("trainable_params"),
-        "total_steps": trial.user_attrs.get("total_steps"), "params": trial.params, "config": cfg,
-        "complete": trial.state == optuna.trial.TrialState.COMPLETE,
-        "steps_trained": (trial.user_attrs.get("timing") or {}).get("steps"),
+        "baseline": record.baseline, "values": trial.values,
+        "metrics": record.metrics, "model": cfg.model.name_or_path, "task": cfg.model.task,
+        "target_modules": a.target_modules, "init_r": a.init_r, "target_r": a.target_r,
+        "lora_alpha": a.lora_alpha, "rank_allocation": record.rank_allocation,
+        "trainable_params": record.trainable_params,
+        "total_steps": record.total_steps, "params": trial.params, "config": cfg.model_dump(mode="json"),
+        "complete": trial.state == optuna.trial.TrialState.COMPLETE, "steps_trained": record.steps,
     }
 
 
@@ -108,7 +109,7 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> N
     task = cfg.model.task
     modeling.lora_config(ranks, alphas, cfg.adalora, task).save_pretrained(str(tmp / "lora"))
     modeling.adalora_config(cfg.adalora, data["total_steps"], task).save_pretrained(str(tmp / "adalora"))
-    kept = trial.user_attrs.get("adapter_dir")
+    kept = TrialRecord.of(trial).adapter_dir
     if kept and Path(kept).exists():
         shutil.copytree(kept, tmp / "adapter")
 

@@ -16,7 +16,6 @@ from adalora_search.errors import Problem, UserError
 from adalora_search.space import with_typed_baselines
 from adalora_search.spec import FilesSource, StudySpec
 
-
 MAX_BYTES = 5 * 1024 * 1024  # study files are a few KB; anything this large is a mistake
 MAX_DEPTH = 50  # nesting levels (a study file needs about 6)
 MAX_NODES = 100_000  # YAML nodes after expanding aliases (refuses "billion laughs")
@@ -223,11 +222,19 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(path)
 
 
+def _union_tags() -> frozenset[str]:
+    """The ``type`` values of the discriminated unions (samplers, trial pruners, data sources)."""
+    from adalora_search.samplers import PrunerSpec, SamplerSpec
+    from adalora_search.spec import Source
+
+    members = [*_models_in(SamplerSpec), *_models_in(PrunerSpec), *_models_in(Source)]
+    return frozenset(m.model_fields["type"].default for m in members if "type" in m.model_fields)
+
+
 def _is_tag(part: Any) -> bool:
+    """Pydantic's names for union branches in an error location (not keys of the study file)."""
     return isinstance(part, str) and (part.startswith(("function-", "Choices[")) or part[:1].isupper()
-                                      or part in {"tpe", "random", "gp", "nsga2", "qmc", "grid", "median",
-                                                  "percentile", "successive_halving", "hyperband",
-                                                  "wilcoxon", "patient", "none", "packaged", "hub", "files"})
+                                      or part in _union_tags())
 
 
 def _render(path: tuple[Any, ...]) -> str:

@@ -11,20 +11,19 @@ from typing import Any
 
 import torch
 import transformers
-from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
-from peft.tuners.adalora import SVDLinear
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 from adalora_search import allocator
+from adalora_search.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.assets import resolve_model
 from adalora_search.errors import Problem, UserError
-from adalora_search.space import AdaLoraKnobs, TrialConfig
-from adalora_search.spec import ModelSpec, StudySpec
+from adalora_search.space import TrialConfig
+from adalora_search.spec import AdaLoraSpec, ModelSpec, ScheduleSpec, StudySpec
 from adalora_search.tasks import get_task
 
-ADAPTER = "default"
 hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
 hf_logging.disable_progress_bar()
 
@@ -85,22 +84,35 @@ def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> tor
     return model.to(torch.bfloat16) if spec.dtype == "bfloat16" else model
 
 
-def adalora_config(knobs: AdaLoraKnobs, total_steps: int, task: str = "classification") -> AdaLoraConfig:
-    """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps (PEFT's field names)."""
-    t_init, t_final = schedule_steps(knobs, total_steps)
-    return AdaLoraConfig(
-        task_type=get_task(task).peft_task_type, target_modules=list(knobs.target_modules),
-        init_r=knobs.init_r, target_r=knobs.target_r, lora_alpha=knobs.lora_alpha,
-        lora_dropout=knobs.lora_dropout, tinit=t_init, tfinal=t_final, deltaT=knobs.delta_t,
-        beta1=knobs.beta1, beta2=knobs.beta2, orth_reg_weight=knobs.orth_reg_weight, total_step=total_steps,
-    )
+# the study file's adalora fields -> PEFT's AdaLoraConfig names (the one place they are renamed)
+PEFT_NAMES = {"target_modules": "target_modules", "init_r": "init_r", "target_r": "target_r",
+              "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "beta1": "beta1", "beta2": "beta2",
+              "orth_reg_weight": "orth_reg_weight", "schedule.delta_t": "deltaT"}
 
 
-def schedule_steps(knobs: AdaLoraKnobs, total_steps: int) -> tuple[int, int]:
-    """t_init and t_final in optimizer steps (fractions are rounded down)."""
-    if knobs.schedule_unit == "fraction":
-        return int(math.floor(knobs.t_init * total_steps)), int(math.floor(knobs.t_final * total_steps))
-    return int(knobs.t_init), int(knobs.t_final)
+def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classification") -> AdaLoraConfig:
+    """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps (every knob of ``adalora`` fixed).
+
+    ``schedule.t_init`` / ``t_final`` become PEFT's ``tinit`` / ``tfinal`` in optimizer steps.
+    """
+    fields = adalora.model_dump()
+    values = {peft: _at(fields, path) for path, peft in PEFT_NAMES.items()}
+    t_init, t_final = schedule_steps(adalora.schedule, total_steps)
+    return AdaLoraConfig(task_type=get_task(task).peft_task_type, tinit=t_init, tfinal=t_final,
+                         total_step=total_steps, **values)
+
+
+def _at(fields: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        fields = fields[part]
+    return fields
+
+
+def schedule_steps(schedule: ScheduleSpec, total_steps: int) -> tuple[int, int]:
+    """t_init and t_final in optimizer steps (fractions of ``total_steps`` are rounded down)."""
+    if schedule.unit == "fraction":
+        return int(math.floor(schedule.t_init * total_steps)), int(math.floor(schedule.t_final * total_steps))
+    return int(schedule.t_init), int(schedule.t_final)
 
 
 def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
@@ -126,7 +138,7 @@ def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.
     return base
 
 
-def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraKnobs,
+def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraSpec,
                 task: str = "classification") -> LoraConfig:
     """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns."""
     kept = {name: r for name, r in ranks.items() if r > 0}
@@ -137,25 +149,6 @@ def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraK
         # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
         rank_pattern=dict(kept), alpha_pattern={n: alphas[n] for n in kept},
     )
-
-
-def adapted_modules(model: torch.nn.Module) -> dict[str, SVDLinear]:
-    """AdaLoRA layers by their name in the base transformers model (``bert.encoder...query``)."""
-    inner = model.base_model.model if isinstance(model, PeftModel) else model
-    return {name: m for name, m in inner.named_modules() if isinstance(m, SVDLinear)}
-
-
-def allocation(model: torch.nn.Module) -> dict[str, int]:
-    """Current rank per adapted module: init_r before the first rank pruning, then the masks' sums."""
-    config = model.peft_config[ADAPTER]
-    modules = adapted_modules(model)
-    ranks = {name: config.init_r for name in modules}
-    pattern = config.rank_pattern or {}
-    suffix = f".lora_E.{ADAPTER}"
-    for key, mask in pattern.items():
-        name = key[: -len(suffix)] if key.endswith(suffix) else key.removesuffix(".lora_E")
-        ranks[name] = int(sum(bool(x) for x in (mask.tolist() if torch.is_tensor(mask) else mask)))
-    return ranks
 
 
 def features(module: torch.nn.Module) -> tuple[int, int]:

@@ -62,7 +62,7 @@ class Objective:
         metric = objectives[0].metric
         warmup = 0
         if self.spec.study.prune_warmup == "after_t_init" and cfg.method == "adalora":
-            warmup = modeling.schedule_steps(cfg.adalora, run.total_steps)[0]
+            warmup = modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)[0]
 
         def on_eval(step: int, scores: dict[str, float]) -> None:
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "

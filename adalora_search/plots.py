@@ -12,6 +12,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from adalora_search.record import TrialRecord  # noqa: E402
+
 
 def heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "{:.0f}", label: str = "rank") -> Path:
     """Layers (rows) x module types (columns), as the AdaLoRA paper's figure of allocated ranks."""
@@ -35,8 +37,9 @@ def budget_curves(trials: list[optuna.trial.FrozenTrial], path: Path) -> Path:
     """Total rank over optimizer steps: hold (t_init), cubic cuts, frozen final phase."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for t in trials:
-        points = list(t.user_attrs.get("budget_curve") or [[0, 0]])
-        total = t.user_attrs.get("total_steps")
+        record = TrialRecord.of(t)
+        points = list(record.budget_curve or [[0, 0]])
+        total = record.total_steps
         if total and points[-1][0] < total:  # the final allocation holds until the last step
             points.append([total, points[-1][1]])
         curve = np.array(points)

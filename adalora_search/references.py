@@ -15,6 +15,7 @@ from adalora_search.data import TokenizedData
 from adalora_search.engine import TrialRun
 from adalora_search.export import lora_patterns
 from adalora_search.objective import TRIAL_ERRORS
+from adalora_search.record import TrialRecord
 from adalora_search.runner import best_trial
 from adalora_search.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.spec import Reference, StudySpec
@@ -59,9 +60,10 @@ def _pick(results: list[dict[str, Any]], task: Task, metric: str) -> dict[str, A
 def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
     stored: dict[str, Any] = dict(study.user_attrs.get("references", {}))
     best = best_trial(study)
-    if best is None or not best.user_attrs.get("rank_allocation"):
+    record = TrialRecord.of(best) if best is not None else None
+    if record is None or not record.rank_allocation:
         return stored
-    cfg = trial_config(spec, optuna.trial.FixedTrial(best.params), best.user_attrs.get("baseline"))
+    cfg = trial_config(spec, optuna.trial.FixedTrial(record.params), record.baseline)
     task = get_task(spec.model.task)
     for ref in spec.study.references:
         if ref.kind in stored:
@@ -72,8 +74,7 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
         for lr in rates:
             print(f"[reference {ref.kind}] with the best trial's ({best.number}) settings, "
                   f"learning rate {lr or cfg.training.learning_rate:g}")
-            results.append(_train_reference(reference_config(cfg, ref, best.user_attrs["rank_allocation"], lr),
-                                             data))
+            results.append(_train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
         chosen = _pick(results, task, task.main_metric)
         chosen.update(of_trial=best.number, tried=[
             {"learning_rate": r["learning_rate"],
@@ -93,14 +94,13 @@ def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
     objective = spec.study.objectives[0].metric
     metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
                                   task.main_metric]))
-    rows = [("best trial %d" % best.number, best.user_attrs)]
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if "baseline" in t.user_attrs:
-            rows.append((f"baseline {t.user_attrs['baseline']} (trial {t.number})", t.user_attrs))
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    rows = [(f"best trial {best.number}", _attrs(TrialRecord.of(best)))]
+    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records if r.baseline is not None]
     rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
     head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
     lines = [f"{'run':40s}{head} {'trainable':>10s}"]
-    best_test = _score(best.user_attrs, "test", metrics[0])
+    best_test = _score(rows[0][1], "test", metrics[0])
     for label, attrs in rows:
         cells = "".join(f" {_fmt(_score(attrs, 'final', m)):>16s} {_fmt(_score(attrs, 'test', m)):>16s}"
                         for m in metrics)
@@ -112,6 +112,11 @@ def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
         lines += [f"  WARNING: {note}" for note in attrs.get("warnings", [])]
     return lines
+
+
+def _attrs(record: TrialRecord) -> dict[str, Any]:
+    """A trial's row in the shape references are stored in (metrics, trainable_params, warnings)."""
+    return {"metrics": record.metrics, "trainable_params": record.trainable_params, "warnings": record.warnings}
 
 
 def _gain(metric: str, best: float, other: float) -> str:

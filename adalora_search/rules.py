@@ -15,11 +15,16 @@ from adalora_search import storage
 from adalora_search.distributions import Choices, corners, is_searched
 from adalora_search.errors import Problem
 from adalora_search.samplers import Grid, NoPruner
-from adalora_search.space import KNOBS, build_config, knob, searched_knobs, typed_value
+from adalora_search.space import (
+    KNOBS,
+    build_config,
+    knob,
+    knob_problem,
+    searched_knobs,
+    typed_value,
+)
 from adalora_search.spec import StudySpec
 from adalora_search.tasks import get_task
-
-_OPEN_UNIT = {"adalora.beta1", "adalora.beta2"}
 
 
 def check(spec: StudySpec) -> list[Problem]:
@@ -70,27 +75,9 @@ def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int |
 
 
 def _bounds(spec: StudySpec) -> list[Problem]:
-    """Per-knob ranges, checked on every corner (the TrialConfig field constraints)."""
-    out = []
-    for path in KNOBS:
-        for value in corners(knob(spec, path)):
-            if path in _OPEN_UNIT and not 0 < value < 1:
-                out.append(Problem(path, value, "beta must be in the open interval (0, 1) "
-                                   "(PEFT's rank allocator asserts 0 < beta < 1); e.g. 0.85"))
-            elif path == "adalora.schedule.delta_t" and value < 1:
-                out.append(Problem(path, value, "delta_t must be >= 1 step between rank allocations"))
-            elif path in ("adalora.init_r", "adalora.target_r") and value < 1:
-                out.append(Problem(path, value, "ranks must be >= 1"))
-            elif path == "adalora.lora_dropout" and not 0 <= value < 1:
-                out.append(Problem(path, value, "lora_dropout must be in [0, 1)"))
-            elif path in ("training.learning_rate", "adalora.lora_alpha") and value <= 0:
-                out.append(Problem(path, value, "must be > 0"))
-            elif path in ("training.weight_decay", "adalora.orth_reg_weight",
-                          "adalora.schedule.t_init", "adalora.schedule.t_final") and value < 0:
-                out.append(Problem(path, value, "must be >= 0"))
-            elif path == "adalora.target_modules" and not value:
-                out.append(Problem(path, value, "name at least one module, e.g. [query, value]"))
-    return out
+    """Every value each knob can take (fixed, each choice, both ends of a range) against its constraints."""
+    return [Problem(path, value, problem) for path in KNOBS for value in corners(knob(spec, path))
+            if (problem := knob_problem(path, value)) is not None]
 
 
 def _study(spec: StudySpec) -> list[Problem]:

@@ -21,18 +21,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search import ranking
-from adalora_search import fingerprint
+from adalora_search import fingerprint, ranking
 from adalora_search import storage as storage_mod
 from adalora_search.data import TokenizedData, load_tokenized
 from adalora_search.errors import RepeatedFailure, UserError
 from adalora_search.modeling import load_tokenizer
 from adalora_search.objective import TRIAL_ERRORS, Objective
+from adalora_search.record import TrialRecord
 from adalora_search.samplers import QMC, Grid
 from adalora_search.space import enqueue_params, grid_search_space, optimizer_steps
 from adalora_search.spec import StudySpec
 from adalora_search.tasks import get_task
-
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -198,13 +197,14 @@ def check_failures(study: optuna.Study, limit: int) -> None:
     Read from storage, so failures of every worker and earlier runs count. Trials failed by an
     interrupt or a lost worker (no ``failure`` attr, or type ``Interrupted``) are re-queued, not counted.
     """
-    finished = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
-                if t.state != TrialState.FAIL or t.user_attrs.get("failure", {}).get("type") not in (None, "Interrupted")]
-    last = sorted(finished, key=lambda t: t.number)[-limit:]
-    if len(last) < limit or any(t.state != TrialState.FAIL for t in last):
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))]
+    finished = [r for r in records
+                if r.state != TrialState.FAIL or (r.failure or {}).get("type") not in (None, "Interrupted")]
+    last = sorted(finished, key=lambda r: r.number)[-limit:]
+    if len(last) < limit or any(r.state != TrialState.FAIL or r.failure is None for r in last):
         return
-    reasons = list(dict.fromkeys(f"{t.user_attrs['failure']['type']}: {t.user_attrs['failure']['message'][:300].rstrip('. ')}"
-                                 for t in last))
+    reasons = list(dict.fromkeys(f"{r.failure['type']}: {r.failure['message'][:300].rstrip('. ')}"
+                                 for r in last if r.failure is not None))
     said = reasons[0] if len(reasons) == 1 else " | ".join(reasons[:3])
     raise RepeatedFailure(
         f"study.max_consecutive_failures = {limit}: the last {limit} trials "

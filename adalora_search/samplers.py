@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal, Union
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import ConfigDict, Field, RootModel
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from adalora_search.frozen import Frozen
 
 
 # ---------------------------------------------------------------- samplers
-class TPE(_Frozen):
+class TPE(Frozen):
     type: Literal["tpe"] = "tpe"
     seed: int | None = None
     n_startup_trials: int = Field(default=10, ge=0)
@@ -27,7 +25,7 @@ class TPE(_Frozen):
         )
 
 
-class RandomS(_Frozen):
+class RandomS(Frozen):
     type: Literal["random"] = "random"
     seed: int | None = None
 
@@ -35,7 +33,7 @@ class RandomS(_Frozen):
         return optuna.samplers.RandomSampler(seed=self.seed)
 
 
-class GP(_Frozen):
+class GP(Frozen):
     type: Literal["gp"] = "gp"
     seed: int | None = None
     n_startup_trials: int = Field(default=10, ge=0)
@@ -44,7 +42,7 @@ class GP(_Frozen):
         return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
 
 
-class NSGA2(_Frozen):
+class NSGA2(Frozen):
     type: Literal["nsga2"] = "nsga2"
     seed: int | None = None
     population_size: int = Field(default=50, ge=2)
@@ -53,7 +51,7 @@ class NSGA2(_Frozen):
         return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
 
 
-class QMC(_Frozen):
+class QMC(Frozen):
     type: Literal["qmc"] = "qmc"
     seed: int | None = None
     qmc_type: Literal["sobol", "halton"] = "sobol"
@@ -63,7 +61,7 @@ class QMC(_Frozen):
         return optuna.samplers.QMCSampler(seed=self.seed, qmc_type=self.qmc_type, scramble=self.scramble)
 
 
-class Grid(_Frozen):
+class Grid(Frozen):
     """Every knob must be fixed or ``choices``; the grid is their product (built by the runner)."""
 
     type: Literal["grid"] = "grid"
@@ -82,7 +80,7 @@ class SamplerSpec(RootModel[Annotated[Union[TPE, RandomS, GP, NSGA2, QMC, Grid],
 
 
 # ---------------------------------------------------------------- trial pruners
-class Median(_Frozen):
+class Median(Frozen):
     type: Literal["median"] = "median"
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)
@@ -102,7 +100,7 @@ class Percentile(Median):
         )
 
 
-class SuccessiveHalving(_Frozen):
+class SuccessiveHalving(Frozen):
     type: Literal["successive_halving"] = "successive_halving"
     min_resource: int | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=4, ge=2)
@@ -114,7 +112,7 @@ class SuccessiveHalving(_Frozen):
         )
 
 
-class Hyperband(_Frozen):
+class Hyperband(Frozen):
     type: Literal["hyperband"] = "hyperband"
     min_resource: int = Field(default=1, ge=1)
     max_resource: int | Literal["auto"] = "auto"
@@ -124,7 +122,7 @@ class Hyperband(_Frozen):
         return optuna.pruners.HyperbandPruner(self.min_resource, self.max_resource, self.reduction_factor)
 
 
-class Wilcoxon(_Frozen):
+class Wilcoxon(Frozen):
     type: Literal["wilcoxon"] = "wilcoxon"
     p_threshold: float = Field(default=0.1, gt=0, lt=1)
     n_startup_steps: int = Field(default=2, ge=0)
@@ -133,7 +131,7 @@ class Wilcoxon(_Frozen):
         return optuna.pruners.WilcoxonPruner(p_threshold=self.p_threshold, n_startup_steps=self.n_startup_steps)
 
 
-class NoPruner(_Frozen):
+class NoPruner(Frozen):
     type: Literal["none"] = "none"
 
     def build(self) -> optuna.pruners.BasePruner:
@@ -143,7 +141,7 @@ class NoPruner(_Frozen):
 _Inner = Union[Median, Percentile, SuccessiveHalving, Hyperband, Wilcoxon, NoPruner]
 
 
-class Patient(_Frozen):
+class Patient(Frozen):
     """Wraps another pruner and waits ``patience`` evaluations without improvement."""
 
     type: Literal["patient"] = "patient"

@@ -12,7 +12,15 @@ from adalora_search import storage as storage_mod
 from adalora_search.data import TokenizedData
 from adalora_search.errors import UserError
 from adalora_search.loader import load_spec
-from adalora_search.runner import Budget, best_trial, open_study, prepare_data, spawn_workers, work
+from adalora_search.record import TrialRecord
+from adalora_search.runner import (
+    Budget,
+    best_trial,
+    open_study,
+    prepare_data,
+    spawn_workers,
+    work,
+)
 from adalora_search.spec import StudySpec
 
 
@@ -108,13 +116,15 @@ def status_lines(study: optuna.Study) -> list[str]:
     lines = [f"study {study.study_name}: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))]
     best = best_trial(study)
     if best is not None:
-        metrics = best.user_attrs.get("metrics", {}).get("final", {})
-        params = best.user_attrs.get("trainable_params", {})
+        record = TrialRecord.of(best)
+        metrics = record.metrics.get("final", {})
+        params = record.trainable_params
         lines.append(f"best trial {best.number}: values {best.values} "
                      f"{ {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} }")
-        lines.append(f"  budget: total rank {sum(best.user_attrs.get('rank_allocation', {}).values())}, "
+        lines.append(f"  budget: total rank {record.total_rank}, "
                      f"trainable params {params.get('initial')} -> {params.get('final')}")
+        lines += [f"  WARNING: {note}" for note in record.warnings]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, "
-                     f"last step {t.last_step}, worker {t.user_attrs.get('worker', '?')}")
+                     f"last step {t.last_step}, worker {TrialRecord.of(t).worker or '?'}")
     return lines

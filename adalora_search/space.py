@@ -1,79 +1,56 @@
-"""The search space: spec knobs -> ``trial.suggest_*`` -> a fully fixed ``TrialConfig``.
+"""The search space: the spec's knobs -> ``trial.suggest_*`` -> a ``TrialConfig`` that mirrors the spec.
 
-Parameter names in Optuna are the knob paths of the study file (``adalora.init_r``), so the
-dashboard, the report and a baseline's ``params`` all speak the same language.
+A knob is a spec field declared with ``tunable(...)`` under ``training`` or ``adalora``; its path
+in the study file (``adalora.schedule.delta_t``) is its Optuna parameter name and a baseline's key,
+so the dashboard, the report and the study file speak the same language. A ``TrialConfig`` holds
+the same ``TrainingSpec`` and ``AdaLoraSpec`` with every knob fixed: a field goes from the YAML to
+the code that uses it (``modeling.adalora_config`` for PEFT) with nothing renamed in between.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, Iterator, Literal
 
 import optuna
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator
 
-from adalora_search.distributions import Choices, FloatRange, IntRange, encode_choice, is_searched, suggest
-from adalora_search.spec import DataSpec, Frozen, GenerationSpec, ModelSpec, StudySpec, TrainingSpec
-
-KNOBS: tuple[str, ...] = (
-    "training.learning_rate",
-    "training.weight_decay",
-    "adalora.target_modules",
-    "adalora.init_r",
-    "adalora.target_r",
-    "adalora.lora_alpha",
-    "adalora.lora_dropout",
-    "adalora.schedule.t_init",
-    "adalora.schedule.t_final",
-    "adalora.schedule.delta_t",
-    "adalora.beta1",
-    "adalora.beta2",
-    "adalora.orth_reg_weight",
+from adalora_search.distributions import (
+    Choices,
+    Knob,
+    encode_choice,
+    is_searched,
+    knob_of,
+    suggest,
+)
+from adalora_search.spec import (
+    AdaLoraSpec,
+    DataSpec,
+    Frozen,
+    ModelSpec,
+    StudySpec,
+    TrainingSpec,
 )
 
-
-class TrainConfig(Frozen):
-    """Training settings with every value fixed."""
-
-    epochs: float | None
-    max_steps: int | None
-    batch_size: int
-    eval_batch_size: int
-    gradient_accumulation: int
-    learning_rate: float = Field(gt=0)
-    scheduler: Literal["linear", "cosine", "constant"]
-    warmup_ratio: float
-    weight_decay: float = Field(ge=0)
-    max_grad_norm: float | None
-    eval_every: int
-    seed: int
-    device: Literal["auto", "cpu", "cuda"]
-    num_threads: int | None
-    gradient_checkpointing: bool = False
-    generation: GenerationSpec = GenerationSpec()
+SECTIONS = ("training", "adalora")
 
 
-class AdaLoraKnobs(Frozen):
-    """AdaLoRA settings with every value fixed; t_init/t_final in ``schedule_unit``."""
+def _knob_fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Knob]]:
+    for name, field in model.model_fields.items():
+        marker = knob_of(field)
+        if marker is not None:
+            yield prefix + name, marker
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _knob_fields(field.annotation, f"{prefix}{name}.")
 
-    target_modules: list[str] = Field(min_length=1)
-    init_r: int = Field(ge=1)
-    target_r: int = Field(ge=1)
-    lora_alpha: float = Field(gt=0)
-    lora_dropout: float = Field(ge=0, lt=1)
-    schedule_unit: Literal["fraction", "steps"]
-    t_init: float = Field(ge=0)
-    t_final: float = Field(ge=0)
-    delta_t: int = Field(ge=1)
-    beta1: float = Field(gt=0, lt=1)
-    beta2: float = Field(gt=0, lt=1)
-    orth_reg_weight: float = Field(ge=0)
 
-    @model_validator(mode="after")
-    def _ranks(self) -> "AdaLoraKnobs":
-        if self.target_r >= self.init_r:  # PEFT's allocator would crash in kthvalue
-            raise ValueError(f"target_r must be < init_r, but got target_r={self.target_r}, init_r={self.init_r}")
-        return self
+# knob path -> its marker (value type and rule), in the spec's field order (the order of suggest calls)
+KNOB_FIELDS: dict[str, Knob] = {
+    path: marker for section in SECTIONS
+    for path, marker in _knob_fields(StudySpec.model_fields[section].annotation, f"{section}.")
+}
+KNOBS: tuple[str, ...] = tuple(KNOB_FIELDS)
 
 
 class LoraKnobs(Frozen):
@@ -84,17 +61,41 @@ class LoraKnobs(Frozen):
 
 
 class TrialConfig(Frozen):
-    """Everything one training run needs; what the engine takes."""
+    """Everything one training run needs: the study's sections with every knob fixed."""
 
     method: Literal["adalora", "lora", "full", "none"] = "adalora"  # none: the base model, untrained
     model: ModelSpec
     data: DataSpec
-    training: TrainConfig
-    adalora: AdaLoraKnobs
+    training: TrainingSpec
+    adalora: AdaLoraSpec
     lora: LoraKnobs | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_nesting(cls, data: Any) -> Any:
+        """Configs stored before the schedule was nested (``schedule_unit``, ``t_init``... in adalora)."""
+        adalora = data.get("adalora") if isinstance(data, dict) else None
+        if isinstance(adalora, dict) and "schedule_unit" in adalora:
+            flat = dict(adalora)
+            schedule = {"unit": flat.pop("schedule_unit"), **{k: flat.pop(k) for k in ("t_init", "t_final", "delta_t")}}
+            data = {**data, "adalora": {**flat, "schedule": schedule}}
+        return data
 
-def optimizer_steps(training: TrainingSpec | TrainConfig, n_train: int) -> int:
+    @model_validator(mode="after")
+    def _fixed(self) -> "TrialConfig":
+        for path, marker in KNOB_FIELDS.items():
+            value = knob(self, path)
+            if is_searched(value):
+                raise ValueError(f"{path} must be a single value in a trial config, but got {value}")
+            if (problem := knob_problem(path, value)) is not None:
+                raise ValueError(f"{path} = {value!r}: {problem}")
+        if self.adalora.target_r >= self.adalora.init_r:  # PEFT's allocator would crash in kthvalue
+            raise ValueError(f"target_r must be < init_r, but got target_r={self.adalora.target_r}, "
+                             f"init_r={self.adalora.init_r}")
+        return self
+
+
+def optimizer_steps(training: TrainingSpec, n_train: int) -> int:
     """Optimizer steps of a run: max_steps, else epochs x ceil(batches / accumulation)."""
     if training.max_steps is not None:
         return training.max_steps
@@ -102,8 +103,8 @@ def optimizer_steps(training: TrainingSpec | TrainConfig, n_train: int) -> int:
     return max(1, int(round((training.epochs or 1) * math.ceil(batches / training.gradient_accumulation))))
 
 
-def knob(spec: StudySpec, path: str) -> Any:
-    """The spec value (fixed or distribution) at a knob path."""
+def knob(spec: StudySpec | TrialConfig, path: str) -> Any:
+    """The value (fixed, or a distribution in a spec) at a knob path."""
     node: Any = spec
     for part in path.split("."):
         node = getattr(node, part)
@@ -143,36 +144,31 @@ def trial_config(spec: StudySpec, trial: optuna.Trial | optuna.trial.FrozenTrial
 
 
 def build_config(spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
-    """Assemble a TrialConfig from the spec and one value per knob path."""
-    training = _train_config(spec.training, values)
-    schedule = spec.adalora.schedule
-    adalora = AdaLoraKnobs(
-        target_modules=list(values["adalora.target_modules"]),
-        init_r=values["adalora.init_r"],
-        target_r=values["adalora.target_r"],
-        lora_alpha=values["adalora.lora_alpha"],
-        lora_dropout=values["adalora.lora_dropout"],
-        schedule_unit=schedule.unit,
-        t_init=values["adalora.schedule.t_init"],
-        t_final=values["adalora.schedule.t_final"],
-        delta_t=values["adalora.schedule.delta_t"],
-        beta1=values["adalora.beta1"],
-        beta2=values["adalora.beta2"],
-        orth_reg_weight=values["adalora.orth_reg_weight"],
-    )
-    return TrialConfig(model=spec.model, data=spec.data, training=training, adalora=adalora)
+    """The spec's sections with each knob path replaced by its value (one value per path in KNOBS)."""
+    sections = {name: getattr(spec, name).model_dump(mode="python") for name in SECTIONS}
+    for path, value in values.items():
+        section, *parts = path.split(".")
+        node = sections[section]
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+    return TrialConfig(model=spec.model, data=spec.data, **sections)
 
 
-def _train_config(training: TrainingSpec, values: dict[str, Any]) -> TrainConfig:
-    fields = training.model_dump(exclude={"learning_rate", "weight_decay"})
-    return TrainConfig(**fields, learning_rate=values["training.learning_rate"],
-                       weight_decay=values["training.weight_decay"])
+def knob_problem(path: str, value: Any) -> str | None:
+    """What is wrong with one value of a knob, checked against the knob's own constraints (spec.py)."""
+    marker = KNOB_FIELDS[path]
+    try:
+        TypeAdapter(marker.value_type).validate_python(value)
+    except ValidationError as exc:
+        return marker.rule or exc.errors()[0]["msg"]
+    return None
 
 
 def knob_value_type(path: str) -> Any:
     """The Python type of one value of a knob (float, int, or list[str] for target modules)."""
-    model = TrainConfig if path.startswith("training.") else AdaLoraKnobs
-    return model.model_fields[path.rsplit(".", 1)[-1]].annotation
+    value_type = KNOB_FIELDS[path].value_type
+    return typing.get_args(value_type)[0] if typing.get_origin(value_type) is typing.Annotated else value_type
 
 
 _TYPE_WORDS = {float: "a number, e.g. 1.0e-3", int: "a whole number, e.g. 8",
@@ -215,14 +211,3 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
         assert isinstance(dist, Choices), "rules.check refuses ranges with the grid sampler"
         grid[path] = [encode_choice(c) for c in dist.choices]
     return grid
-
-
-def knob_type(dist: Any) -> type:
-    """The Python type a knob's values take (used to check baseline values)."""
-    if isinstance(dist, FloatRange):
-        return float
-    if isinstance(dist, IntRange):
-        return int
-    if isinstance(dist, Choices):
-        return type(dist.choices[0])
-    return type(dist)

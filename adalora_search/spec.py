@@ -8,16 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from adalora_search.distributions import TunableFloat, TunableInt, TunableModules
+from adalora_search.distributions import FloatRange, IntRange, tunable
+from adalora_search.frozen import Frozen
 from adalora_search.samplers import PrunerSpec, SamplerSpec
 from adalora_search.tasks import TASKS
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 # ---------------------------------------------------------------- study
 # which way each metric is better, from the task registry (each task's `metrics`): an objective's
@@ -209,10 +205,10 @@ class TrainingSpec(Frozen):
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     gradient_accumulation: int = Field(default=1, ge=1)
-    learning_rate: TunableFloat = 1e-3
+    learning_rate: tunable(float, FloatRange, "must be > 0", gt=0) = 1e-3
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
-    weight_decay: TunableFloat = 0.0
+    weight_decay: tunable(float, FloatRange, "must be >= 0", ge=0) = 0.0
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     eval_every: int = Field(default=50, ge=1, description="optimizer steps between validation passes")
     seed: int = 0
@@ -234,21 +230,25 @@ class ScheduleSpec(Frozen):
     """AdaLoRA's budget schedule: hold for t_init, cut every delta_t steps, freeze for t_final."""
 
     unit: Literal["fraction", "steps"] = Field(default="fraction", description="unit of t_init and t_final")
-    t_init: TunableFloat = 0.1
-    t_final: TunableFloat = 0.2
-    delta_t: TunableInt = 10
+    t_init: tunable(float, FloatRange, "must be >= 0", ge=0) = 0.1
+    t_final: tunable(float, FloatRange, "must be >= 0", ge=0) = 0.2
+    delta_t: tunable(int, IntRange, "delta_t must be >= 1 step between rank allocations", ge=1) = 10
+
+
+_BETA = "beta must be in the open interval (0, 1) (PEFT's rank allocator asserts 0 < beta < 1); e.g. 0.85"
 
 
 class AdaLoraSpec(Frozen):
-    target_modules: TunableModules = Field(default_factory=lambda: ["query", "value"])
-    init_r: TunableInt = 12
-    target_r: TunableInt = 8
-    lora_alpha: TunableFloat = 32.0
-    lora_dropout: TunableFloat = 0.0
+    target_modules: tunable(list[str], rule="name at least one module, e.g. [query, value]", min_length=1) = Field(
+        default_factory=lambda: ["query", "value"])
+    init_r: tunable(int, IntRange, "ranks must be >= 1", ge=1) = 12
+    target_r: tunable(int, IntRange, "ranks must be >= 1", ge=1) = 8
+    lora_alpha: tunable(float, FloatRange, "must be > 0", gt=0) = 32.0
+    lora_dropout: tunable(float, FloatRange, "lora_dropout must be in [0, 1)", ge=0, lt=1) = 0.0
     schedule: ScheduleSpec = ScheduleSpec()
-    beta1: TunableFloat = 0.85
-    beta2: TunableFloat = 0.85
-    orth_reg_weight: TunableFloat = 0.5
+    beta1: tunable(float, FloatRange, _BETA, gt=0, lt=1) = 0.85
+    beta2: tunable(float, FloatRange, _BETA, gt=0, lt=1) = 0.85
+    orth_reg_weight: tunable(float, FloatRange, "must be >= 0", ge=0) = 0.5
 
 
 # ---------------------------------------------------------------- baselines

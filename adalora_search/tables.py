@@ -7,9 +7,9 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
 
 from adalora_search import ranking
+from adalora_search.record import TrialRecord
 from adalora_search.tasks import TASKS
 
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
@@ -54,25 +54,22 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    a = t.user_attrs
-    metrics = a.get("metrics", {}) or {}
-    ranks = a.get("rank_allocation", {}) or {}
-    curve = a.get("budget_curve") or [[0, None]]
-    params = a.get("trainable_params", {}) or {}
-    row: dict[str, Any] = {"trial": t.number, "state": t.state.name, "baseline": a.get("baseline", "")}
-    row.update({f"param:{k}": v for k, v in t.params.items()})
+    r = TrialRecord.of(t)
+    row: dict[str, Any] = {"trial": r.number, "state": r.state.name, "baseline": r.baseline or ""}
+    row.update({f"param:{k}": v for k, v in r.params.items()})
     for which in ("final", "best", "test"):
-        for key, value in (metrics.get(which) or {}).items():
+        for key, value in (r.metrics.get(which) or {}).items():
             if key not in ("step", "train_loss"):
                 row[f"{which}_{key}"] = value
+    params = r.trainable_params
     row.update({
-        "value": t.values[0] if t.values else None,
-        "budget_initial": curve[0][1], "budget_final": sum(ranks.values()) if ranks else None,
+        "value": r.values[0] if r.values else None,
+        "budget_initial": r.budget_curve[0][1] if r.budget_curve else None,
+        "budget_final": r.total_rank if r.rank_allocation else None,
         "params_initial": params.get("initial"), "params_final": params.get("final"),
         "params_share_final": (params.get("final") or 0) / params["model_total"] if params.get("model_total") else None,
-        "steps": (a.get("timing") or {}).get("steps"), "total_steps": a.get("total_steps"),
-        "wall_s": (a.get("timing") or {}).get("wall_s"),
-        "failure": (a.get("failure") or {}).get("message", ""),
+        "steps": r.steps, "total_steps": r.total_steps, "wall_s": r.timing.get("wall_s"),
+        "failure": (r.failure or {}).get("message", ""), "warnings": " | ".join(r.warnings),
     })
     return row
 
@@ -81,17 +78,17 @@ def allocations_table(study: optuna.Study) -> pd.DataFrame:
     """Long table: trial x adapted module -> final rank, with layer index and module type."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        ranks = t.user_attrs.get("rank_allocation") or {}
-        total = sum(ranks.values()) or 1
-        for name, rank in ranks.items():
+        record = TrialRecord.of(t)
+        total = record.total_rank or 1
+        for name, rank in record.rank_allocation.items():
             rows.append({"trial": t.number, "state": t.state.name, "module": name, "layer": layer_index(name),
                          "module_type": module_type(name), "rank": rank, "rank_share": rank / total})
     return pd.DataFrame(rows, columns=["trial", "state", "module", "layer", "module_type", "rank", "rank_share"])
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials with an allocation, best first (by the first objective)."""
-    return [t for t in ranking.ranked(study) if t.user_attrs.get("rank_allocation")]
+    """Completed trials with an allocation, best first (``ranking.ranked``)."""
+    return [t for t in ranking.ranked(study) if TrialRecord.of(t).rank_allocation]
 
 
 def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> pd.DataFrame:

@@ -81,7 +81,7 @@ def test_sample_with_fixed_trial_gives_a_concrete_config() -> None:
     assert cfg.training.learning_rate == 3e-3
     assert cfg.adalora.target_modules == ["query", "value"]
     assert (cfg.adalora.init_r, cfg.adalora.target_r) == (6, 2)
-    assert cfg.adalora.schedule_unit == "steps" and cfg.adalora.t_init == 2
+    assert cfg.adalora.schedule.unit == "steps" and cfg.adalora.schedule.t_init == 2
 
 
 def test_sampling_every_corner_never_gives_target_r_ge_init_r() -> None:

@@ -8,9 +8,7 @@ for regression, a float. Metrics come from scikit-learn and SciPy.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.tasks.base import Direction, EvalContext, Rows, Task, used_fields

@@ -1,0 +1,7 @@
+"""The base of every study-file model: immutable, and unknown keys are errors (never dropped)."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -8,13 +8,14 @@ import optuna
 import pytest
 import torch
 import yaml
+from peft.tuners.lora import LoraLayer
 
 from adalora_search import modeling
 from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
 from adalora_search.loader import parse_spec
 from adalora_search.runner import prepare_data
-from adalora_search.space import TrialConfig, sample
+from adalora_search.space import LoraKnobs, TrialConfig, sample
 from conftest import study_dict
 
 
@@ -152,6 +153,16 @@ def test_lora_and_full_methods_train() -> None:
     data = prepare_data(spec)
     full = TrialRun(cfg.model_copy(update={"method": "full"}), data).train()
     assert full.trainable_params["final"] == full.trainable_params["model_total"]
+    names = list(modeling.adapted_modules(TrialRun(cfg, data).model))
+    lora_cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
+        rank_pattern={n: 3 for n in names}, alpha_pattern={n: 6.0 for n in names})})
+    run = TrialRun(lora_cfg, data)
+    before = {n: p.detach().clone() for n, p in run.model.named_parameters() if "lora_B" in n}
+    lora = run.train()
+    ranks = {n: m.r["default"] for n, m in run.model.named_modules() if isinstance(m, LoraLayer)}
+    assert set(ranks.values()) == {3} and len(ranks) == len(names)
+    assert any(not torch.equal(p, before[n]) for n, p in run.model.named_parameters() if n in before)  # it learned
+    assert lora.trainable_params["final"] < full.trainable_params["final"]
 
 
 def test_regression_reports_pearson_and_spearman(tmp_path) -> None:

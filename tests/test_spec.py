@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import optuna
+import pydantic
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -42,7 +43,7 @@ def test_schema_is_json_schema_accepting_every_shipped_study() -> None:
 
 def test_models_are_frozen_and_forbid_extra_keys() -> None:
     spec = parse_spec(yaml.safe_dump(study_dict()))
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         spec.training.batch_size = 3  # type: ignore[misc]
     with pytest.raises(UserError, match="unknown key"):
         parse_spec(yaml.safe_dump(study_dict(training={"batchsize": 3})))
@@ -102,12 +103,19 @@ def test_baseline_overrides_fixed_knobs_and_enqueues_searched_ones() -> None:
     assert cfg.training.learning_rate == 5e-4 and cfg.adalora.orth_reg_weight == 0.1
 
 
-def test_knob_paths_exist_in_the_schema() -> None:
-    spec = parse_spec(yaml.safe_dump(study_dict()))
+def test_knob_paths_are_the_tunable_fields_of_the_schema() -> None:
+    schema = StudySpec.model_json_schema()
+
+    def resolve(node: dict) -> dict:
+        return schema["$defs"][node["$ref"].rsplit("/", 1)[-1]] if "$ref" in node else node
+
     for path in KNOBS:
-        node = spec
+        node = resolve(schema)
         for part in path.split("."):
-            node = getattr(node, part)
+            node = resolve(resolve(node)["properties"][part])
+        forms = json.dumps(node)
+        assert "Choices_" in forms, f"{path} cannot be searched in the schema"
+    assert len(KNOBS) == 13 and "adalora.schedule.delta_t" in KNOBS and "adalora.schedule.unit" not in KNOBS
 
 
 def test_validate_prints_a_summary_of_the_space(tmp_path: Path) -> None:

@@ -1,0 +1,69 @@
+"""Small pure functions the report and the engine rest on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adalora_search.data import Split, batches
+from adalora_search.plots import _pareto
+from adalora_search.tables import layer_index, module_type
+from adalora_search.tasks.sequence_classification import Regression, SequenceClassification
+
+
+@pytest.mark.parametrize("name, kind, layer", [
+    ("bert.encoder.layer.3.attention.self.query", "query", 3),
+    ("bert.encoder.layer.0.attention.output.dense", "attn_out", 0),
+    ("bert.encoder.layer.11.intermediate.dense", "ffn_in", 11),
+    ("bert.encoder.layer.11.output.dense", "ffn_out", 11),
+    ("bert.pooler.dense", "pooler", -1),
+    ("model.layers.7.self_attn.k_proj", "key", 7),
+    ("model.layers.7.self_attn.o_proj", "attn_out", 7),
+    ("model.layers.2.mlp.gate_proj", "ffn_gate", 2),
+    ("model.layers.2.mlp.up_proj", "ffn_in", 2),
+    ("model.layers.2.mlp.down_proj", "ffn_out", 2),
+    ("transformer.h.5.attn.c_attn", "qkv", 5),
+    ("transformer.h.5.attn.c_proj", "attn_out", 5),
+    ("transformer.h.5.mlp.c_fc", "ffn_in", 5),
+    ("transformer.h.5.mlp.c_proj", "ffn_out", 5),
+    ("encoder.block.4.layer.0.SelfAttention.v", "value", 4),
+    ("some.custom.proj", "custom.proj", -1),
+])
+def test_module_type_and_layer_index(name: str, kind: str, layer: int) -> None:
+    assert module_type(name) == kind
+    assert layer_index(name) == layer
+
+
+def test_pareto_front_of_metric_against_parameters() -> None:
+    points = np.array([[10.0, 0.5], [20.0, 0.7], [15.0, 0.6], [25.0, 0.65], [12.0, 0.4]])
+    assert _pareto(points, maximize=True).tolist() == [[10.0, 0.5], [15.0, 0.6], [20.0, 0.7]]
+    # minimising the metric (a loss): more parameters only count when the loss is lower
+    assert _pareto(np.array([[10.0, 0.5], [20.0, 0.3], [30.0, 0.4]]), maximize=False).tolist() == [
+        [10.0, 0.5], [20.0, 0.3]]
+
+
+def test_classification_and_regression_scores() -> None:
+    scores = SequenceClassification().scores(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
+    assert scores["accuracy"] == 0.75 and scores["predicted_classes"] == 3
+    assert 0 < scores["f1_macro"] < 1 and 0 < scores["mcc"] < 1
+    constant = SequenceClassification().scores(np.array([1, 1, 1]), np.array([0, 1, 2]))
+    assert constant["mcc"] == 0 and constant["predicted_classes"] == 1
+    assert Regression().scores(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0]))["spearman"] == pytest.approx(1.0)
+    assert Regression().scores(np.ones(3), np.array([1.0, 2.0, 3.0])) == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_batches_pad_per_batch_and_cover_every_row_once() -> None:
+    split = Split({"input_ids": [[1] * n for n in (3, 7, 2, 5, 4)], "labels": [0, 1, 0, 1, 0],
+                   "token_type_ids": [[0] * n for n in (3, 7, 2, 5, 4)]})
+    fixed = list(batches(split, 2, pad_id=9, shuffle_seed=None))
+    assert [b["input_ids"].shape for b in fixed] == [torch.Size([2, 3]), torch.Size([2, 5]), torch.Size([1, 7])]
+    assert fixed[0]["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert fixed[0]["input_ids"][0].tolist() == [1, 1, 9]  # padded with pad_id, grouped by length
+    shuffled = list(batches(split, 2, pad_id=9, shuffle_seed=3))
+    assert sorted(int(m.sum()) for b in shuffled for m in b["attention_mask"]) == [2, 3, 4, 5, 7]
+    tokens = Split({"input_ids": [[1, 2, 3], [4]], "labels": [[5, -100, 6], [7]]})
+    (batch,) = batches(tokens, 2, pad_id=0, shuffle_seed=None)
+    assert batch["labels"].tolist() == [[7, -100, -100], [5, -100, 6]]  # token labels padded with -100
+    scores = Split({"input_ids": [[1], [2]], "labels": [0.5, 1.5]})
+    assert next(batches(scores, 2, 0, None))["labels"].dtype == torch.float

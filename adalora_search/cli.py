@@ -146,6 +146,7 @@ def retrain(export_dir: str) -> None:
 
 
 def main() -> None:
+    """The console entry point: user errors -> message on stderr and exit code 2, Ctrl-C -> 130."""
     try:
         cli.main(standalone_mode=False)
     except UserError as exc:

@@ -29,7 +29,7 @@ class FloatRange(Frozen):
     step: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "FloatRange":
+    def _check(self) -> FloatRange:
         _check_range(self.low, self.high, self.log, self.step is not None)
         return self
 
@@ -43,7 +43,7 @@ class IntRange(Frozen):
     step: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "IntRange":
+    def _check(self) -> IntRange:
         _check_range(self.low, self.high, self.log, self.step != 1)
         return self
 

@@ -12,8 +12,9 @@ import math
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import get_scheduler

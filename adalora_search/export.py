@@ -44,6 +44,7 @@ def pareto_pick(study: optuna.Study, pick: str) -> optuna.trial.FrozenTrial | No
 
 
 def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") -> optuna.trial.FrozenTrial:
+    """Trial ``number``, or the best one (``--pick`` on a Pareto front); ``UserError`` if it has no allocation."""
     if number is None:
         trial = pareto_pick(study, pick) if len(study.directions) > 1 else ranking.best(study)
         if trial is None:
@@ -65,6 +66,7 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
 
 
 def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What ``rank_config.yaml/.json`` records: the trial, its metrics, its allocation and its full config."""
     record = TrialRecord.of(trial)
     cfg = TrialConfig.model_validate(record.config)
     a = cfg.adalora
@@ -91,7 +93,8 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None, forc
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
     except OSError as exc:
-        raise UserError(f"--out = {str(out)!r}: cannot write there ({exc.strerror}); choose a writable directory") from None
+        raise UserError(f"--out = {str(out)!r}: cannot write there ({exc.strerror}); "
+                        "choose a writable directory") from None
     try:
         _write(study, trial, tmp)
         _swap(tmp, out)

@@ -4,4 +4,6 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Frozen(BaseModel):
+    """Immutable pydantic model that refuses unknown keys."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)

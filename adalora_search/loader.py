@@ -82,7 +82,8 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         if path.stat().st_size > MAX_BYTES:
             raise UserError(f"{path}: the study file is {path.stat().st_size / 2**20:.1f} MB; study files are "
-                            f"small (limit {MAX_BYTES // 2**20} MB); check that this is the right file", source=str(path))
+                            f"small (limit {MAX_BYTES // 2**20} MB); check that this is the right file",
+                            source=str(path))
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read study file {path}: {exc}; check the path") from None
@@ -153,7 +154,8 @@ def _safe_yaml(text: str, source: str) -> tuple[dict[str, Any], Any]:
 
 def _check_tree(root: Any, source: str) -> None:
     """Refuse duplicate keys (all of them, with both lines) and documents whose alias-expanded tree
-    is too deep or too large, before anything is built from the nodes."""
+    is too deep or too large, before anything is built from the nodes.
+    """
     stack: list[tuple[Any, int, str]] = [(root, 1, "")] if root is not None else []
     count, duplicates = 0, {}
     while stack:

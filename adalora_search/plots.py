@@ -99,6 +99,7 @@ def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
 
 
 def history(study: optuna.Study, metric: str, path: Path) -> Path:
+    """Objective value of each completed trial and the best so far, by trial number."""
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if done:

@@ -45,7 +45,7 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _dominates(a: FrozenTrial, b: FrozenTrial, signs: list[float]) -> bool:
-    """a is no worse than b in every objective and better in one (minimisation after signs)."""
+    """A is no worse than b in every objective and better in one (minimisation after signs)."""
     x = [s * v for s, v in zip(signs, a.values)]
     y = [s * v for s, v in zip(signs, b.values)]
     return all(p <= q for p, q in zip(x, y)) and any(p < q for p, q in zip(x, y))

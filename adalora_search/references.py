@@ -23,6 +23,7 @@ from adalora_search.tasks import Task, get_task
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
+    """The best trial's config turned into a reference run (uniform LoRA at its final budget, full, zero-shot)."""
     training = cfg.training.model_copy(update={
         k: v for k, v in (("learning_rate", lr), ("epochs", ref.epochs)) if v is not None})
     if ref.kind in ("full", "zero_shot"):
@@ -58,6 +59,7 @@ def _pick(results: list[dict[str, Any]], task: Task, metric: str) -> dict[str, A
 
 
 def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
+    """Train each ``study.references`` run once (stored in the study attr ``references``); returns them all."""
     stored: dict[str, Any] = dict(study.user_attrs.get("references", {}))
     best = best_trial(study)
     record = TrialRecord.of(best) if best is not None else None
@@ -136,6 +138,7 @@ def _fmt(value: float | None) -> str:
 
 
 def finish_study(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> list[str]:
+    """References (once), then the summary lines ``run`` prints."""
     if spec.study.references:
         run_references(spec, study, data)
     return summary_lines(spec, study)

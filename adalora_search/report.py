@@ -16,6 +16,7 @@ from adalora_search import plots, tables
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
+    """CSV and Markdown tables, PNG plots and one self-contained HTML page in ``out``; returns the page."""
     out.mkdir(parents=True, exist_ok=True)
     metric = tables.metric_name(study)
     trials = tables.trials_table(study)

@@ -15,6 +15,7 @@ from adalora_search.tasks import get_task
 
 
 def retrain(export_dir: Path) -> list[str]:
+    """Train the exported fixed-rank LoRA of ``export_dir``; lines comparing it with the AdaLoRA trial."""
     path = export_dir / "rank_config.json"
     if not path.exists():
         raise UserError(f"EXPORT_DIR = {str(export_dir)!r}: no rank_config.json; run `adalora-search export` first")

@@ -92,7 +92,8 @@ def _study(spec: StudySpec) -> list[Problem]:
     for i, objective in enumerate(objectives):
         where = f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric"
         if objective.metric not in allowed:
-            out.append(Problem(where, objective.metric, f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
+            out.append(Problem(where, objective.metric,
+                               f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
         elif (reason := task.check_metric(spec.data, objective.metric)) is not None:
             out.append(Problem(where, objective.metric, reason))
     if isinstance(spec.study.sampler.root, Grid):

@@ -46,7 +46,8 @@ class Budget:
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """Optuna's grid sampler for ask/tell: it never calls ``study.stop()`` (legal only inside
-    ``optimize``); the runner stops claiming once every grid point has started (``all_started``)."""
+    ``optimize``); the runner stops claiming once every grid point has started (``all_started``).
+    """
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
                     values: Any) -> None:
@@ -265,6 +266,7 @@ def _sigterm_as_interrupt() -> None:
 
 
 def progress_line(study: optuna.Study, budget: Budget, deadline: float | None) -> str:
+    """One line of study progress: counts by state, best value, elapsed and estimated time left."""
     counts = _counts(study)
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     line = (f"[study {study.study_name}] {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "

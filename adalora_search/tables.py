@@ -28,6 +28,7 @@ TYPE_ORDER = [label for _, label in MODULE_TYPES]
 
 
 def module_type(name: str) -> str:
+    """The module's kind (query, value, ffn_in, ...) for the heatmaps; the name's tail when unknown."""
     for pattern, label in MODULE_TYPES:
         if re.search(pattern, name):
             return label
@@ -41,6 +42,7 @@ def layer_index(name: str) -> int:
 
 
 def metric_name(study: optuna.Study) -> str:
+    """The metric the report ranks and plots: the first objective's, else the task's main metric."""
     main = TASKS[study.user_attrs.get("task", "classification")].main_metric
     objectives = study.user_attrs.get("objectives") or [{"metric": main}]
     metric = objectives[0]["metric"]
@@ -107,6 +109,7 @@ def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> 
 
 
 def references_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per reference run: its metric on validation and test, trainable parameters."""
     metric = metric_name(study)
     rows = []
     for kind, ref in (study.user_attrs.get("references") or {}).items():

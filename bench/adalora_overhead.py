@@ -23,8 +23,8 @@ from adalora_search.data import batches, load_tokenized
 from adalora_search.engine import TrialRun
 from adalora_search.loader import parse_spec
 from adalora_search.modeling import load_tokenizer
-from adalora_search.tasks import get_task
 from adalora_search.space import LoraKnobs, sample
+from adalora_search.tasks import get_task
 
 MODELS = {
     "minilm-l6 (36 matrices)": {"name_or_path": "minilm-l6"},

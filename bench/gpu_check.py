@@ -78,7 +78,7 @@ class Utilisation:
             except Exception:  # noqa: BLE001 - NVML missing: no figure, not a failure
                 return
 
-    def __enter__(self) -> "Utilisation":
+    def __enter__(self) -> Utilisation:
         if torch.cuda.is_available():
             self._thread.start()
         return self

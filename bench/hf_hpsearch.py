@@ -13,15 +13,20 @@ import numpy as np
 import optuna
 import torch
 from peft import get_peft_model
-from transformers import (AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from adalora_search.assets import resolve_model
 from adalora_search.data import load_splits
-from adalora_search.modeling import adalora_config, load_tokenizer
-from adalora_search.tasks import get_task
-from adalora_search.space import KNOBS, build_config, knob
 from adalora_search.distributions import suggest
+from adalora_search.modeling import adalora_config, load_tokenizer
+from adalora_search.space import KNOBS, build_config, knob
+from adalora_search.tasks import get_task
 
 
 class Allocate(TrainerCallback):
@@ -39,6 +44,10 @@ class Allocate(TrainerCallback):
         number = self.trainer._trial.number if self.trainer._trial is not None else -1
         self.test[number] = float((np.argmax(out.predictions, -1) == out.label_ids).mean())
 
+
+
+def _accuracy(prediction) -> dict[str, float]:  # noqa: ANN001 - transformers' EvalPrediction
+    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
 def run_hf_search(spec, seed: int, wall_budget: float) -> dict:
     start = time.perf_counter()
@@ -68,9 +77,10 @@ def run_hf_search(spec, seed: int, wall_budget: float) -> dict:
                              report_to=[], logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=sets["train"], eval_dataset=sets["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback],
-                      compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())})
+                      compute_metrics=_accuracy)
     callback.trainer = trainer
-    hp_space = lambda trial: {"learning_rate": trial.suggest_float("training.learning_rate", 3e-3, 3e-2, log=True)}
+    def hp_space(trial):
+        return {"learning_rate": trial.suggest_float("training.learning_rate", 3e-3, 3e-2, log=True)}
     remaining = max(wall_budget - (time.perf_counter() - start), 1.0)
     best = trainer.hyperparameter_search(direction="maximize", backend="optuna", hp_space=hp_space, n_trials=1000,
                                          timeout=remaining, sampler=optuna.samplers.TPESampler(seed=seed),

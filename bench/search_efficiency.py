@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from adalora_search.loader import load_spec
 from adalora_search.runner import Budget, work
-from adalora_search.samplers import NoPruner, RandomS, SamplerSpec, PrunerSpec
+from adalora_search.samplers import NoPruner, PrunerSpec, RandomS, SamplerSpec
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "bbc_news_minilm.yaml"
 

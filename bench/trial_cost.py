@@ -19,16 +19,21 @@ import numpy as np
 import optuna
 import torch
 from peft import get_peft_model
-from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
-                          AutoModelForSequenceClassification)
+from transformers import (
+    AutoModelForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from adalora_search.assets import resolve_model
 from adalora_search.data import load_splits, load_tokenized
 from adalora_search.engine import TrialRun
 from adalora_search.loader import parse_spec
 from adalora_search.modeling import adalora_config, load_tokenizer
-from adalora_search.tasks import get_task
 from adalora_search.space import sample
+from adalora_search.tasks import get_task
 
 STUDY = """
 study: {name: bench}
@@ -43,7 +48,8 @@ adalora: {target_modules: [query, key, value, attention.output.dense, intermedia
 def ours(spec) -> dict:
     start = time.perf_counter()
     cfg = sample(spec, optuna.trial.FixedTrial({}))
-    data = load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))  # warm cache: as trial 2..N of a study
+    # warm cache: as trial 2..N of a study
+    data = load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))
     run = TrialRun(cfg, data, time.perf_counter() - start)
     result = run.train()
     wall = time.perf_counter() - start
@@ -97,7 +103,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/trial_cost.json")
     args = parser.parse_args()
     spec = parse_spec(STUDY.replace("STEPS", str(args.steps)))
-    load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))  # build the cache once, outside the timing
+    # build the cache once, outside the timing
+    load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))
     runs = {"adalora-search": [], "hf-trainer": []}
     for _ in range(args.repeats):  # interleaved so drift hits both sides
         runs["adalora-search"].append(ours(spec))

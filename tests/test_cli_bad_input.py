@@ -56,6 +56,7 @@ def test_python_tag_is_not_executed(tmp_path: Path, monkeypatch, capsys) -> None
     assert code == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     study = tmp_path / "bad.yaml"
     study.write_text((CORPUS / "target_r_ge_init_r.yaml").read_text())

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import study_dict
 from peft.tuners.lora import LoraLayer
 
 from adalora_search import modeling
@@ -16,7 +17,6 @@ from adalora_search.errors import TrialFailure
 from adalora_search.loader import parse_spec
 from adalora_search.runner import prepare_data
 from adalora_search.space import LoraKnobs, TrialConfig, sample
-from conftest import study_dict
 
 
 def make_run(**sections) -> TrialRun:

@@ -11,17 +11,17 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from conftest import study_dict, write_study
 from optuna.trial import TrialState
 
 from adalora_search import cli
-from adalora_search.tasks.sequence_classification import SequenceClassification
 from adalora_search.errors import RepeatedFailure, UserError
 from adalora_search.loader import load_spec, parse_spec
 from adalora_search.runner import Budget, open_study, work
 from adalora_search.session import run_session, storage_url
 from adalora_search.space import trial_config
 from adalora_search.spec import METRIC_DIRECTIONS, Objective
-from conftest import study_dict, write_study
+from adalora_search.tasks.sequence_classification import SequenceClassification
 
 FIELD = Path(__file__).parent / "field_cases"
 QUIET = {"log": lambda _: None}
@@ -145,7 +145,8 @@ def test_resumed_study_proposes_new_parameters(tmp_path: Path) -> None:
 def test_baselines_differing_only_in_a_fixed_knob_both_run(tmp_path: Path) -> None:
     """Field case case05."""
     data = study_dict(training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
-                      baselines=[{"name": "alpha8", "params": {"training.learning_rate": 1e-3, "adalora.lora_alpha": 8.0}},
+                      baselines=[{"name": "alpha8",
+                                  "params": {"training.learning_rate": 1e-3, "adalora.lora_alpha": 8.0}},
                                  {"name": "alpha32", "params": {"training.learning_rate": 1e-3,
                                                                 "adalora.lora_alpha": 32.0}}])
     spec = load_spec(write_study(tmp_path, data))

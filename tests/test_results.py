@@ -10,6 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import study_dict, write_study
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -21,7 +22,6 @@ from adalora_search.references import summary_lines
 from adalora_search.runner import Budget, work
 from adalora_search.session import status_lines
 from adalora_search.tasks.sequence_classification import SequenceClassification
-from conftest import study_dict, write_study
 
 
 def _study(directions: list[str], points: list[tuple[float, ...]]) -> optuna.Study:

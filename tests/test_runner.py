@@ -13,13 +13,13 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import REPO, study_dict, write_study
 from optuna.trial import TrialState
 
-from adalora_search.tasks.sequence_classification import SequenceClassification
 from adalora_search.loader import load_spec
 from adalora_search.runner import Budget, work
 from adalora_search.session import run_session
-from conftest import REPO, study_dict, write_study
+from adalora_search.tasks.sequence_classification import SequenceClassification
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -119,6 +119,7 @@ def _storage_urls() -> list[str]:
     return ["sqlite", "postgresql"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", _storage_urls())
 def test_sigkilled_worker_trial_is_retried_with_same_params(tmp_path: Path, backend: str, request) -> None:
     name = f"kill_{uuid.uuid4().hex[:8]}"
@@ -139,6 +140,7 @@ def test_sigkilled_worker_trial_is_retried_with_same_params(tmp_path: Path, back
     assert sum(t.state in FINISHED for t in study.trials) == 2
 
 
+@pytest.mark.slow
 def test_sigint_marks_the_running_trial_and_resume_finishes(tmp_path: Path) -> None:
     name = "interrupt"
     url = f"sqlite:///{tmp_path / 'i.db'}"
@@ -158,6 +160,7 @@ def test_sigint_marks_the_running_trial_and_resume_finishes(tmp_path: Path) -> N
     assert study.trials[-1].params == interrupted.params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url: str, workers: int) -> None:
     name = f"pg_{workers}_{uuid.uuid4().hex[:8]}"

@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import REPO, study_dict
 
 from adalora_search.cli import cli
 from adalora_search.distributions import Choices, FloatRange
@@ -18,7 +19,6 @@ from adalora_search.errors import UserError
 from adalora_search.loader import load_spec, parse_spec
 from adalora_search.space import KNOBS, sample, searched_knobs
 from adalora_search.spec import StudySpec
-from conftest import REPO, study_dict
 
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
 

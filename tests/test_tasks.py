@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import causal_study, study_dict, tiny_decoder, write_study
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
@@ -25,7 +26,6 @@ from adalora_search.space import sample
 from adalora_search.tasks import TASKS, get_task
 from adalora_search.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
 from adalora_search.tasks.token_classification import align_labels
-from conftest import causal_study, study_dict, tiny_decoder, write_study
 
 
 def _cli(args: list[str], monkeypatch) -> int:
@@ -48,9 +48,7 @@ def gpt2(tmp_path_factory) -> Path:
 
 
 def test_every_registered_task_is_a_study_value_and_names_its_metrics() -> None:
-    from adalora_search.spec import ModelSpec
-
-    from adalora_search.spec import METRIC_DIRECTIONS, Objective
+    from adalora_search.spec import METRIC_DIRECTIONS, ModelSpec, Objective
 
     assert set(TASKS) == set(ModelSpec.model_fields["task"].annotation.__args__)
     assert set(METRIC_DIRECTIONS) == set(Objective.model_fields["metric"].annotation.__args__)
@@ -170,7 +168,8 @@ def test_gpt2_conv1d_modules_are_adapted_reported_and_exported(gpt2: Path, tmp_p
     assert set(alloc["module_type"]) == {"qkv", "attn_out", "ffn_in", "ffn_out"}
     assert sum(ranks.values()) == 2 * len(ranks)  # target_r x matrices, Conv1D included
     spec = load_spec(tmp_path / "study.yaml")
-    model = get_peft_model(build_base(spec.model, None, 0), LoraConfig.from_pretrained(str(tmp_path / "export" / "lora")))
+    exported = LoraConfig.from_pretrained(str(tmp_path / "export" / "lora"))
+    model = get_peft_model(build_base(spec.model, None, 0), exported)
     rebuilt = {n.removeprefix("base_model.model."): m.r["default"] for n, m in model.named_modules()
                if isinstance(m, LoraLayer)}
     assert rebuilt == {k: v for k, v in ranks.items() if v > 0}

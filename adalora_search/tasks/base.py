@@ -10,8 +10,9 @@ beside this one plus one line in ``tasks/__init__.py``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from adalora_search.errors import Problem
 

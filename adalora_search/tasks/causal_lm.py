@@ -32,6 +32,8 @@ GENERATION_METRICS = ("exact_match", "rouge_l")
 
 
 class CausalLM(Task):
+    """Supervised fine-tuning of a decoder LLM: loss on responses, generation metrics."""
+
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class SequenceClassification(Task):
+    """One label per text (or text pair)."""
+
     name = "classification"
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
@@ -105,7 +107,8 @@ class SequenceClassification(Task):
 
     def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """accuracy, macro-F1 and MCC of class ids [n] against class ids [n] (scikit-learn), and how many
-        distinct classes were predicted (1: the model ignores its input, whatever the accuracy)."""
+        distinct classes were predicted (1: the model ignores its input, whatever the accuracy).
+        """
         from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
         return {"accuracy": float(accuracy_score(labels, predictions)),
@@ -115,6 +118,8 @@ class SequenceClassification(Task):
 
 
 class Regression(SequenceClassification):
+    """One score per text (or text pair); MSE loss, correlation metrics."""
+
     name = "regression"
     metrics: ClassVar[dict[str, Direction]] = {"pearson": "maximize", "spearman": "maximize",
                                                "eval_loss": "minimize"}

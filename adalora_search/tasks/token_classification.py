@@ -18,6 +18,8 @@ IGNORE = -100
 
 
 class TokenClassification(Task):
+    """One tag per word (e.g. named entities), scored per entity with seqeval."""
+
     name = "token_classification"
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"

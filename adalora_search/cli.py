@@ -24,10 +24,10 @@ def cli() -> None:
 @click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
 def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     """Check study files completely and summarise their search space."""
-    from adalora_search import describe
-    from adalora_search.loader import load_spec
-    from adalora_search.runner import prepare_data
-    from adalora_search.session import check_model
+    from adalora_search.search.runner import prepare_data
+    from adalora_search.search.session import check_model
+    from adalora_search.study import describe
+    from adalora_search.study.loader import load_spec
 
     errors = []
     for path in study_files:
@@ -51,7 +51,7 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the study file (for yaml-language-server)."""
-    from adalora_search.spec import StudySpec
+    from adalora_search.study.spec import StudySpec
 
     click.echo(json.dumps(StudySpec.model_json_schema(), indent=2))
 
@@ -71,7 +71,7 @@ def _budget_options(f):
 @click.option("--gpus", default="", help="comma-separated GPU ids, one worker per GPU")
 def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str) -> None:
     """Run (or resume) the search of STUDY_FILE."""
-    from adalora_search.session import run_session
+    from adalora_search.search.session import run_session
 
     run_session(study_file, n_trials, timeout, storage, workers, [g for g in gpus.split(",") if g.strip()],
                 allow_changed)
@@ -82,7 +82,7 @@ def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, worker
 @_budget_options
 def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool) -> None:
     """One worker process (started by `run --workers`, or by hand on another machine)."""
-    from adalora_search.session import run_worker
+    from adalora_search.search.session import run_worker
 
     run_worker(study_file, n_trials, timeout, storage, allow_changed)
 
@@ -97,7 +97,7 @@ def _study_options(f):
 @_study_options
 def status(study_file, storage, study_name) -> None:
     """Trial counts, best trial and running trials of a study."""
-    from adalora_search.session import locate, status_lines
+    from adalora_search.search.session import locate, status_lines
 
     for line in status_lines(locate(study_file, storage, study_name)):
         click.echo(line)
@@ -109,8 +109,8 @@ def status(study_file, storage, study_name) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
 def report(study_file, storage, study_name, out, top_k: int) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
-    from adalora_search.report import write_report
-    from adalora_search.session import locate
+    from adalora_search.results.report import write_report
+    from adalora_search.search.session import locate
 
     study = locate(study_file, storage, study_name)
     directory = Path(out or f"{study.study_name}_report")
@@ -127,8 +127,8 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
               help="Pareto studies: the front's best metric, or its fewest trainable parameters")
 def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str) -> None:
     """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs."""
-    from adalora_search.export import export_trial
-    from adalora_search.session import locate
+    from adalora_search.results.export import export_trial
+    from adalora_search.search.session import locate
 
     study = locate(study_file, storage, study_name)
     path = export_trial(study, Path(out), trial_number, force, pick)
@@ -139,7 +139,7 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
 @click.argument("export_dir")
 def retrain(export_dir: str) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
-    from adalora_search.retrain import retrain as do_retrain
+    from adalora_search.results.retrain import retrain as do_retrain
 
     for line in do_retrain(Path(export_dir)):
         click.echo(line)

@@ -18,13 +18,13 @@ import optuna
 import torch
 import yaml
 
-from adalora_search import allocator
-from adalora_search.data import batches, load_tokenized
-from adalora_search.engine import TrialRun
-from adalora_search.loader import parse_spec
-from adalora_search.modeling import load_tokenizer
-from adalora_search.space import LoraKnobs, sample
-from adalora_search.tasks import get_task
+from adalora_search.study.loader import parse_spec
+from adalora_search.study.space import LoraKnobs, sample
+from adalora_search.train import allocator
+from adalora_search.train.data import batches, load_tokenized
+from adalora_search.train.engine import TrialRun
+from adalora_search.train.modeling import load_tokenizer
+from adalora_search.train.tasks import get_task
 
 MODELS = {
     "minilm-l6 (36 matrices)": {"name_or_path": "minilm-l6"},
@@ -117,7 +117,7 @@ def main() -> None:
 
 
 def _module_names(cfg, data) -> list[str]:
-    from adalora_search.modeling import adapted_modules
+    from adalora_search.train.modeling import adapted_modules
     run = TrialRun(cfg, data)
     return list(adapted_modules(run.model))
 

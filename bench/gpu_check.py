@@ -24,11 +24,11 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from adalora_search.data import Split, TokenizedData
-from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
-from adalora_search.loader import parse_spec
-from adalora_search.space import sample
+from adalora_search.study.loader import parse_spec
+from adalora_search.study.space import sample
+from adalora_search.train.data import Split, TokenizedData
+from adalora_search.train.engine import TrialRun
 
 SHAPES = {
     "minilm-l6": {},

@@ -21,12 +21,12 @@ from transformers import (
     TrainingArguments,
 )
 
-from adalora_search.assets import resolve_model
-from adalora_search.data import load_splits
-from adalora_search.distributions import suggest
-from adalora_search.modeling import adalora_config, load_tokenizer
-from adalora_search.space import KNOBS, build_config, knob
-from adalora_search.tasks import get_task
+from adalora_search.study.distributions import suggest
+from adalora_search.study.space import KNOBS, build_config, knob
+from adalora_search.train.assets import resolve_model
+from adalora_search.train.data import load_splits
+from adalora_search.train.modeling import adalora_config, load_tokenizer
+from adalora_search.train.tasks import get_task
 
 
 class Allocate(TrainerCallback):
@@ -92,5 +92,5 @@ def run_hf_search(spec, seed: int, wall_budget: float) -> dict:
 
 
 def _first(dist):
-    from adalora_search.distributions import corners
+    from adalora_search.study.distributions import corners
     return corners(dist)[0]

@@ -29,11 +29,11 @@ def one(method: str, steps: int) -> dict:
     """One run of ``steps`` optimizer steps in this process; seconds per step, tokens/s, peak RSS."""
     import torch
 
-    from adalora_search.engine import TrialRun
-    from adalora_search.loader import parse_spec
-    from adalora_search.modeling import adapted_modules
-    from adalora_search.runner import prepare_data
-    from adalora_search.space import LoraKnobs, sample
+    from adalora_search.search.runner import prepare_data
+    from adalora_search.study.loader import parse_spec
+    from adalora_search.study.space import LoraKnobs, sample
+    from adalora_search.train.engine import TrialRun
+    from adalora_search.train.modeling import adapted_modules
 
     study = yaml.safe_load(STUDY.read_text())
     study["study"].update(sampler={"type": "random", "seed": 0}, pruner={"type": "none"}, references=[])

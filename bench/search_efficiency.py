@@ -22,9 +22,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search.loader import load_spec
-from adalora_search.runner import Budget, work
-from adalora_search.samplers import NoPruner, PrunerSpec, RandomS, SamplerSpec
+from adalora_search.search.runner import Budget, work
+from adalora_search.study.loader import load_spec
+from adalora_search.study.samplers import NoPruner, PrunerSpec, RandomS, SamplerSpec
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "bbc_news_minilm.yaml"
 

@@ -94,7 +94,7 @@ def tiny_decoder(directory: Path, arch: str = "llama", chat_template: bool = Tru
     """A tiny random decoder (Llama or GPT-2) with MiniLM's tokenizer, [SEP] as EOS, a chat template."""
     from transformers import AutoTokenizer, GPT2Config, LlamaConfig
 
-    from adalora_search.assets import resolve_model
+    from adalora_search.train.assets import resolve_model
 
     path = directory / f"tiny-{arch}"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from adalora_search import cli
-from adalora_search.assets import resolve_model
+from adalora_search.train.assets import resolve_model
 
 CORPUS = Path(__file__).parent / "bad_studies"
 FIELD = Path(__file__).parent / "field_cases"

@@ -11,12 +11,12 @@ import yaml
 from conftest import study_dict
 from peft.tuners.lora import LoraLayer
 
-from adalora_search import modeling
-from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
-from adalora_search.loader import parse_spec
-from adalora_search.runner import prepare_data
-from adalora_search.space import LoraKnobs, TrialConfig, sample
+from adalora_search.search.runner import prepare_data
+from adalora_search.study.loader import parse_spec
+from adalora_search.study.space import LoraKnobs, TrialConfig, sample
+from adalora_search.train import modeling
+from adalora_search.train.engine import TrialRun
 
 
 def make_run(**sections) -> TrialRun:
@@ -80,7 +80,7 @@ def test_final_allocation_happens_even_if_the_final_step_is_skipped() -> None:
 
 def test_orthogonal_regularizer_in_training_loss_not_in_evaluation() -> None:
     run = make_run(adalora={"orth_reg_weight": 5.0})
-    batch = next(iter(__import__("adalora_search.data", fromlist=["batches"]).batches(
+    batch = next(iter(__import__("adalora_search.train.data", fromlist=["batches"]).batches(
         run.data.splits["validation"], 16, run.data.pad_token_id, None)))
     run.model.eval()
     with torch.no_grad():
@@ -183,7 +183,7 @@ def test_batched_allocator_gives_exactly_peft_allocation(monkeypatch) -> None:
     batched = make_run(**sections)
     assert type(batched.model.base_model.rankallocator).__name__ == "BatchedRankAllocator"
     fast = batched.train()
-    from adalora_search import allocator
+    from adalora_search.train import allocator
     monkeypatch.setattr(allocator, "install", lambda model: None)
     reference = make_run(**sections)
     assert type(reference.model.base_model.rankallocator).__name__ == "RankAllocator"

@@ -16,12 +16,12 @@ from optuna.trial import TrialState
 
 from adalora_search import cli
 from adalora_search.errors import RepeatedFailure, UserError
-from adalora_search.loader import load_spec, parse_spec
-from adalora_search.runner import Budget, open_study, work
-from adalora_search.session import run_session, storage_url
-from adalora_search.space import trial_config
-from adalora_search.spec import METRIC_DIRECTIONS, Objective
-from adalora_search.tasks.sequence_classification import SequenceClassification
+from adalora_search.search.runner import Budget, open_study, work
+from adalora_search.search.session import run_session, storage_url
+from adalora_search.study.loader import load_spec, parse_spec
+from adalora_search.study.space import trial_config
+from adalora_search.study.spec import METRIC_DIRECTIONS, Objective
+from adalora_search.train.tasks.sequence_classification import SequenceClassification
 
 FIELD = Path(__file__).parent / "field_cases"
 QUIET = {"log": lambda _: None}
@@ -97,7 +97,7 @@ def test_allow_changed_study_goes_on(tmp_path: Path) -> None:
 
 
 def test_fingerprint_ignores_run_details_and_sees_every_comparable_section(tmp_path: Path) -> None:
-    from adalora_search import fingerprint
+    from adalora_search.search import fingerprint
 
     base = fingerprint.hashes(fingerprint.sections(parse_spec(yaml.safe_dump(study_dict()))))
     same = study_dict(study={"n_trials": 9, "sampler": {"type": "tpe"}},
@@ -196,7 +196,7 @@ def test_exponent_floats_without_a_dot_are_floats(name: str) -> None:
 
 
 def test_yaml_reads_numbers_and_booleans_as_they_look() -> None:
-    from adalora_search.loader import StudyLoader
+    from adalora_search.study.loader import StudyLoader
 
     text = "a: [1e-3, -1E+3, 5e-2, 010, 0x10, 1:30, yes, no, on, true, 1.0e3]"
     assert yaml.load(text, Loader=StudyLoader)["a"] == [0.001, -1000.0, 0.05, 10, 16, "1:30", "yes", "no", "on",
@@ -254,7 +254,7 @@ def test_password_fragment_in_port_is_not_a_traceback(monkeypatch, capsys) -> No
                                  "postgresql://alice:win?ter@2031@127.0.0.1/db",
                                  "postgresql://alice:winter:2031/db"])
 def test_storage_url_problems_never_quote_the_password(url: str) -> None:
-    from adalora_search import storage
+    from adalora_search.search import storage
 
     problem = storage.url_problem(url)
     assert problem and "percent-encode the password" in problem

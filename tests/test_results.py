@@ -14,14 +14,15 @@ from conftest import study_dict, write_study
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from adalora_search import ranking, tables
 from adalora_search.errors import UserError
-from adalora_search.export import export_trial, pick_trial
-from adalora_search.loader import load_spec, parse_spec
-from adalora_search.references import summary_lines
-from adalora_search.runner import Budget, work
-from adalora_search.session import status_lines
-from adalora_search.tasks.sequence_classification import SequenceClassification
+from adalora_search.results import tables
+from adalora_search.results.export import export_trial, pick_trial
+from adalora_search.results.references import summary_lines
+from adalora_search.search import ranking
+from adalora_search.search.runner import Budget, work
+from adalora_search.search.session import status_lines
+from adalora_search.study.loader import load_spec, parse_spec
+from adalora_search.train.tasks.sequence_classification import SequenceClassification
 
 
 def _study(directions: list[str], points: list[tuple[float, ...]]) -> optuna.Study:

@@ -16,10 +16,10 @@ import torch
 from conftest import REPO, study_dict, write_study
 from optuna.trial import TrialState
 
-from adalora_search.loader import load_spec
-from adalora_search.runner import Budget, work
-from adalora_search.session import run_session
-from adalora_search.tasks.sequence_classification import SequenceClassification
+from adalora_search.search.runner import Budget, work
+from adalora_search.search.session import run_session
+from adalora_search.study.loader import load_spec
+from adalora_search.train.tasks.sequence_classification import SequenceClassification
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -69,7 +69,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
             return real(*args, **kwargs)
         monkeypatch.setattr(SequenceClassification, "scores", broken)
     else:
-        from adalora_search import engine
+        from adalora_search.train import engine
 
         real_fb = engine.TrialRun._forward_backward
 
@@ -183,7 +183,7 @@ def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url
 
 def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
     from adalora_search.errors import UserError
-    from adalora_search.session import locate, status_lines
+    from adalora_search.search.session import locate, status_lines
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from conftest import REPO, study_dict
 
 from adalora_search.cli import cli
-from adalora_search.distributions import Choices, FloatRange
 from adalora_search.errors import UserError
-from adalora_search.loader import load_spec, parse_spec
-from adalora_search.space import KNOBS, sample, searched_knobs
-from adalora_search.spec import StudySpec
+from adalora_search.study.distributions import Choices, FloatRange
+from adalora_search.study.loader import load_spec, parse_spec
+from adalora_search.study.space import KNOBS, sample, searched_knobs
+from adalora_search.study.spec import StudySpec
 
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
 

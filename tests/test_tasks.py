@@ -16,16 +16,16 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from adalora_search import cli
-from adalora_search.data import load_splits
-from adalora_search.engine import TrialRun
-from adalora_search.loader import load_spec, parse_spec
-from adalora_search.modeling import build_base, load_tokenizer
-from adalora_search.runner import prepare_data
-from adalora_search.session import storage_url
-from adalora_search.space import sample
-from adalora_search.tasks import TASKS, get_task
-from adalora_search.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
-from adalora_search.tasks.token_classification import align_labels
+from adalora_search.search.runner import prepare_data
+from adalora_search.search.session import storage_url
+from adalora_search.study.loader import load_spec, parse_spec
+from adalora_search.study.space import sample
+from adalora_search.train.data import load_splits
+from adalora_search.train.engine import TrialRun
+from adalora_search.train.modeling import build_base, load_tokenizer
+from adalora_search.train.tasks import TASKS, get_task
+from adalora_search.train.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
+from adalora_search.train.tasks.token_classification import align_labels
 
 
 def _cli(args: list[str], monkeypatch) -> int:
@@ -48,7 +48,7 @@ def gpt2(tmp_path_factory) -> Path:
 
 
 def test_every_registered_task_is_a_study_value_and_names_its_metrics() -> None:
-    from adalora_search.spec import METRIC_DIRECTIONS, ModelSpec, Objective
+    from adalora_search.study.spec import METRIC_DIRECTIONS, ModelSpec, Objective
 
     assert set(TASKS) == set(ModelSpec.model_fields["task"].annotation.__args__)
     assert set(METRIC_DIRECTIONS) == set(Objective.model_fields["metric"].annotation.__args__)
@@ -93,7 +93,7 @@ def test_chat_template_masks_assistant_turns_only(llama: Path) -> None:
 
 
 def load_spec_model(directory: Path):  # noqa: ANN201 - a ModelSpec
-    from adalora_search.spec import ModelSpec
+    from adalora_search.study.spec import ModelSpec
 
     return ModelSpec(name_or_path=str(directory), task="causal_lm")
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from adalora_search.data import Split, batches
-from adalora_search.plots import _pareto
-from adalora_search.tables import layer_index, module_type
-from adalora_search.tasks.sequence_classification import Regression, SequenceClassification
+from adalora_search.results.plots import _pareto
+from adalora_search.results.tables import layer_index, module_type
+from adalora_search.train.data import Split, batches
+from adalora_search.train.tasks.sequence_classification import Regression, SequenceClassification
 
 
 @pytest.mark.parametrize("name, kind, layer", [

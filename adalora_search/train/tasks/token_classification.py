@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
 
 IGNORE = -100
 

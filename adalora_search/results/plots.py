@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from adalora_search.record import TrialRecord  # noqa: E402
+from adalora_search.search.record import TrialRecord  # noqa: E402
 
 
 def heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "{:.0f}", label: str = "rank") -> Path:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from adalora_search.errors import UserError
-from adalora_search.spec import DataSpec, FilesSource, HubSource, PackagedSource
+from adalora_search.study.spec import DataSpec, FilesSource, HubSource, PackagedSource
 
 if TYPE_CHECKING:
     import datasets
 
-    from adalora_search.tasks import Task
+    from adalora_search.train.tasks import Task
 
 SPLITS = ("train", "validation", "test")
 
@@ -162,7 +162,7 @@ def load_splits(spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:
 
 
 def _load_source(spec: DataSpec) -> dict[str, datasets.Dataset]:
-    from adalora_search import assets
+    from adalora_search.train import assets
 
     src = spec.source
     try:

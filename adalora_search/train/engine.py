@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
-from adalora_search import modeling
-from adalora_search.allocator import RankBook
-from adalora_search.data import TokenizedData, batches
 from adalora_search.errors import TrialFailure
-from adalora_search.space import TrialConfig, optimizer_steps
-from adalora_search.tasks import EvalContext, get_task
+from adalora_search.study.space import TrialConfig, optimizer_steps
+from adalora_search.train import modeling
+from adalora_search.train.allocator import RankBook
+from adalora_search.train.data import TokenizedData, batches
+from adalora_search.train.tasks import EvalContext, get_task
 
 OnEval = Callable[[int, dict[str, float]], None]
 

@@ -8,9 +8,9 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from adalora_search import ranking
-from adalora_search.record import TrialRecord
-from adalora_search.tasks import TASKS
+from adalora_search.search import ranking
+from adalora_search.search.record import TrialRecord
+from adalora_search.train.tasks import TASKS
 
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
 MODULE_TYPES: tuple[tuple[str, str], ...] = (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-from adalora_search import modeling
-from adalora_search.data import TokenizedData
-from adalora_search.distributions import corners, describe
-from adalora_search.space import KNOBS, knob, optimizer_steps
-from adalora_search.spec import StudySpec
+from adalora_search.study.distributions import corners, describe
+from adalora_search.study.space import KNOBS, knob, optimizer_steps
+from adalora_search.study.spec import StudySpec
+from adalora_search.train import modeling
+from adalora_search.train.data import TokenizedData
 
 
 def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: TokenizedData | None) -> list[str]:

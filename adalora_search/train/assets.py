@@ -54,7 +54,7 @@ def _converted(name: str) -> Path:
     """
     from filelock import FileLock
 
-    from adalora_search.data import cache_root
+    from adalora_search.train.data import cache_root
 
     target = cache_root() / "models" / name
     if (target / "config.json").exists():

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 import optuna
 from pydantic import ConfigDict, Field, RootModel
 
-from adalora_search.frozen import Frozen
+from adalora_search.study.frozen import Frozen
 
 
 # ---------------------------------------------------------------- samplers

@@ -11,15 +11,15 @@ from typing import Any
 
 import optuna
 
-from adalora_search.data import TokenizedData
-from adalora_search.engine import TrialRun
-from adalora_search.export import lora_patterns
-from adalora_search.objective import TRIAL_ERRORS
-from adalora_search.record import TrialRecord
-from adalora_search.runner import best_trial
-from adalora_search.space import LoraKnobs, TrialConfig, trial_config
-from adalora_search.spec import Reference, StudySpec
-from adalora_search.tasks import Task, get_task
+from adalora_search.results.export import lora_patterns
+from adalora_search.search.objective import TRIAL_ERRORS
+from adalora_search.search.record import TrialRecord
+from adalora_search.search.runner import best_trial
+from adalora_search.study.space import LoraKnobs, TrialConfig, trial_config
+from adalora_search.study.spec import Reference, StudySpec
+from adalora_search.train.data import TokenizedData
+from adalora_search.train.engine import TrialRun
+from adalora_search.train.tasks import Task, get_task
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:

@@ -21,17 +21,17 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search import fingerprint, ranking
-from adalora_search import storage as storage_mod
-from adalora_search.data import TokenizedData, load_tokenized
 from adalora_search.errors import RepeatedFailure, UserError
-from adalora_search.modeling import load_tokenizer
-from adalora_search.objective import TRIAL_ERRORS, Objective
-from adalora_search.record import TrialRecord
-from adalora_search.samplers import QMC, Grid
-from adalora_search.space import enqueue_params, grid_search_space, optimizer_steps
-from adalora_search.spec import StudySpec
-from adalora_search.tasks import get_task
+from adalora_search.search import fingerprint, ranking
+from adalora_search.search import storage as storage_mod
+from adalora_search.search.objective import TRIAL_ERRORS, Objective
+from adalora_search.search.record import TrialRecord
+from adalora_search.study.samplers import QMC, Grid
+from adalora_search.study.space import enqueue_params, grid_search_space, optimizer_steps
+from adalora_search.study.spec import StudySpec
+from adalora_search.train.data import TokenizedData, load_tokenized
+from adalora_search.train.modeling import load_tokenizer
+from adalora_search.train.tasks import get_task
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -125,7 +125,7 @@ def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> None:
 
 def prepare_data(spec: StudySpec) -> TokenizedData:
     """Load and tokenize once (cached on disk for every trial and worker); data errors surface here."""
-    from adalora_search import rules
+    from adalora_search.study import rules
 
     tokenizer = load_tokenizer(spec.model)
     data = load_tokenized(spec.data, tokenizer, get_task(spec.model.task))

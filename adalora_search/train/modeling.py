@@ -16,13 +16,13 @@ from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
-from adalora_search import allocator
-from adalora_search.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
-from adalora_search.assets import resolve_model
 from adalora_search.errors import Problem, UserError
-from adalora_search.space import TrialConfig
-from adalora_search.spec import AdaLoraSpec, ModelSpec, ScheduleSpec, StudySpec
-from adalora_search.tasks import get_task
+from adalora_search.study.space import TrialConfig
+from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec, StudySpec
+from adalora_search.train import allocator
+from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
+from adalora_search.train.assets import resolve_model
+from adalora_search.train.tasks import get_task
 
 hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
 hf_logging.disable_progress_bar()
@@ -192,7 +192,7 @@ def inspect(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[dict
 def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,
                 label_names: list[str] | None = None) -> None:
     """What would make every trial fail, found before trial 0; raises ``UserError`` listing it all."""
-    from adalora_search.distributions import corners
+    from adalora_search.study.distributions import corners
 
     problems = []
     for targets in corners(spec.adalora.target_modules):

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
 
 if TYPE_CHECKING:
     import numpy as np

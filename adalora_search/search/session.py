@@ -8,12 +8,10 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from adalora_search import storage as storage_mod
-from adalora_search.data import TokenizedData
 from adalora_search.errors import UserError
-from adalora_search.loader import load_spec
-from adalora_search.record import TrialRecord
-from adalora_search.runner import (
+from adalora_search.search import storage as storage_mod
+from adalora_search.search.record import TrialRecord
+from adalora_search.search.runner import (
     Budget,
     best_trial,
     open_study,
@@ -21,7 +19,9 @@ from adalora_search.runner import (
     spawn_workers,
     work,
 )
-from adalora_search.spec import StudySpec
+from adalora_search.study.loader import load_spec
+from adalora_search.study.spec import StudySpec
+from adalora_search.train.data import TokenizedData
 
 
 def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
@@ -49,7 +49,7 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
 def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
                 workers: int, gpus: list[str], allow_changed: bool = False) -> None:
     """Validate everything, create/resume the study, run the trials, then the reference runs."""
-    from adalora_search.references import finish_study
+    from adalora_search.results.references import finish_study
 
     spec = load_spec(study_file)
     budget = _budget(spec, n_trials, timeout)
@@ -72,7 +72,7 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
 
 def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, int]]:
     """Inspect the model (meta device) and refuse what would fail every trial; returns its Linears."""
-    from adalora_search import modeling
+    from adalora_search.train import modeling
 
     linears, config = modeling.inspect(spec.model, data.label_names)
     modeling.check_model(spec, linears, config, data.label_names)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adalora_search.data import load_tokenized
-from adalora_search.engine import TrialRun
 from adalora_search.errors import UserError
-from adalora_search.export import lora_patterns
-from adalora_search.modeling import load_tokenizer
-from adalora_search.space import LoraKnobs, TrialConfig
-from adalora_search.tasks import get_task
+from adalora_search.results.export import lora_patterns
+from adalora_search.study.space import LoraKnobs, TrialConfig
+from adalora_search.train.data import load_tokenized
+from adalora_search.train.engine import TrialRun
+from adalora_search.train.modeling import load_tokenizer
+from adalora_search.train.tasks import get_task
 
 
 def retrain(export_dir: Path) -> list[str]:

@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from adalora_search.distributions import FloatRange, IntRange, tunable
-from adalora_search.frozen import Frozen
-from adalora_search.samplers import PrunerSpec, SamplerSpec
-from adalora_search.tasks import TASKS
+from adalora_search.study.distributions import FloatRange, IntRange, tunable
+from adalora_search.study.frozen import Frozen
+from adalora_search.study.samplers import PrunerSpec, SamplerSpec
+from adalora_search.train.tasks import TASKS
 
 # ---------------------------------------------------------------- study
 # which way each metric is better, from the task registry (each task's `metrics`): an objective's

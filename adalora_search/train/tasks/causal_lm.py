@@ -25,7 +25,7 @@ import string
 from typing import Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
 
 IGNORE = -100
 GENERATION_METRICS = ("exact_match", "rouge_l")

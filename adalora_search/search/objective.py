@@ -16,12 +16,12 @@ from typing import Any
 
 import optuna
 
-from adalora_search import modeling
-from adalora_search.data import TokenizedData
-from adalora_search.engine import TrialRun
 from adalora_search.errors import TrialFailure
-from adalora_search.space import TrialConfig, trial_config
-from adalora_search.spec import StudySpec
+from adalora_search.study.space import TrialConfig, trial_config
+from adalora_search.study.spec import StudySpec
+from adalora_search.train import modeling
+from adalora_search.train.data import TokenizedData
+from adalora_search.train.engine import TrialRun
 
 # exceptions a single trial may raise without stopping the study (anything else is a bug)
 TRIAL_ERRORS: tuple[type[BaseException], ...] = (TrialFailure, RuntimeError, ValueError, MemoryError,

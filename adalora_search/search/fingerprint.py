@@ -19,8 +19,8 @@ import optuna
 from pydantic import BaseModel
 
 from adalora_search.errors import UserError
-from adalora_search.space import KNOBS, knob
-from adalora_search.spec import FilesSource, StudySpec
+from adalora_search.study.space import KNOBS, knob
+from adalora_search.study.spec import FilesSource, StudySpec
 
 _RUN_ONLY = {"device", "num_threads", "eval_batch_size"}
 FIX = "use a new study.name, or pass --allow-changed-study to go on anyway"

@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adalora_search import storage
-from adalora_search.distributions import Choices, corners, is_searched
 from adalora_search.errors import Problem
-from adalora_search.samplers import Grid, NoPruner
-from adalora_search.space import (
+from adalora_search.search import storage
+from adalora_search.study.distributions import Choices, corners, is_searched
+from adalora_search.study.samplers import Grid, NoPruner
+from adalora_search.study.space import (
     KNOBS,
     build_config,
     knob,
@@ -23,8 +23,8 @@ from adalora_search.space import (
     searched_knobs,
     typed_value,
 )
-from adalora_search.spec import StudySpec
-from adalora_search.tasks import get_task
+from adalora_search.study.spec import StudySpec
+from adalora_search.train.tasks import get_task
 
 
 def check(spec: StudySpec) -> list[Problem]:

@@ -19,8 +19,8 @@ from adalora_search.errors import Problem
 if TYPE_CHECKING:
     import torch
 
-    from adalora_search.data import Split
-    from adalora_search.spec import DataSpec, TrainingSpec
+    from adalora_search.study.spec import DataSpec, TrainingSpec
+    from adalora_search.train.data import Split
 
 Direction = Literal["maximize", "minimize"]
 Rows = dict[str, list[Any]]
@@ -119,7 +119,7 @@ class Task(ABC):
 
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
     """Refuse data fields that were written in the study file but mean nothing for this task."""
-    from adalora_search.spec import TASK_DATA_FIELDS
+    from adalora_search.study.spec import TASK_DATA_FIELDS
 
     return [Problem(f"data.{name}", getattr(data, name),
                     f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})")

@@ -19,10 +19,11 @@ from typing import Any
 import optuna
 import yaml
 
-from adalora_search import modeling, ranking
 from adalora_search.errors import UserError
-from adalora_search.record import TrialRecord
-from adalora_search.space import TrialConfig
+from adalora_search.search import ranking
+from adalora_search.search.record import TrialRecord
+from adalora_search.study.space import TrialConfig
+from adalora_search.train import modeling
 
 _log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from adalora_search import plots, tables
+from adalora_search.results import plots, tables
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:

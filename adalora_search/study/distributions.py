@@ -15,7 +15,7 @@ from typing import Annotated, Any, Generic, TypeVar, Union
 import optuna
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from adalora_search.frozen import Frozen
+from adalora_search.study.frozen import Frozen
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator
 
-from adalora_search.distributions import (
+from adalora_search.study.distributions import (
     Choices,
     Knob,
     encode_choice,
@@ -25,7 +25,7 @@ from adalora_search.distributions import (
     knob_of,
     suggest,
 )
-from adalora_search.spec import (
+from adalora_search.study.spec import (
     AdaLoraSpec,
     DataSpec,
     Frozen,

@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from adalora_search import rules
 from adalora_search.errors import Problem, UserError
-from adalora_search.space import with_typed_baselines
-from adalora_search.spec import FilesSource, StudySpec
+from adalora_search.study import rules
+from adalora_search.study.space import with_typed_baselines
+from adalora_search.study.spec import FilesSource, StudySpec
 
 MAX_BYTES = 5 * 1024 * 1024  # study files are a few KB; anything this large is a mistake
 MAX_DEPTH = 50  # nesting levels (a study file needs about 6)
@@ -226,8 +226,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
 
 def _union_tags() -> frozenset[str]:
     """The ``type`` values of the discriminated unions (samplers, trial pruners, data sources)."""
-    from adalora_search.samplers import PrunerSpec, SamplerSpec
-    from adalora_search.spec import Source
+    from adalora_search.study.samplers import PrunerSpec, SamplerSpec
+    from adalora_search.study.spec import Source
 
     members = [*_models_in(SamplerSpec), *_models_in(PrunerSpec), *_models_in(Source)]
     return frozenset(m.model_fields["type"].default for m in members if "type" in m.model_fields)

@@ -67,3 +67,31 @@ def test_relative_model_directory_resolves_against_the_study_file(tmp_path, monk
     code, out = _cli(["run", "case09/study.yaml"], monkeypatch, capsys)
     assert code == 0, out
     assert "best trial" in out
+
+
+def _checkpoint_with_head(directory: Path, num_labels: int) -> Path:
+    """A tiny BERT classifier saved with a trained head of ``num_labels`` (MiniLM's tokenizer)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = directory / "ckpt"
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=num_labels)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(path)
+    return path
+
+
+def test_head_of_another_size_is_refused_before_trial_0_unless_asked(tmp_path, monkeypatch, capsys) -> None:
+    """Issue #12 item 1: a checkpoint whose head size differs from the task's ('ignore_mismatched_sizes')."""
+    from conftest import study_dict, write_study
+
+    ckpt = _checkpoint_with_head(tmp_path, 3)  # BBC News has 5 topics
+    study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
+    path = write_study(tmp_path, study)
+    code, out = _cli(["run", str(path)], monkeypatch, capsys)
+    assert code == 2 and "model.ignore_mismatched_sizes = False" in out and "has 3 labels but the data has 5" in out
+    assert not list(tmp_path.glob("*.db"))
+    study["model"]["ignore_mismatched_sizes"] = True
+    path = write_study(tmp_path, study)
+    code, out = _cli(["run", str(path)], monkeypatch, capsys)
+    assert code == 0, out

@@ -253,3 +253,15 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
     output = capsys.readouterr().err
     assert expect in output and "Traceback" not in output
     assert not list(tmp_path.glob("*.db")), "nothing may be stored for a bad study"
+
+
+def test_gradient_checkpointing_trains_the_same_model(llama: Path) -> None:
+    results = []
+    for checkpointing in (False, True):
+        spec = parse_spec(yaml.safe_dump(causal_study(llama, training={"gradient_checkpointing": checkpointing,
+                                                                       "max_steps": 6, "eval_every": 6})))
+        run = TrialRun(sample(spec, optuna.trial.FixedTrial({})), prepare_data(spec))
+        assert run.model.base_model.model.is_gradient_checkpointing == checkpointing
+        results.append(run.train())
+    assert results[0].metrics["final"]["eval_loss"] == pytest.approx(results[1].metrics["final"]["eval_loss"], rel=1e-5)
+    assert results[0].rank_allocation == results[1].rank_allocation

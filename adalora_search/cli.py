@@ -137,11 +137,14 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
 
 @cli.command()
 @click.argument("export_dir")
-def retrain(export_dir: str) -> None:
+@click.option("--learning-rate", "learning_rates", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              help="LoRA learning rate; repeat to try several (the best on validation is kept). "
+                   "Default: the AdaLoRA trial's")
+def retrain(export_dir: str, learning_rates: tuple[float, ...]) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
     from adalora_search.results.retrain import retrain as do_retrain
 
-    for line in do_retrain(Path(export_dir)):
+    for line in do_retrain(Path(export_dir), list(learning_rates) or None):
         click.echo(line)
 
 

@@ -187,7 +187,7 @@ def test_token_classification_whole_path(tmp_path: Path, monkeypatch) -> None:
     assert config["task_type"] == "TOKEN_CLS"
 
 
-def test_regression_whole_path(tmp_path: Path, monkeypatch) -> None:
+def test_regression_whole_path(tmp_path: Path, monkeypatch, capsys) -> None:
     rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
     (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
     data = study_dict(model={"task": "regression"}, study={"objective": {"metric": "spearman"}},
@@ -196,6 +196,11 @@ def test_regression_whole_path(tmp_path: Path, monkeypatch) -> None:
                             "split": {"validation": 0.3, "test": 0.2, "seed": 0}})
     study, _ = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
     assert {"pearson", "spearman"} <= set(study.best_trial.user_attrs["metrics"]["test"])
+    capsys.readouterr()
+    rates = ["--learning-rate", "1e-3", "--learning-rate", "2e-2"]
+    assert _cli(["retrain", str(tmp_path / "export"), *rates], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "learning rates tried (validation pearson): 0.001 -> " in out and ", 0.02 -> " in out
 
 
 def _chat_rows(directory: Path, rows: list[dict]) -> dict[str, str]:

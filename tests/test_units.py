@@ -67,3 +67,24 @@ def test_batches_pad_per_batch_and_cover_every_row_once() -> None:
     assert batch["labels"].tolist() == [[7, -100, -100], [5, -100, 6]]  # token labels padded with -100
     scores = Split({"input_ids": [[1], [2]], "labels": [0.5, 1.5]})
     assert next(batches(scores, 2, 0, None))["labels"].dtype == torch.float
+
+
+def test_sampling_a_searched_spec_serialises_every_knob_form_cleanly() -> None:
+    import warnings
+
+    import optuna
+
+    from adalora_search.study.loader import load_spec
+    from adalora_search.study.space import sample
+    from conftest import REPO
+
+    spec = load_spec(REPO / "studies" / "bbc_news_minilm.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warns when a union member is serialised as the wrong form
+        dumped = spec.adalora.model_dump()
+        cfg = sample(spec, optuna.trial.FixedTrial({
+            "training.learning_rate": 0.01, "adalora.target_modules": "query,value", "adalora.init_r": 12,
+            "adalora.target_r": 4, "adalora.lora_alpha": 16.0, "adalora.schedule.t_init": 0.1,
+            "adalora.schedule.t_final": 0.2, "adalora.schedule.delta_t": 3, "adalora.orth_reg_weight": 0.1}))
+    assert dumped["init_r"] == {"choices": [12, 16]}
+    assert cfg.adalora.schedule.delta_t == 3 and cfg.adalora.target_modules == ["query", "value"]

@@ -64,8 +64,11 @@ def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
 
 
 def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "choices" if "choices" in value else "range"
+    """Which form a knob is in: from the YAML (a dict or not) or, when serialising, the model."""
+    if isinstance(value, Choices) or (isinstance(value, dict) and "choices" in value):
+        return "choices"
+    if isinstance(value, (FloatRange, IntRange, dict)):
+        return "range"
     return "fixed"
 
 

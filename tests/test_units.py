@@ -73,10 +73,10 @@ def test_sampling_a_searched_spec_serialises_every_knob_form_cleanly() -> None:
     import warnings
 
     import optuna
+    from conftest import REPO
 
     from adalora_search.study.loader import load_spec
     from adalora_search.study.space import sample
-    from conftest import REPO
 
     spec = load_spec(REPO / "studies" / "bbc_news_minilm.yaml")
     with warnings.catch_warnings():

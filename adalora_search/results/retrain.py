@@ -39,14 +39,14 @@ def retrain(export_dir: Path, learning_rates: list[float] | None = None) -> list
         if task.is_better(task.main_metric, candidate[1].get(task.main_metric), best[1].get(task.main_metric)):
             best = candidate
     lr, val, test, params = best
-    lines = [f"{'run':34s} {'metric':12s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
+    lines = [f"{'run':40s} {'metric':12s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
     adalora = data.get("metrics") or {}
     for label, v, t, n in (
         (f"AdaLoRA trial {data['trial']}", adalora.get("final", {}), adalora.get("test") or {},
          (data.get("trainable_params") or {}).get("final")),
         (f"fixed-rank LoRA (exported), lr {lr:g}", val, test, params),
     ):
-        lines += [f"{label:34s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
+        lines += [f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
                   for m in task.metrics if m in v]
     if len(runs) > 1:
         lines.append("learning rates tried (validation " + task.main_metric + "): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 # no network here or in CI: the Hub is never tried (set before transformers/datasets are imported)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,3 +128,22 @@ def causal_study(model_dir: Path, **sections: Any) -> dict[str, Any]:
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return data
+
+
+def cli_exit_code(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run ``adalora-search ARGS`` in this process; its exit code (0 when the command returned)."""
+    from adalora_search import cli
+
+    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Exit code and everything printed (stdout + stderr) by ``adalora-search ARGS``."""
+    code = cli_exit_code(args, monkeypatch)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err

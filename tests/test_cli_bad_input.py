@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from adalora_search import cli
+from conftest import run_cli
 
 CORPUS = Path(__file__).parent / "bad_studies"
 FILES = sorted(CORPUS.glob("*.yaml"))
@@ -22,12 +21,6 @@ def _expected(path: Path) -> str:
     return first.removeprefix("# expect: ")
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out + captured.err
 
 
 def test_corpus_is_large_enough() -> None:

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import run_cli
 
-from adalora_search import cli
 from adalora_search.train.assets import resolve_model
 
 CORPUS = Path(__file__).parent / "bad_studies"
 FIELD = Path(__file__).parent / "field_cases"
-
-
-def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def _fixed(tmp_path: Path, name: str, **data: object) -> Path:
@@ -41,7 +29,8 @@ def _fixed(tmp_path: Path, name: str, **data: object) -> Path:
 
 
 def test_dropping_blank_labels_is_explicit_and_validate_lists_class_counts(tmp_path, monkeypatch, capsys) -> None:
-    code, out = _cli(["validate", str(_fixed(tmp_path, "blank_labels", drop_blank_labels=True))], monkeypatch, capsys)
+    path = _fixed(tmp_path, "blank_labels", drop_blank_labels=True)
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
     assert code == 0, out
     assert "2 classes in train: business" in out and "sport" in out
 
@@ -49,7 +38,7 @@ def test_dropping_blank_labels_is_explicit_and_validate_lists_class_counts(tmp_p
 def test_csv_delimiter_option_reads_the_file(tmp_path, monkeypatch, capsys) -> None:
     path = _fixed(tmp_path, "csv_other_delimiter", source={"delimiter": ";"}, split={"validation": 0.5, "test": 0.0,
                                                                                      "seed": 0})
-    code, out = _cli(["validate", str(path)], monkeypatch, capsys)
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
     assert code == 0, out
 
 
@@ -61,10 +50,10 @@ def test_relative_model_directory_resolves_against_the_study_file(tmp_path, monk
         if source.exists():
             shutil.copy(source, tmp_path / "case09" / "tiny-gpt2" / name)
     monkeypatch.chdir(tmp_path)  # not the study file's folder
-    code, out = _cli(["validate", "case09/study.yaml"], monkeypatch, capsys)
+    code, out = run_cli(["validate", "case09/study.yaml"], monkeypatch, capsys)
     assert code == 0, out
     assert "c_attn: 2 matrices" in out
-    code, out = _cli(["run", "case09/study.yaml"], monkeypatch, capsys)
+    code, out = run_cli(["run", "case09/study.yaml"], monkeypatch, capsys)
     assert code == 0, out
     assert "best trial" in out
 
@@ -88,10 +77,10 @@ def test_head_of_another_size_is_refused_before_trial_0_unless_asked(tmp_path, m
     ckpt = _checkpoint_with_head(tmp_path, 3)  # BBC News has 5 topics
     study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
     path = write_study(tmp_path, study)
-    code, out = _cli(["run", str(path)], monkeypatch, capsys)
+    code, out = run_cli(["run", str(path)], monkeypatch, capsys)
     assert code == 2 and "model.ignore_mismatched_sizes = False" in out and "has 3 labels but the data has 5" in out
     assert not list(tmp_path.glob("*.db"))
     study["model"]["ignore_mismatched_sizes"] = True
     path = write_study(tmp_path, study)
-    code, out = _cli(["run", str(path)], monkeypatch, capsys)
+    code, out = run_cli(["run", str(path)], monkeypatch, capsys)
     assert code == 0, out

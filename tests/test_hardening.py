@@ -4,17 +4,15 @@ YAML that reads differently than it looks, passwords in storage URLs, objective 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
-from conftest import study_dict, write_study
+from conftest import run_cli, study_dict, write_study
 from optuna.trial import TrialState
 
-from adalora_search import cli
 from adalora_search.errors import RepeatedFailure, UserError
 from adalora_search.search.runner import Budget, open_study, work
 from adalora_search.search.session import run_session, storage_url
@@ -31,16 +29,6 @@ def load(url: str, name: str = "t") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
 
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    """Exit code (0 when the command returned) and everything printed, as `adalora-search ARGS`."""
-    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def _always_failing_metrics(monkeypatch: pytest.MonkeyPatch) -> None:

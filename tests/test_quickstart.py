@@ -4,23 +4,11 @@ validate -> run 2 trials -> report -> export (the quickstart, scaled down to a c
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-
-from adalora_search import cli
-
-
-def _cli(args: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+from conftest import REPO, cli_exit_code
 
 
 @pytest.mark.slow
@@ -34,13 +22,13 @@ def test_quickstart_path_on_real_minilm_and_bbc_slice(tmp_path: Path, monkeypatc
     study["adalora"]["schedule"] = {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 2}
     path = tmp_path / "quick.yaml"
     path.write_text(yaml.safe_dump(study))
-    assert _cli(["validate", str(path)], monkeypatch) == 0
-    assert _cli(["run", str(path)], monkeypatch) == 0
+    assert cli_exit_code(["validate", str(path)], monkeypatch) == 0
+    assert cli_exit_code(["run", str(path)], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "baseline peft-defaults" in out and "reference lora" in out
-    assert _cli(["report", str(path), "--out", str(tmp_path / "report")], monkeypatch) == 0
+    assert cli_exit_code(["report", str(path), "--out", str(tmp_path / "report")], monkeypatch) == 0
     assert (tmp_path / "report" / "heatmap_best.png").stat().st_size > 1000
-    assert _cli(["export", str(path), "--out", str(tmp_path / "export")], monkeypatch) == 0
+    assert cli_exit_code(["export", str(path), "--out", str(tmp_path / "export")], monkeypatch) == 0
     exported = json.loads((tmp_path / "export" / "rank_config.json").read_text())
     assert exported["model"] == "minilm-l6"
     assert (tmp_path / "export" / "adapter" / "adapter_config.json").exists()

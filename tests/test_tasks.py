@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import optuna
@@ -11,11 +10,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import causal_study, study_dict, tiny_decoder, write_study
+from conftest import causal_study, cli_exit_code, study_dict, tiny_decoder, write_study
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from adalora_search import cli
 from adalora_search.search.runner import prepare_data
 from adalora_search.search.session import storage_url
 from adalora_search.study.loader import load_spec, parse_spec
@@ -26,15 +24,6 @@ from adalora_search.train.modeling import build_base, load_tokenizer
 from adalora_search.train.tasks import TASKS, get_task
 from adalora_search.train.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
 from adalora_search.train.tasks.token_classification import align_labels
-
-
-def _cli(args: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["adalora-search", *args])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +121,11 @@ def _ner_files(directory: Path) -> dict[str, str]:
 
 
 def _whole_path(path: Path, monkeypatch, tmp: Path) -> tuple[optuna.Study, dict]:
-    assert _cli(["validate", str(path)], monkeypatch) == 0
-    assert _cli(["run", str(path)], monkeypatch) == 0
-    assert _cli(["report", str(path), "--out", str(tmp / "report")], monkeypatch) == 0
-    assert _cli(["export", str(path), "--out", str(tmp / "export")], monkeypatch) == 0
-    assert _cli(["retrain", str(tmp / "export")], monkeypatch) == 0
+    assert cli_exit_code(["validate", str(path)], monkeypatch) == 0
+    assert cli_exit_code(["run", str(path)], monkeypatch) == 0
+    assert cli_exit_code(["report", str(path), "--out", str(tmp / "report")], monkeypatch) == 0
+    assert cli_exit_code(["export", str(path), "--out", str(tmp / "export")], monkeypatch) == 0
+    assert cli_exit_code(["retrain", str(tmp / "export")], monkeypatch) == 0
     spec = load_spec(path)
     study = optuna.load_study(study_name=spec.study.name, storage=storage_url(spec, str(path), None))
     return study, json.loads((tmp / "export" / "rank_config.json").read_text())
@@ -198,7 +187,7 @@ def test_regression_whole_path(tmp_path: Path, monkeypatch, capsys) -> None:
     assert {"pearson", "spearman"} <= set(study.best_trial.user_attrs["metrics"]["test"])
     capsys.readouterr()
     rates = ["--learning-rate", "1e-3", "--learning-rate", "2e-2"]
-    assert _cli(["retrain", str(tmp_path / "export"), *rates], monkeypatch) == 0
+    assert cli_exit_code(["retrain", str(tmp_path / "export"), *rates], monkeypatch) == 0
     out = capsys.readouterr().out
     assert "learning rates tried (validation pearson): 0.001 -> " in out and ", 0.02 -> " in out
 
@@ -253,8 +242,8 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
         rows = [{"headline": f"h{i}", "body_blank": " "} for i in range(40)]
         data["data"]["source"] = {"type": "files", "format": "jsonl", "paths": _chat_rows(tmp_path, rows)}
     path = write_study(tmp_path, data)
-    assert _cli(["validate", str(path)], monkeypatch) == 2
-    assert _cli(["run", str(path)], monkeypatch) == 2
+    assert cli_exit_code(["validate", str(path)], monkeypatch) == 2
+    assert cli_exit_code(["run", str(path)], monkeypatch) == 2
     output = capsys.readouterr().err
     assert expect in output and "Traceback" not in output
     assert not list(tmp_path.glob("*.db")), "nothing may be stored for a bad study"

@@ -5,22 +5,15 @@ Public names are imported on first use (``from adalora_search.results import wri
 the package stays light and free of import cycles.
 """
 
-from __future__ import annotations
+from adalora_search._lazy import exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "write_report": "report",
-    "export_trial": "export",
-    "retrain": "retrain",
-    "run_references": "references",
-    "summary_lines": "references",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = exports(
+    __name__,
+    {
+        "write_report": "report",
+        "export_trial": "export",
+        "retrain": "retrain",
+        "run_references": "references",
+        "summary_lines": "references",
+    },
+)

@@ -5,27 +5,20 @@ Public names are imported on first use (``from adalora_search.study import Study
 the package stays light and free of import cycles.
 """
 
-from __future__ import annotations
+from adalora_search._lazy import exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "StudySpec": "spec",
-    "load_spec": "loader",
-    "parse_spec": "loader",
-    "TrialConfig": "space",
-    "sample": "space",
-    "trial_config": "space",
-    "KNOBS": "space",
-    "optimizer_steps": "space",
-    "tunable": "distributions",
-    "Frozen": "frozen",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = exports(
+    __name__,
+    {
+        "StudySpec": "spec",
+        "load_spec": "loader",
+        "parse_spec": "loader",
+        "TrialConfig": "space",
+        "sample": "space",
+        "trial_config": "space",
+        "KNOBS": "space",
+        "optimizer_steps": "space",
+        "tunable": "distributions",
+        "Frozen": "frozen",
+    },
+)

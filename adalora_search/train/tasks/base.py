@@ -117,6 +117,14 @@ class Task(ABC):
         return new < old if self.direction(metric) == "minimize" else new > old
 
 
+def label_config(label_names: list[str] | None) -> dict[str, Any]:
+    """``num_labels``, ``id2label`` and ``label2id`` for a classification head (none before labels are known)."""
+    if label_names is None:  # the model is only inspected (meta device): its default head will do
+        return {}
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
     """Refuse data fields that were written in the study file but mean nothing for this task."""
     from adalora_search.study.spec import TASK_DATA_FIELDS

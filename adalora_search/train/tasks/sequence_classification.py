@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, label_config, used_fields
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,11 +76,7 @@ class SequenceClassification(Task):
         return [index[str(v)] for v in labels]
 
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
-        if label_names is None:  # not known yet (the model is only inspected)
-            return {}
-        names = label_names
-        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)}}
+        return label_config(label_names)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         import torch

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, label_config, used_fields
 
 IGNORE = -100
 
@@ -73,11 +73,7 @@ class TokenClassification(Task):
         return {"input_ids": encoded["input_ids"], "labels": labels}, 0
 
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
-        if label_names is None:  # not known yet (the model is only inspected)
-            return {}
-        names = label_names
-        return {"num_labels": len(names), "id2label": dict(enumerate(names)),
-                "label2id": {n: i for i, n in enumerate(names)}}
+        return label_config(label_names)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         import torch

@@ -102,7 +102,7 @@ class TrialRun:
                 if step >= self.total_steps:
                     break
             self._finalize_allocation(step)
-            self._final_generation()
+            eval_s += self._final_generation()
         except torch.cuda.OutOfMemoryError as exc:
             self.model = None  # type: ignore[assignment]
             torch.cuda.empty_cache()
@@ -195,18 +195,20 @@ class TrialRun:
         if best is None or self.task.is_better(main, scores[main], best[main]):
             self.result.metrics["best"] = {**scores, "step": step}
 
-    def _final_generation(self) -> None:
-        """Generation metrics on validation after training, when they were not computed at evaluations."""
+    def _final_generation(self) -> float:
+        """Generation metrics on validation after training, when not computed at evaluations; seconds spent."""
         generation = self.cfg.training.generation
         final = self.result.metrics.get("final")
         if final is None or generation.at_evals:
-            return
+            return 0.0
+        start = time.perf_counter()
         self.model.eval()
         with torch.no_grad():
             scores = self.task.generation_scores(self._context("validation", final=True))
         if scores:
             final.update(scores)
             self.result.history[-1].update(scores)
+        return time.perf_counter() - start
 
     def evaluate(self, split: str, final: bool = False) -> dict[str, float]:
         """The task's metrics and plain loss (no orthogonal regularizer) on a split.

@@ -14,6 +14,7 @@ from conftest import causal_study, cli_exit_code, study_dict, tiny_decoder, writ
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from adalora_search.errors import UserError
 from adalora_search.search.runner import prepare_data
 from adalora_search.search.session import storage_url
 from adalora_search.study.loader import load_spec, parse_spec
@@ -259,3 +260,16 @@ def test_gradient_checkpointing_trains_the_same_model(llama: Path) -> None:
         results.append(run.train())
     assert results[0].metrics["final"]["eval_loss"] == pytest.approx(results[1].metrics["final"]["eval_loss"], rel=1e-5)
     assert results[0].rank_allocation == results[1].rank_allocation
+
+
+@pytest.mark.parametrize("template, response, expect", [
+    ("Headline: {headline", "label", "data.prompt_template = 'Headline: {headline': not a usable template"),
+    ("no placeholders", "label", "it names no column"),
+    ("{} {headline}", "label", "are not column names"),
+    ("H: {headline}", None, "data.response_field = None: name the column the model learns to write"),
+])
+def test_prompt_templates_that_cannot_work_are_refused(template: str, response: str | None, expect: str) -> None:
+    data = causal_study(Path("unused"), data={"prompt_template": template, "response_field": response})
+    with pytest.raises(UserError) as info:
+        parse_spec(yaml.safe_dump(data))
+    assert expect in str(info.value)

@@ -52,9 +52,8 @@ class CausalLM(Task):
             problems.append(Problem("data", None, "causal_lm needs response_field with prompt_field or "
                                     "prompt_template, or messages_field (chat), or text_fields: [text] (plain "
                                     "text); set exactly one form"))
-        elif form == "pair" and (data.prompt_field is None) == (data.prompt_template is None):
-            problems.append(Problem("data.prompt_field", data.prompt_field,
-                                    "set exactly one of prompt_field and prompt_template"))
+        elif form == "pair":
+            problems += _pair_problems(data)
         elif form == "plain" and len(data.text_fields) != 1:
             problems.append(Problem("data.text_fields", data.text_fields, "plain-text causal_lm reads one field"))
         return problems
@@ -222,6 +221,29 @@ def _form(data: Any) -> str | None:
     if data.text_fields:
         return "plain"
     return None
+
+
+def _pair_problems(data: Any) -> list[Problem]:
+    """A prompt/response pair needs a response column, one prompt source, and a template that parses."""
+    problems = []
+    if data.response_field is None:
+        problems.append(Problem("data.response_field", None, "name the column the model learns to write, "
+                                "e.g. response_field: answer"))
+    if (data.prompt_field is None) == (data.prompt_template is None):
+        problems.append(Problem("data.prompt_field", data.prompt_field,
+                                "set exactly one of prompt_field and prompt_template"))
+    elif data.prompt_template is not None:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(data.prompt_template) if f is not None]
+            if any(not f.isidentifier() for f in fields):
+                raise ValueError(f"placeholders {[f for f in fields if not f.isidentifier()]} are not column names")
+            if not fields:
+                raise ValueError("it names no column")
+        except ValueError as exc:
+            problems.append(Problem("data.prompt_template", data.prompt_template,
+                                    f"not a usable template ({exc}); name columns as {{column}} and write "
+                                    "literal braces as {{ and }}"))
+    return problems
 
 
 def _placeholders(template: str) -> list[str]:

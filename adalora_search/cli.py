@@ -14,9 +14,22 @@ import click
 from adalora_search.errors import UserError
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="adalora-search")
 def cli() -> None:
     """Declarative AutoML for AdaLoRA fine-tuning."""
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """The command line shows our progress, not transformers' load reports (about the new head) or bars.
+
+    Done here, not at import: a program that imports adalora_search keeps its own logging.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @cli.command()
@@ -77,7 +90,7 @@ def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, worker
                 allow_changed)
 
 
-@cli.command(hidden=True)
+@cli.command()
 @click.argument("study_file")
 @_budget_options
 def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool) -> None:

@@ -120,6 +120,9 @@ def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> None:
     study.set_user_attr("baselines_enqueued", names)
     if "objectives" not in study.user_attrs:
         study.set_user_attr("objectives", [o.model_dump() for o in spec.study.objectives])
+        with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard shows the names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([o.metric for o in spec.study.objectives])
         study.set_user_attr("task", spec.model.task)
 
 

@@ -14,7 +14,6 @@ import transformers
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
-from transformers.utils import logging as hf_logging
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.study.space import TrialConfig
@@ -23,9 +22,6 @@ from adalora_search.train import allocator
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.tasks import get_task
-
-hf_logging.set_verbosity_error()  # no load reports about the (expected) new classification head
-hf_logging.disable_progress_bar()
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:

@@ -44,8 +44,9 @@ def load_data(model_dir: str, csv_path: str, field: str, max_length: int) -> Tok
     ids = tok([r[field] for r in rows], truncation=True, max_length=max_length)["input_ids"]
     labels = [names.index(r["label"]) for r in rows]
     cut = int(0.9 * len(rows))
-    return TokenizedData({"train": Split(ids[:cut], None, labels[:cut]),
-                          "validation": Split(ids[cut:], None, labels[cut:])}, names, tok.pad_token_id)
+    return TokenizedData({"train": Split({"input_ids": ids[:cut], "labels": labels[:cut]}),
+                          "validation": Split({"input_ids": ids[cut:], "labels": labels[cut:]})},
+                         names, tok.pad_token_id)
 
 
 def config(model_dir: str, shape: dict, steps: int, batch: int, max_length: int, csv_path: str):
@@ -120,7 +121,7 @@ def measure(name: str, cfg, data: TokenizedData) -> dict:
 def oom_check(model_dir: str, csv_path: str, data: TokenizedData) -> dict:
     """A trial far too large for the card must fail with its reason; the next one must run."""
     huge = config(model_dir, SHAPES["bert-base"], 2, 65536, 512, csv_path)
-    big = TokenizedData({"train": Split([list(range(101, 613))] * 65536, None, [0] * 65536),
+    big = TokenizedData({"train": Split({"input_ids": [list(range(101, 613))] * 65536, "labels": [0] * 65536}),
                          "validation": data.splits["validation"]}, data.label_names, data.pad_token_id)
     try:
         TrialRun(huge, big).train()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import causal_study, cli_exit_code, study_dict, tiny_decoder, write_study
+from conftest import causal_study, cli_exit_code, run_cli, study_dict, tiny_decoder, write_study
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
@@ -266,6 +266,8 @@ def test_gradient_checkpointing_trains_the_same_model(llama: Path) -> None:
     ("Headline: {headline", "label", "data.prompt_template = 'Headline: {headline': not a usable template"),
     ("no placeholders", "label", "it names no column"),
     ("{} {headline}", "label", "are not column names"),
+    ("{headline:>5000000000}", "label", "format specs and conversions"),
+    ("{headline!x}", "label", "format specs and conversions"),
     ("H: {headline}", None, "data.response_field = None: name the column the model learns to write"),
 ])
 def test_prompt_templates_that_cannot_work_are_refused(template: str, response: str | None, expect: str) -> None:
@@ -273,3 +275,52 @@ def test_prompt_templates_that_cannot_work_are_refused(template: str, response: 
     with pytest.raises(UserError) as info:
         parse_spec(yaml.safe_dump(data))
     assert expect in str(info.value)
+
+
+@pytest.mark.parametrize("rows, expect", [
+    ([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}],
+     "has a turn whose role or content is not text"),
+    ([{"messages": [{"role": "human", "content": "q"}, {"role": "bot", "content": "a"}]}],
+     "has no turn with role 'assistant' (roles: ['bot', 'human'])"),
+    ([{"messages": [{"content": "q"}]}], "has a turn without both 'role' and 'content'"),
+    ([{"messages": []}], "is not a non-empty list of turns"),
+    ([], "the file is empty"),
+])
+def test_bad_chat_rows_say_which_rule_and_show_the_value(rows: list, expect: str, llama: Path, tmp_path: Path,
+                                                         monkeypatch, capsys) -> None:
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
+    data = causal_study(llama, data={"source": {"type": "files", "format": "jsonl",
+                                                "paths": {"train": str(tmp_path / "chat.jsonl")}},
+                                     "prompt_template": None, "response_field": None, "messages_field": "messages"})
+    data["data"] = {k: v for k, v in data["data"].items() if v is not None}
+    code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
+    assert code == 2 and expect in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("rows, expect", [
+    ([{"tokens": ["john", "went"], "ner": ["B-PER", None]}], "has a blank tag"),
+    ([{"tokens": [], "ner": []}], "has no words"),
+])
+def test_bad_tagging_rows_are_refused(rows: list, expect: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
+    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
+                      data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+                            "text_fields": ["tokens"], "label_field": "ner"})
+    code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
+    assert code == 2 and expect in out and "Traceback" not in out
+
+
+def test_generation_settings_on_a_task_that_does_not_generate_are_refused() -> None:
+    data = study_dict(training={"generation": {"max_new_tokens": 3}})
+    with pytest.raises(UserError, match="model.task classification generates no text"):
+        parse_spec(yaml.safe_dump(data))
+
+
+def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeypatch, capsys) -> None:
+    rows = [{"tokens": ["john", "went", f"w{i % 30}"], "ner": ["B-PER", "O", "O"]} for i in range(60)]
+    (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
+                      data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+                            "text_fields": ["tokens"], "label_field": "ner"})
+    code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
+    assert code == 0 and "repeated rows removed (data.deduplicate): train 30" in out

@@ -74,8 +74,9 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
         rates = [None] if ref.kind == "zero_shot" else rates
         results = []
         for lr in rates:
-            print(f"[reference {ref.kind}] with the best trial's ({best.number}) settings, "
-                  f"learning rate {lr or cfg.training.learning_rate:g}")
+            print(f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
+                  if ref.kind == "zero_shot" else f"[reference {ref.kind}] with the best trial's ({best.number}) "
+                  f"settings, learning rate {lr or cfg.training.learning_rate:g}")
             results.append(_train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
         chosen = _pick(results, task, task.main_metric)
         chosen.update(of_trial=best.number, tried=[
@@ -123,8 +124,8 @@ def _attrs(record: TrialRecord) -> dict[str, Any]:
 
 def _gain(metric: str, best: float, other: float) -> str:
     """Points for scores in [0, 1]; a plain difference for losses and perplexity."""
-    if metric in ("eval_loss", "perplexity"):
-        return f"{best - other:+.3f} {metric}"
+    if metric in ("eval_loss", "perplexity"):  # lower is better: say which way, not a signed delta
+        return f"{abs(best - other):.3f} {'lower' if best < other else 'higher'} {metric}"
     return f"{100 * (best - other):+.1f} pt"
 
 

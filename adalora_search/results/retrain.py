@@ -44,7 +44,7 @@ def retrain(export_dir: Path, learning_rates: list[float] | None = None) -> list
     for label, v, t, n in (
         (f"AdaLoRA trial {data['trial']}", adalora.get("final", {}), adalora.get("test") or {},
          (data.get("trainable_params") or {}).get("final")),
-        (f"fixed-rank LoRA (exported), lr {lr:g}", val, test, params),
+        (f"fixed-rank LoRA (exported), lr {lr:.2g}", val, test, params),
     ):
         lines += [f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
                   for m in task.metrics if m in v]

@@ -66,8 +66,9 @@ class Objective:
             warmup = modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)[0]
 
         def on_eval(step: int, scores: dict[str, float]) -> None:
+            shown = metric if metric in scores else run.task.main_metric  # e.g. exact_match comes after training
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
-                     f"{metric} {scores.get(metric, float('nan')):.4f} budget {scores['budget']}")
+                     f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
             if len(objectives) > 1 or metric not in scores:
                 return
             trial.report(scores[metric], step)

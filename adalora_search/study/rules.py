@@ -35,6 +35,7 @@ def check(spec: StudySpec) -> list[Problem]:
     problems += _bounds(spec)
     problems += _study(spec)
     problems += get_task(spec.model.task).check_data(spec.data)
+    problems += get_task(spec.model.task).check_training(spec.training)
     problems += _baselines(spec)
     return problems
 

@@ -62,6 +62,7 @@ class TokenizedData:
     label_names: list[str] | None  # class or tag names in id order; None for regression and causal_lm
     pad_token_id: int
     dropped: dict[str, int] = field(default_factory=dict)  # rows dropped per split (response > max_length)
+    duplicates: dict[str, int] = field(default_factory=dict)  # repeated rows removed per source split
     tokenizer: Any = field(default=None, compare=False)  # for decoding generations
 
     @property
@@ -87,7 +88,8 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
     meta = json.loads((directory / "meta.json").read_text())
     stored = _datasets().load_from_disk(str(directory / "splits"))
     splits = {name: Split({c: list(stored[name][c]) for c in stored[name].column_names}) for name in stored}
-    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta.get("dropped", {}), tokenizer)
+    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta.get("dropped", {}),
+                         meta.get("duplicates", {}), tokenizer)
 
 
 def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
@@ -101,13 +103,14 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
         "lowercase": tokenizer("A")["input_ids"],
         "chat_template": str(getattr(tokenizer, "chat_template", None)),
         "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
-        "version": 2,
+        "version": 3,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) -> None:
-    raw = load_splits(spec, task)
+    duplicates: dict[str, int] = {}
+    raw = load_splits(spec, task, duplicates)
     label_names = task.label_names(raw["train"].to_dict())
     tokenized, dropped = {}, {}
     for name, ds in raw.items():
@@ -117,6 +120,7 @@ def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) ->
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
     _datasets().DatasetDict(tokenized).save_to_disk(str(tmp / "splits"))
     meta = {"label_names": label_names, "pad_token_id": pad_id(tokenizer), "dropped": dropped,
+            "duplicates": duplicates,
             "sizes": {k: len(v) for k, v in tokenized.items()}}
     (tmp / "meta.json").write_text(json.dumps(meta))
     try:
@@ -133,7 +137,7 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def load_splits(spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:
+def load_splits(spec: DataSpec, task: Task, duplicates: dict[str, int] | None = None) -> dict[str, datasets.Dataset]:
     """The raw train/validation(/test) splits, with the columns ``task.select`` makes.
 
     Raises:
@@ -148,7 +152,10 @@ def load_splits(spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:
     _check_columns(task.columns(spec), source)
     source = {k: _select(v, spec, task, k) for k, v in source.items() if k in SPLITS}
     if spec.deduplicate:
-        source = {k: _dedupe(v, task) for k, v in source.items()}
+        deduped = {k: _dedupe(v, task) for k, v in source.items()}
+        if duplicates is not None:  # what validate reports: rows dropped as repeats, per source split
+            duplicates.update({k: len(source[k]) - len(v) for k, v in deduped.items()})
+        source = deduped
     if spec.split is not None:
         source = _carve(source["train"], spec, task)
     elif "validation" not in source:
@@ -173,9 +180,10 @@ def _load_source(spec: DataSpec) -> dict[str, datasets.Dataset]:
         return _load_files(src)
     except UserError:
         raise
-    except (OSError, ValueError, ConnectionError, _datasets().exceptions.DatasetGenerationError) as exc:
+    except (OSError, ValueError, ConnectionError, StopIteration, _datasets().exceptions.DatasetGenerationError) as exc:
         cause = exc.__cause__ or exc
-        hint = "; if the file uses another separator, set data.source.delimiter" if src.type == "files" else ""
+        csv = src.type == "files" and src.format == "csv"
+        hint = "; if the file uses another separator, set data.source.delimiter" if csv else ""
         raise UserError(f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: "
                         f"{str(cause)[:300]}{hint}") from None
 
@@ -184,6 +192,8 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
     for split, path in src.paths.items():
         if not Path(path).exists():
             raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
+        if Path(path).is_file() and not Path(path).read_bytes()[:65536].strip():
+            raise UserError(f"data.source.paths.{split} = {path!r}: the file is empty; point it at the data")
     builder = {"jsonl": "json"}.get(src.format, src.format)
     if src.delimiter is not None and src.format != "csv":
         raise UserError(f"data.source.delimiter = {src.delimiter!r}: only csv files have a delimiter; remove it")
@@ -238,8 +248,9 @@ def _carve(train: datasets.Dataset, spec: DataSpec, task: Task) -> dict[str, dat
                                           random_state=split.seed, stratify=strat_rest)
             out["test"] = test
     except ValueError as exc:
-        raise UserError(f"data.split: cannot split {len(train)} rows as asked: {exc}; "
-                        "use larger fractions, more data, or stratify: false") from None
+        raise UserError(f"data.split: cannot split {len(train)} rows as asked ({str(exc).split(';')[0]}); "
+                        "use larger fractions, more data, or stratify: false (data.deduplicate removes "
+                        "repeated rows first)") from None
     return {"train": train.select(sorted(rest)), **{k: train.select(sorted(v)) for k, v in out.items()}}
 
 

@@ -61,7 +61,13 @@ class Task(ABC):
         """Problems with the data section for this task (missing or unused fields)."""
         return []
 
+    generates: ClassVar[bool] = False  # greedy generation (training.generation) means something
+
     def check_training(self, training: TrainingSpec) -> list[Problem]:
+        """Training fields this task does not use, written in the study file."""
+        if "generation" in training.model_fields_set and not self.generates:
+            return [Problem("training.generation", training.generation.model_dump(),
+                            f"model.task {self.name} generates no text; remove training.generation")]
         return []
 
     # ---------------------------------------------------------------- rows -> tokens

@@ -41,6 +41,7 @@ class CausalLM(Task):
                                                "exact_match": "maximize", "rouge_l": "maximize"}
     main_metric = "eval_loss"
     pools_on_pad = False
+    generates = True
 
     # ---------------------------------------------------------------- checks
     def check_data(self, data: Any) -> list[Problem]:
@@ -234,9 +235,13 @@ def _pair_problems(data: Any) -> list[Problem]:
                                 "set exactly one of prompt_field and prompt_template"))
     elif data.prompt_template is not None:
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(data.prompt_template) if f is not None]
+            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(data.prompt_template)
+                     if f is not None]
+            fields = [f for f, _, _ in parts]
             if any(not f.isidentifier() for f in fields):
                 raise ValueError(f"placeholders {[f for f in fields if not f.isidentifier()]} are not column names")
+            if any(spec or conv for _, spec, conv in parts):
+                raise ValueError("format specs and conversions (':', '!') are not allowed")
             if not fields:
                 raise ValueError("it names no column")
         except ValueError as exc:
@@ -259,8 +264,17 @@ def _eos(tokenizer: Any) -> list[int]:
 
 
 def _messages(value: Any, field: str, split: str, row: int) -> list[dict[str, str]]:
-    ok = isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value)
-    if not ok or not any(m["role"] == "assistant" for m in value):
-        raise UserError(f"data.messages_field = {field!r}: row {row} of the {split} split is not a list of "
-                        "{role, content} turns with at least one assistant turn")
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    """One row's chat turns, checked: a list of {role, content} with text content and an assistant turn."""
+    if not isinstance(value, list) or not value:
+        problem = "is not a non-empty list of turns"
+    elif not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
+        problem = "has a turn without both 'role' and 'content'"
+    elif not all(isinstance(m["content"], str) and isinstance(m["role"], str) for m in value):
+        problem = "has a turn whose role or content is not text (null or a number)"
+    elif not any(m["role"] == "assistant" for m in value):
+        problem = f"has no turn with role 'assistant' (roles: {sorted({m['role'] for m in value})})"
+    else:
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise UserError(f"data.messages_field = {field!r}: row {row} of the {split} split {problem}: "
+                    f"{str(value)[:120]}; each row must be a list of {{role, content}} turns with text content "
+                    "and at least one 'assistant' turn")

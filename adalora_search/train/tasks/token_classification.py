@@ -46,6 +46,12 @@ class TokenClassification(Task):
                 raise UserError(f"data.text_fields = {data.text_fields}: row {i} of the {split} split must hold "
                                 f"a list of words and data.label_field {data.label_field!r} a list of tags of the "
                                 f"same length; got {str(w)[:60]!r} and {str(t)[:60]!r}")
+            if not w:
+                raise UserError(f"data.text_fields = {data.text_fields}: row {i} of the {split} split has no words; "
+                                "drop empty rows from the data")
+            if any(x is None or (isinstance(x, str) and not x.strip()) for x in t):
+                raise UserError(f"data.label_field = {data.label_field!r}: row {i} of the {split} split has a blank "
+                                f"tag: {str(t)[:80]}; give every word a tag (e.g. O)")
         return {"tokens": [[str(x) for x in w] for w in words],
                 "label": [[names[x] if names else str(x) for x in t] for t in tags]}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -159,7 +160,10 @@ def test_gpt2_conv1d_modules_are_adapted_reported_and_exported(gpt2: Path, tmp_p
     assert sum(ranks.values()) == 2 * len(ranks)  # target_r x matrices, Conv1D included
     spec = load_spec(tmp_path / "study.yaml")
     exported = LoraConfig.from_pretrained(str(tmp_path / "export" / "lora"))
-    model = get_peft_model(build_base(spec.model, None, 0), exported)
+    assert exported.fan_in_fan_out  # Conv1D stores its weight [in, out]: PEFT needs to know, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = get_peft_model(build_base(spec.model, None, 0), exported)
     rebuilt = {n.removeprefix("base_model.model."): m.r["default"] for n, m in model.named_modules()
                if isinstance(m, LoraLayer)}
     assert rebuilt == {k: v for k, v in ranks.items() if v > 0}

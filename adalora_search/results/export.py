@@ -111,8 +111,9 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> N
     cfg = TrialConfig.model_validate(data["config"])
     ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
     task = cfg.model.task
-    modeling.lora_config(ranks, alphas, cfg.adalora, task).save_pretrained(str(tmp / "lora"))
-    modeling.adalora_config(cfg.adalora, data["total_steps"], task).save_pretrained(str(tmp / "adalora"))
+    fan = modeling.conv1d_targets(modeling.meta_model(cfg.model)[0], cfg.adalora.target_modules)
+    modeling.lora_config(ranks, alphas, cfg.adalora, task, fan).save_pretrained(str(tmp / "lora"))
+    modeling.adalora_config(cfg.adalora, data["total_steps"], task, fan).save_pretrained(str(tmp / "adalora"))
     kept = TrialRecord.of(trial).adapter_dir
     if kept and Path(kept).exists():
         shutil.copytree(kept, tmp / "adapter")

@@ -12,6 +12,7 @@ import math
 import os
 import resource
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -258,8 +259,14 @@ class TrialRun:
             t["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     def save_adapter(self, directory: str) -> None:
-        """PEFT's ``save_pretrained`` of the trained adapter (and head)."""
-        self.model.save_pretrained(directory)
+        """PEFT's ``save_pretrained`` of the trained adapter (and head).
+
+        Modules pruned to rank 0 save zero-sized tensors, which PEFT takes for unsharded DeepSpeed or
+        FSDP weights and warns about; here that is expected (the adapter reloads exactly), so not shown.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LoRA tensor\\(s\\) have invalid shape")
+            self.model.save_pretrained(directory)
 
 
 def _device(choice: str) -> torch.device:

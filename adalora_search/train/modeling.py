@@ -86,7 +86,8 @@ PEFT_NAMES = {"target_modules": "target_modules", "init_r": "init_r", "target_r"
               "orth_reg_weight": "orth_reg_weight", "schedule.delta_t": "deltaT"}
 
 
-def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classification") -> AdaLoraConfig:
+def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classification",
+                   fan_in_fan_out: bool = False) -> AdaLoraConfig:
     """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps (every knob of ``adalora`` fixed).
 
     ``schedule.t_init`` / ``t_final`` become PEFT's ``tinit`` / ``tfinal`` in optimizer steps.
@@ -95,7 +96,7 @@ def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classifi
     values = {peft: _at(fields, path) for path, peft in PEFT_NAMES.items()}
     t_init, t_final = schedule_steps(adalora.schedule, total_steps)
     return AdaLoraConfig(task_type=get_task(task).peft_task_type, tinit=t_init, tfinal=t_final,
-                         total_step=total_steps, **values)
+                         total_step=total_steps, fan_in_fan_out=fan_in_fan_out, **values)
 
 
 def _at(fields: dict[str, Any], path: str) -> Any:
@@ -120,13 +121,15 @@ def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.
             base.enable_input_require_grads()
     try:
         if cfg.method == "adalora":
-            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps, task))
+            fan = conv1d_targets(base, cfg.adalora.target_modules)
+            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps, task, fan))
             allocator.install(model)  # same allocation as PEFT's, batched (see allocator.py)
             return model
         if cfg.method == "lora":
             assert cfg.lora is not None
+            fan = conv1d_targets(base, list(cfg.lora.rank_pattern))
             return get_peft_model(base, lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora,
-                                                    task))
+                                                    task, fan))
     except ValueError as exc:
         raise UserError(f"adalora: PEFT refused the configuration: {exc}") from None
     for p in base.parameters():
@@ -135,12 +138,13 @@ def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.
 
 
 def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraSpec,
-                task: str = "classification") -> LoraConfig:
+                task: str = "classification", fan_in_fan_out: bool = False) -> LoraConfig:
     """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns."""
     kept = {name: r for name, r in ranks.items() if r > 0}
     default_r = max(kept.values(), default=1)
     return LoraConfig(
-        task_type=get_task(task).peft_task_type, target_modules=sorted(kept), r=default_r,
+        task_type=get_task(task).peft_task_type, fan_in_fan_out=fan_in_fan_out,
+        target_modules=sorted(kept), r=default_r,
         lora_alpha=alphas.get(next(iter(kept), ""), knobs.lora_alpha), lora_dropout=knobs.lora_dropout,
         # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
         rank_pattern=dict(kept), alpha_pattern={n: alphas[n] for n in kept},
@@ -174,15 +178,26 @@ def inspect(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[dict
 
     The model is built on the meta device from its config: no weights are read.
     """
+    model, config = meta_model(spec, label_names)
+    linears = {n: features(m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    return linears, config
+
+
+def meta_model(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[torch.nn.Module, Any]:
+    """The task's model built on the meta device from its config (no weights read), and the config."""
     config = load_config(spec, label_names)
     auto = getattr(transformers, get_task(spec.task).auto_class)
     try:
         with torch.device("meta"):
-            model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
+            return auto.from_config(config, trust_remote_code=spec.trust_remote_code), config
     except (OSError, ValueError) as exc:
         raise UserError(f"model.task = {spec.task!r}: {spec.name_or_path} has no such model ({exc})") from None
-    linears = {n: features(m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
-    return linears, config
+
+
+def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
+    """True when the targeted modules are transformers ``Conv1D`` (GPT-2): PEFT needs ``fan_in_fan_out``."""
+    return any(isinstance(m, Conv1D) for n in matching({n: (0, 0) for n, _ in model.named_modules()}, targets)
+               for m in [model.get_submodule(n)])
 
 
 def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import typing
 from pathlib import Path
@@ -224,6 +225,7 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(path)
 
 
+@functools.cache
 def _union_tags() -> frozenset[str]:
     """The ``type`` values of the discriminated unions (samplers, trial pruners, data sources)."""
     from adalora_search.study.samplers import PrunerSpec, SamplerSpec

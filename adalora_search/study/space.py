@@ -9,6 +9,7 @@ the code that uses it (``modeling.adalora_config`` for PEFT) with nothing rename
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from collections.abc import Iterator
@@ -158,12 +159,17 @@ def build_config(spec: StudySpec, values: dict[str, Any]) -> TrialConfig:
 
 def knob_problem(path: str, value: Any) -> str | None:
     """What is wrong with one value of a knob, checked against the knob's own constraints (spec.py)."""
-    marker = KNOB_FIELDS[path]
     try:
-        TypeAdapter(marker.value_type).validate_python(value)
+        _value_adapter(path).validate_python(value)
     except ValidationError as exc:
-        return marker.rule or exc.errors()[0]["msg"]
+        return KNOB_FIELDS[path].rule or exc.errors()[0]["msg"]
     return None
+
+
+@functools.cache
+def _value_adapter(path: str) -> TypeAdapter:
+    """One validator per knob (every TrialConfig checks all of them)."""
+    return TypeAdapter(KNOB_FIELDS[path].value_type)
 
 
 def knob_value_type(path: str) -> Any:

@@ -154,19 +154,22 @@ class TrialRun:
     def _sync_ranks(self) -> None:
         """The allocation so far into the result (a trial-pruned run keeps it); params once final."""
         assert self.ranks is not None
-        r = self.result
-        r.rank_allocation, r.budget_curve = dict(self.ranks.allocation), [list(p) for p in self.ranks.budget_curve]
-        if self.ranks.final and not r.final_allocation_done:
-            r.final_allocation_done = True
+        self._copy_ranks()
+        if self.ranks.final and not self.result.final_allocation_done:
+            self.result.final_allocation_done = True
             self._record_params()
+
+    def _copy_ranks(self) -> None:
+        assert self.ranks is not None
+        self.result.rank_allocation = dict(self.ranks.allocation)
+        self.result.budget_curve = [list(p) for p in self.ranks.budget_curve]
 
     def _record_params(self, initial: bool = False) -> None:
         """Trainable parameters (AdaLoRA: the kept triplets and the head) and the model's total."""
         key = "initial" if initial else "final"
         if self.ranks is not None:
             if initial:
-                self.result.rank_allocation = dict(self.ranks.allocation)
-                self.result.budget_curve = [list(p) for p in self.ranks.budget_curve]
+                self._copy_ranks()
             count = modeling.adapter_params(self.model, self.ranks.allocation) + modeling.head_params(self.model)
         else:
             count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)

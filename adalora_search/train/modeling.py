@@ -196,8 +196,7 @@ def meta_model(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[t
 
 def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
     """True when the targeted modules are transformers ``Conv1D`` (GPT-2): PEFT needs ``fan_in_fan_out``."""
-    return any(isinstance(m, Conv1D) for n in matching({n: (0, 0) for n, _ in model.named_modules()}, targets)
-               for m in [model.get_submodule(n)])
+    return any(isinstance(m, Conv1D) and targeted(n, targets) for n, m in model.named_modules())
 
 
 def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,
@@ -254,5 +253,9 @@ HEADS = ("classifier", "score", "lm_head")  # task heads: trained in full or fro
 
 def matching(linears: dict[str, tuple[int, int]], targets: list[str]) -> dict[str, tuple[int, int]]:
     """The modules PEFT adapts for a target list (exact name or dotted suffix), heads excluded."""
-    return {n: shape for n, shape in linears.items() if not n.startswith(HEADS)
-            and any(n == t or n.endswith("." + t) for t in targets)}
+    return {n: shape for n, shape in linears.items() if targeted(n, targets)}
+
+
+def targeted(name: str, targets: list[str]) -> bool:
+    """Whether PEFT adapts module ``name`` for ``targets`` (exact name or dotted suffix); heads never."""
+    return not name.startswith(HEADS) and any(name == t or name.endswith("." + t) for t in targets)

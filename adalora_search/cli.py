@@ -82,12 +82,15 @@ def _budget_options(f):
 @_budget_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="worker processes on this machine")
 @click.option("--gpus", default="", help="comma-separated GPU ids, one worker per GPU")
-def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str) -> None:
+@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1,
+              help="workers sharing each GPU (--gpus, default every visible one; the CPU without one)")
+def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str,
+        workers_per_gpu: int) -> None:
     """Run (or resume) the search of STUDY_FILE."""
     from adalora_search.search.session import run_session
 
-    run_session(study_file, n_trials, timeout, storage, workers, [g for g in gpus.split(",") if g.strip()],
-                allow_changed)
+    run_session(study_file, n_trials, timeout, storage, workers, [g.strip() for g in gpus.split(",") if g.strip()],
+                allow_changed, workers_per_gpu)
 
 
 @cli.command()

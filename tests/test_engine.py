@@ -114,18 +114,72 @@ def test_allocation_is_copied_out_of_peft_rank_pattern(tmp_path) -> None:
     assert all(isinstance(v, int) for v in before.values())
 
 
-def test_nan_loss_fails_the_trial_with_its_reason() -> None:
-    run = make_run()
-    original = run.model.forward
+def test_nan_loss_fails_the_trial_with_its_reason_and_step() -> None:
+    run = make_run(training={"max_steps": 12, "eval_every": 6, "gradient_accumulation": 2})
+    original = run.forward_model.forward
+    calls = []
 
-    def nan_forward(*args, **kwargs):
+    def nan_from_step_3(*args, **kwargs):  # micro-batches 5, 6, ... belong to optimizer steps 3, 3, 4, ...
         out = original(*args, **kwargs)
-        out.loss = out.loss * float("nan")
+        calls.append(1)
+        if len(calls) >= 5:
+            out.loss = out.loss * float("nan")
         return out
 
-    run.model.forward = nan_forward
-    with pytest.raises(TrialFailure, match="non-finite training loss"):
+    run.forward_model.forward = nan_from_step_3
+    with pytest.raises(TrialFailure, match=r"non-finite training loss \(nan\) at step 3;"):
         run.train()
+    assert len(calls) == 12  # found at the first check (the evaluation at step 6), not later
+
+
+def _double_run(orth_reg_weight: float) -> tuple[TrialRun, dict[str, torch.Tensor]]:
+    """A float64 AdaLoRA run with P and Q moved away from orthogonality, and one batch."""
+    from adalora_search.train.data import batches
+
+    run = make_run(adalora={"orth_reg_weight": orth_reg_weight, "init_r": 6, "target_r": 2,
+                            "target_modules": ["query", "key", "value", "dense"]})
+    run.model.double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in run.model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    run.model.eval()  # no dropout: both losses see the same network
+    return run, next(iter(batches(run.data.splits["train"], 8, run.data.pad_token_id, None)))
+
+
+def test_batched_orthogonal_regularizer_equals_peft_value() -> None:
+    run, batch = _double_run(orth_reg_weight=0.7)
+    with torch.no_grad():
+        peft_loss = run.model(**batch).loss  # PEFT's AdaLoraModel.forward adds 0.7 * R itself
+        plain = run.forward_model(**batch).loss  # the transformers model under it: no regularizer
+        ours = run.regularizer.loss()
+    peft_term = float(peft_loss - plain)
+    assert peft_term > 0.1  # the matrices are far from orthogonal: the term is not trivially 0
+    assert float(ours) == pytest.approx(peft_term, rel=1e-6)
+    assert run.regularizer.count == 2 * len(modeling.adapted_modules(run.model))  # every P and Q, once
+    assert len(run.regularizer.groups) < run.regularizer.count  # stacked by shape
+
+
+def test_training_loss_is_peft_loss_counted_once_with_equal_gradients() -> None:
+    run, batch = _double_run(orth_reg_weight=0.7)
+    run._losses = []
+    trained = [p for p in run.model.parameters() if p.requires_grad]
+    ours = run._forward_backward(batch)
+    ours_grads = [p.grad.clone() for p in trained]
+    run.model.zero_grad(set_to_none=True)
+    peft_loss = run.model(**batch).loss
+    peft_loss.backward()
+    assert float(ours) == pytest.approx(float(peft_loss.detach()), rel=1e-9)
+    for mine, theirs in zip(ours_grads, (p.grad for p in trained)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-7, atol=1e-10)
+
+
+def test_zero_orth_reg_weight_adds_nothing() -> None:
+    run, batch = _double_run(orth_reg_weight=0.0)
+    with torch.no_grad():
+        assert float(run.model(**batch).loss) == pytest.approx(float(run.forward_model(**batch).loss), rel=1e-12)
+    assert float(run.regularizer.loss()) == 0.0
 
 
 def test_cpu_runs_are_deterministic() -> None:
@@ -198,3 +252,31 @@ def test_batched_allocator_gives_exactly_peft_allocation(monkeypatch) -> None:
     b = reference.model.base_model.rankallocator
     for name in b.exp_avg_ipt:
         assert torch.equal(a.exp_avg_ipt[name], b.exp_avg_ipt[name])
+
+
+def test_memory_options_platform_checks_and_load_arguments(monkeypatch) -> None:
+    from adalora_search.train import memory
+
+    spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "4bit", "init": "pretrained"})))
+    on_cpu = memory.platform_problems(spec, cuda=False)
+    assert [p.field for p in on_cpu] == ["model.quantization"] and "needs a CUDA GPU" in on_cpu[0].message
+    spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "8bit", "init": "pretrained"},
+                                                training={"device": "cpu"})))
+    assert "needs a CUDA GPU" in memory.platform_problems(spec, cuda=True)[0].message  # CUDA there, not chosen
+    spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "4bit"},
+                                                study={"references": [{"kind": "full"}]})))
+    fields = {p.field: p.message for p in memory.platform_problems(spec, cuda=True)}
+    assert "model.init: random" in fields["model.quantization"] or "bitsandbytes" in fields["model.quantization"]
+    assert "full fine-tuning cannot train quantized weights" in fields["study.references"]
+    kwargs = memory.load_kwargs(parse_spec(yaml.safe_dump(study_dict(model={"attn_implementation": "eager"}))).model)
+    assert kwargs == {"attn_implementation": "eager"}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    kwargs = memory.load_kwargs(parse_spec(yaml.safe_dump(study_dict(model={"quantization": "4bit"}))).model)
+    q = kwargs["quantization_config"]
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_compute_dtype == torch.bfloat16
+    assert kwargs["device_map"] == {"": 0}
+
+
+def test_attn_implementation_reaches_the_model() -> None:
+    run = make_run(model={"attn_implementation": "eager"})
+    assert run.model.base_model.model.config._attn_implementation == "eager"

@@ -196,3 +196,36 @@ def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
     assert lines[1].startswith("best trial 0")
     with pytest.raises(UserError, match="no such study"):
         locate(None, url, "other")
+
+
+@pytest.mark.slow
+def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_count(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    from adalora_search.search import runner
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without a GPU: they share the CPU
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        started.append(cmd)
+        return real_popen(cmd, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    path = write_study(tmp_path, study_dict(study={"n_trials": 3}))
+    run_session(str(path), None, None, None, 1, [], workers_per_gpu=2)
+    assert len(started) == 2 and all("worker" in cmd for cmd in started)
+    study = load(f"sqlite:///{tmp_path / 'study.db'}", "t")
+    assert sum(t.state in FINISHED for t in study.trials) == 3
+    assert len(study.trials) == 3
+
+
+def test_worker_slots_per_gpu() -> None:
+    from adalora_search.errors import UserError
+    from adalora_search.search.runner import worker_slots
+
+    assert worker_slots(1, ["0", "1"], 3) == ["0", "0", "0", "1", "1", "1"]
+    assert worker_slots(1, ["2"], 1) == ["2"]
+    assert worker_slots(3, [], 1) == [None, None, None]
+    with pytest.raises(UserError, match="--workers = 2 and --workers-per-gpu = 2: choose one"):
+        worker_slots(2, [], 2)

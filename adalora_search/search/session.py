@@ -18,6 +18,7 @@ from adalora_search.search.runner import (
     prepare_data,
     spawn_workers,
     work,
+    worker_slots,
 )
 from adalora_search.study.loader import load_spec
 from adalora_search.study.spec import StudySpec
@@ -47,10 +48,11 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
 
 
 def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-                workers: int, gpus: list[str], allow_changed: bool = False) -> None:
+                workers: int, gpus: list[str], allow_changed: bool = False, workers_per_gpu: int = 1) -> None:
     """Validate everything, create/resume the study, run the trials, then the reference runs."""
     from adalora_search.results.references import finish_study
 
+    slots = worker_slots(workers, gpus, workers_per_gpu)
     spec = load_spec(study_file)
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
@@ -58,8 +60,8 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     check_model(spec, data)
     study = open_study(spec, url, allow_changed)
     print(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
-    if workers > 1 or gpus:
-        code = spawn_workers(study_file, url, budget, workers, gpus, allow_changed)
+    if len(slots) > 1 or slots[0] is not None:
+        code = spawn_workers(study_file, url, budget, slots, allow_changed)
         if code != 0:
             raise UserError(f"a worker exited with code {code} (its message is above); the study stopped before "
                             "the reference runs; fix the cause and `run` again to resume")

@@ -112,6 +112,12 @@ class ModelSpec(Frozen):
     trust_remote_code: bool = False
     ignore_mismatched_sizes: bool = Field(
         default=False, description="load a checkpoint whose head has another number of labels (head re-initialised)")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        default="none", description="CUDA only: frozen base weights quantized by bitsandbytes (4bit: NF4 with "
+                                    "bf16 compute, QLoRA-style; 8bit: LLM.int8()); adapters train in float32")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
+        default=None, description="transformers' attention kernel; default: the model's own choice; "
+                                  "flash_attention_2 needs CUDA and the flash-attn package")
 
 
 # ---------------------------------------------------------------- data

@@ -2,9 +2,9 @@
 
 PEFT's allocator walks every model parameter by name on each optimizer step and updates the
 sensitivity EMAs tensor by tensor; after the final allocation it rebuilds a mask from Python
-lists on every step. Here the adapter tensors are found once and updated with ``torch._foreach``
-ops in the same order of operations, so the scores, the masks and the allocation are identical
-(a test checks this). Scoring, budgeting and masking stay PEFT's own code.
+lists on every step. Here the adapter tensors are found once, their EMAs live in flat buffers
+updated with a few whole-buffer ops in the same order of operations, so the scores, the masks
+and the allocation are identical (a test checks this). Scoring, budgeting and masking stay PEFT's own code.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class BatchedRankAllocator(RankAllocator):
         self._params: list[torch.nn.Parameter] = []
         self._masks: dict[str, torch.Tensor] = {}
         self._mask_source: dict | None = None
+        self._flat: list[torch.Tensor] = []  # ipt, exp_avg_ipt, exp_avg_unc of every adapter tensor, concatenated
 
     def _collect(self, model: torch.nn.Module) -> None:
         if not self._names:
@@ -35,26 +36,38 @@ class BatchedRankAllocator(RankAllocator):
                     self._params.append(p)
 
     def update_ipt(self, model: torch.nn.Module) -> None:
+        """PEFT's sensitivity EMAs, on flat buffers: a few whole-buffer ops instead of ten per matrix.
+
+        ``ipt`` / ``exp_avg_ipt`` / ``exp_avg_unc`` stay dicts of per-parameter tensors (views of
+        the buffers), so PEFT's scoring reads them unchanged.
+        """
         self._collect(model)
         if not self.ipt:
-            for n, p in zip(self._names, self._params):
-                self.ipt[n] = torch.zeros_like(p)
-                self.exp_avg_ipt[n] = torch.zeros_like(p)
-                self.exp_avg_unc[n] = torch.zeros_like(p)
-        params = [p.detach() for p in self._params]
-        grads = [p.grad for p in self._params]
-        exp_ipt = [self.exp_avg_ipt[n] for n in self._names]
-        exp_unc = [self.exp_avg_unc[n] for n in self._names]
+            self._allocate_buffers()
         with torch.no_grad():
-            ipt = torch._foreach_abs(torch._foreach_mul(params, grads))  # |p * grad|
-            # exp_ipt = beta1 * exp_ipt + (1 - beta1) * ipt, in PEFT's order of operations
-            smoothed = torch._foreach_add(torch._foreach_mul(exp_ipt, self.beta1),
-                                          torch._foreach_mul(ipt, 1 - self.beta1))
-            deviation = torch._foreach_abs(torch._foreach_sub(ipt, smoothed))
-            uncertainty = torch._foreach_add(torch._foreach_mul(exp_unc, self.beta2),
-                                             torch._foreach_mul(deviation, 1 - self.beta2))
-        for i, n in enumerate(self._names):
-            self.ipt[n], self.exp_avg_ipt[n], self.exp_avg_unc[n] = ipt[i], smoothed[i], uncertainty[i]
+            flat_p, flat_g, ipt = self._flat_p, self._flat_g, self._flat[0]
+            torch.cat([p.detach().reshape(-1) for p in self._params], out=flat_p)
+            torch.cat([p.grad.reshape(-1) for p in self._params], out=flat_g)
+            torch.mul(flat_p, flat_g, out=ipt).abs_()  # |p * grad|
+            # in PEFT's order of operations, so every value is bit-identical:
+            # exp_ipt = beta1 * exp_ipt + (1 - beta1) * ipt
+            exp_ipt, exp_unc = self._flat[1], self._flat[2]
+            exp_ipt.mul_(self.beta1).add_(ipt * (1 - self.beta1))
+            # exp_unc = beta2 * exp_unc + (1 - beta2) * |ipt - exp_ipt|
+            exp_unc.mul_(self.beta2).add_((ipt - exp_ipt).abs_().mul_(1 - self.beta2))
+
+    def _allocate_buffers(self) -> None:
+        first = self._params[0]
+        if any(p.dtype != first.dtype or p.device != first.device for p in self._params):
+            raise ValueError("AdaLoRA adapter parameters of mixed dtypes or devices are not supported")
+        total = sum(p.numel() for p in self._params)
+        self._flat_p, self._flat_g = (torch.empty(total, dtype=first.dtype, device=first.device) for _ in range(2))
+        self._flat = [torch.zeros(total, dtype=first.dtype, device=first.device) for _ in range(3)]
+        start = 0
+        for n, p in zip(self._names, self._params):
+            views = [flat[start:start + p.numel()].view(p.shape) for flat in self._flat]
+            self.ipt[n], self.exp_avg_ipt[n], self.exp_avg_unc[n] = views
+            start += p.numel()
 
     def mask_to_budget(self, model: torch.nn.Module, budget: int) -> dict[str, list[bool]]:
         """PEFT's triplet scores and threshold, with one device-to-host copy instead of one per module."""

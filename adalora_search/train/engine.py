@@ -8,7 +8,6 @@ The engine never imports Optuna: the caller decides what an evaluation means (tr
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import time
@@ -22,12 +21,14 @@ from transformers import get_scheduler
 
 from adalora_search.errors import TrialFailure
 from adalora_search.study.space import TrialConfig, optimizer_steps
-from adalora_search.train import modeling
+from adalora_search.train import memory, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
+from adalora_search.train.regularizer import OrthogonalRegularizer
 from adalora_search.train.tasks import EvalContext, get_task
 
 OnEval = Callable[[int, dict[str, float]], None]
+FINITE_CHECK_EVERY = 32  # optimizer steps between non-finite loss checks (each one host sync)
 
 
 @dataclass
@@ -62,8 +63,15 @@ class TrialRun:
         start = time.perf_counter()
         self.total_steps = optimizer_steps(cfg.training, len(data.splits["train"]))
         base = modeling.build_base(cfg.model, data.label_names, cfg.training.seed)
-        self.model = modeling.wrap(base, cfg, self.total_steps).to(self.device)
-        self.ranks = RankBook(self.model) if cfg.method == "adalora" else None
+        self.model = modeling.wrap(base, cfg, self.total_steps)
+        if not memory.quantized(cfg.model):  # a quantized base is placed by its device_map
+            self.model = self.model.to(self.device)
+        adalora = cfg.method == "adalora"
+        self.ranks = RankBook(self.model) if adalora else None
+        # AdaLoRA: the transformers model under PEFT's AdaLoraModel, whose forward only adds its own
+        # (unbatched) orthogonal regularizer; the batched one of equal value is added in _loss
+        self.regularizer = OrthogonalRegularizer(self.model) if adalora else None
+        self.forward_model = self.model.base_model.model if adalora else self.model
         self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
         self._record_params(initial=True)
         self.result.timing["build_s"] = round(time.perf_counter() - start, 3)
@@ -82,10 +90,11 @@ class TrialRun:
         t = self.cfg.training
         optimizer, scheduler = self._optimizer()
         step, micro, tokens, start, eval_s = 0, 0, 0, time.perf_counter(), 0.0
+        self._losses: list[torch.Tensor] = []  # detached, checked for non-finite values without a sync per step
         self.model.train()
         try:
             for batch in self._train_batches():
-                loss = self._forward_backward(batch, step)
+                loss = self._forward_backward(batch)
                 tokens += int(batch["attention_mask"].sum())
                 micro += 1
                 if micro % t.gradient_accumulation:
@@ -97,11 +106,15 @@ class TrialRun:
                 step += 1
                 self._allocate(step)  # after optimizer.step(), before zero_grad()
                 optimizer.zero_grad(set_to_none=True)
-                if step % t.eval_every == 0 or step == self.total_steps:
-                    eval_s += self._evaluate_and_report(step, loss, on_eval)
+                evaluate = step % t.eval_every == 0 or step == self.total_steps
+                if evaluate or step % FINITE_CHECK_EVERY == 0:
+                    self._check_finite(step)
+                if evaluate:
+                    eval_s += self._evaluate_and_report(step, float(loss), on_eval)
                     self.model.train()
                 if step >= self.total_steps:
                     break
+            self._check_finite(step)
             self._finalize_allocation(step)
             eval_s += self._final_generation()
         except torch.cuda.OutOfMemoryError as exc:
@@ -120,17 +133,34 @@ class TrialRun:
                                shuffle_seed=t.seed * 1000 + epoch)
             epoch += 1
 
-    def _forward_backward(self, batch: dict[str, torch.Tensor], step: int) -> float:
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One micro-batch's forward and backward; the detached loss, left on the device (no sync)."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            # labels passed: the model computes the loss, so PEFT adds the orthogonal regularizer
-            loss = self.model(**batch).loss
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrialFailure(f"non-finite training loss ({value}) at step {step + 1}; "
-                               "lower the learning rate or check the data")
+            loss = self.forward_model(**batch).loss  # labels given: the task loss
+        if self.regularizer is not None:
+            loss = loss + self.regularizer.loss()  # AdaLoRA's orthogonal regularizer, in float32
         (loss / self.cfg.training.gradient_accumulation).backward()
-        return value
+        loss = loss.detach()
+        self._losses.append(loss)
+        return loss
+
+    def _check_finite(self, step: int) -> None:
+        """Raise if a training loss since the last check was not finite (one host sync per check).
+
+        Raises:
+            TrialFailure: naming the first optimizer step whose loss was NaN or infinite.
+        """
+        if not self._losses:
+            return
+        losses, self._losses = torch.stack(self._losses), []
+        bad = ~torch.isfinite(losses)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            micro = self.cfg.training.gradient_accumulation
+            at = step - (len(losses) - 1 - first) // micro
+            raise TrialFailure(f"non-finite training loss ({float(losses[first])}) at step {at}; "
+                               "lower the learning rate or check the data")
 
     def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         t = self.cfg.training
@@ -233,7 +263,7 @@ class TrialRun:
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.model(**batch).logits
+            return self.forward_model(**batch).logits
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations [n_new] of each prompt, left-padded batches, cut at EOS."""

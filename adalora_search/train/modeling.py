@@ -18,7 +18,7 @@ from transformers.pytorch_utils import Conv1D
 from adalora_search.errors import Problem, UserError
 from adalora_search.study.space import TrialConfig
 from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec, StudySpec
-from adalora_search.train import allocator
+from adalora_search.train import allocator, memory
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.tasks import get_task
@@ -68,15 +68,18 @@ def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> tor
     torch.manual_seed(seed)
     try:
         if spec.init == "random":
-            model = auto.from_config(config, trust_remote_code=spec.trust_remote_code)
+            model = auto.from_config(config, trust_remote_code=spec.trust_remote_code, **memory.load_kwargs(spec))
         else:
             model = auto.from_pretrained(resolve_model(spec.name_or_path), config=config,
                                          trust_remote_code=spec.trust_remote_code,
-                                         ignore_mismatched_sizes=spec.ignore_mismatched_sizes)
+                                         ignore_mismatched_sizes=spec.ignore_mismatched_sizes,
+                                         **memory.load_kwargs(spec))
     except (OSError, ValueError, RuntimeError) as exc:
         hint = ("; set model.ignore_mismatched_sizes: true to re-initialise the head"
                 if "size" in str(exc).lower() else "")
         raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load ({str(exc)[:300]}){hint}") from None
+    if memory.quantized(spec):
+        return model  # placed and typed by bitsandbytes
     return model.to(torch.bfloat16) if spec.dtype == "bfloat16" else model
 
 
@@ -115,6 +118,7 @@ def schedule_steps(schedule: ScheduleSpec, total_steps: int) -> tuple[int, int]:
 def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
     """Apply the trial's method (adalora, lora, full, none); returns the model to train."""
     task = cfg.model.task
+    base = memory.prepare(base, cfg.model, cfg.training.gradient_checkpointing)
     if cfg.training.gradient_checkpointing and cfg.method != "none":
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method != "full":
@@ -215,6 +219,7 @@ def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: An
         problems.append(Problem("data.max_length", spec.data.max_length,
                                 f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}"))
     problems += _head_problems(spec, label_names)
+    problems += memory.platform_problems(spec)
     if problems:
         raise UserError(f"{len(problems)} problem(s) with the model", problems)
 

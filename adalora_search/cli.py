@@ -6,29 +6,58 @@ Every user error ends with a message on stderr and exit code 2, never a tracebac
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 
-from adalora_search.errors import UserError
+from adalora_search.errors import Interrupted, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="adalora-search")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
+@click.option("-v", "--verbose", is_flag=True, help="debug messages, and transformers' warnings")
+def cli(quiet: bool, verbose: bool) -> None:
     """Declarative AutoML for AdaLoRA fine-tuning."""
-    _quiet_libraries()
+    _configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    _quiet_libraries(verbose)
 
 
-def _quiet_libraries() -> None:
-    """The command line shows our progress, not transformers' load reports (about the new head) or bars.
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written (tests replace it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_HANDLER = _StderrHandler()  # the package's messages on stderr, at the level -q / -v choose
+
+
+def _configure_logging(level: int) -> None:
+    """Route the ``adalora_search`` loggers to stderr at ``level`` (once per process, even if re-invoked).
 
     Done here, not at import: a program that imports adalora_search keeps its own logging.
     """
+    root = logging.getLogger("adalora_search")
+    _HANDLER.setFormatter(logging.Formatter("%(message)s"))
+    if _HANDLER not in root.handlers:
+        root.addHandler(_HANDLER)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """The command line shows our progress, not transformers' load reports (about the new head) or bars."""
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_warning() if verbose else hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
@@ -89,8 +118,9 @@ def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, worker
     """Run (or resume) the search of STUDY_FILE."""
     from adalora_search.search.session import run_session
 
-    run_session(study_file, n_trials, timeout, storage, workers, [g.strip() for g in gpus.split(",") if g.strip()],
-                allow_changed, workers_per_gpu)
+    gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    for line in run_session(study_file, n_trials, timeout, storage, workers, gpu_ids, allow_changed, workers_per_gpu):
+        click.echo(line)  # the result, on stdout; progress went to stderr through logging
 
 
 @cli.command()
@@ -175,12 +205,17 @@ def main() -> None:
             text = f"{study_file}: {text}"
         click.echo(f"error: {text}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; say what it left behind
+        cause = exc.__cause__ or exc.__context__
+        click.echo(_interrupted(cause) if isinstance(cause, KeyboardInterrupt) else "aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted: completed trials are stored; run the same command again to resume", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(_interrupted(exc), err=True)
         sys.exit(130)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> str:
+    return exc.message() if isinstance(exc, Interrupted) else Interrupted().message()

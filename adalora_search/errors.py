@@ -48,3 +48,17 @@ def _short(value: object, limit: int = 80) -> str:
 
 class RepeatedFailure(UserError):
     """The study's last trials all failed: the cause repeats, so the worker stops (exit code 2)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during trial ``trial`` (None: between trials); that trial was re-queued."""
+
+    def __init__(self, trial: int | None = None):
+        super().__init__(trial)
+        self.trial = trial
+
+    def message(self) -> str:
+        """What the command line says: which trial was re-queued, and how to resume."""
+        if self.trial is None:
+            return "interrupted; completed trials are stored; run again to resume"
+        return f"interrupted; trial {self.trial} re-queued; run again to resume"

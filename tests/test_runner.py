@@ -148,7 +148,10 @@ def test_sigint_marks_the_running_trial_and_resume_finishes(tmp_path: Path) -> N
     proc = _worker(path, url)
     interrupted = _wait_running(url, name)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
+    assert proc.wait(timeout=60) == 130
+    stderr = proc.stderr.read()
+    assert f"interrupted; trial {interrupted.number} re-queued; run again to resume" in stderr
+    assert "Traceback" not in stderr and "Aborted" not in stderr
     study = load(url, name)
     assert study.trials[interrupted.number].state == TrialState.FAIL
     assert study.trials[interrupted.number].user_attrs["failure"]["type"] == "Interrupted"

@@ -7,6 +7,7 @@ user attrs under ``references``, so the report can show what adaptive allocation
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import optuna
@@ -20,6 +21,8 @@ from adalora_search.study.spec import Reference, StudySpec
 from adalora_search.train.data import TokenizedData
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.tasks import Task, get_task
+
+_log = logging.getLogger(__name__)
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
@@ -74,7 +77,7 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
         rates = [None] if ref.kind == "zero_shot" else rates
         results = []
         for lr in rates:
-            print(f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
+            _log.info(f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
                   if ref.kind == "zero_shot" else f"[reference {ref.kind}] with the best trial's ({best.number}) "
                   f"settings, learning rate {lr or cfg.training.learning_rate:g}")
             results.append(_train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))

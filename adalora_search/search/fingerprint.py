@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from pydantic import BaseModel
 from adalora_search.errors import UserError
 from adalora_search.study.space import KNOBS, knob
 from adalora_search.study.spec import FilesSource, StudySpec
+
+_log = logging.getLogger(__name__)
 
 _RUN_ONLY = {"device", "num_threads", "eval_batch_size"}
 FIX = "use a new study.name, or pass --allow-changed-study to go on anyway"
@@ -49,7 +52,7 @@ def hashes(readable: dict[str, Any]) -> dict[str, str]:
             for name, value in readable.items()}
 
 
-def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log=print) -> None:
+def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log=_log.info) -> None:
     """Record the fingerprint on a study that has none; refuse (or warn, if allowed) when it differs."""
     readable = sections(spec)
     current = hashes(readable)

@@ -8,6 +8,7 @@ user attrs before the trial ends: ``metrics``, ``rank_allocation``, ``budget_cur
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from adalora_search.train import modeling
 from adalora_search.train.data import TokenizedData
 from adalora_search.train.engine import TrialRun
 
+_log = logging.getLogger(__name__)
+
 # exceptions a single trial may raise without stopping the study (anything else is a bug)
 TRIAL_ERRORS: tuple[type[BaseException], ...] = (TrialFailure, RuntimeError, ValueError, MemoryError,
                                                  ArithmeticError, IndexError, KeyError)
@@ -33,11 +36,12 @@ class Objective:
     """Callable objective; also usable directly with ``study.optimize`` for a single process."""
 
     def __init__(self, spec: StudySpec, data: TokenizedData, artifacts_dir: Path | None = None,
-                 log: Log = print):
+                 log: Log = _log.info):
         self.spec = spec
         self.data = data
         self.artifacts_dir = artifacts_dir
         self.log = log
+        self.on_progress: Callable[[int, int, int], None] | None = None  # (trial number, step, total steps)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         cfg = trial_config(self.spec, trial, trial.user_attrs.get("baseline"))
@@ -66,6 +70,8 @@ class Objective:
             warmup = modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)[0]
 
         def on_eval(step: int, scores: dict[str, float]) -> None:
+            if self.on_progress is not None:
+                self.on_progress(trial.number, step, run.total_steps)
             shown = metric if metric in scores else run.task.main_metric  # e.g. exact_match comes after training
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
                      f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
@@ -87,7 +93,7 @@ class Objective:
         if notes:
             trial.set_user_attr("warnings", notes)
             for note in notes:
-                self.log(f"[trial {trial.number}] WARNING: {note}")
+                _log.warning(f"[trial {trial.number}] WARNING: {note}")
 
     def _values(self, run: TrialRun) -> float | list[float]:
         values = []

@@ -7,6 +7,7 @@ study has fewer than n_trials finished-or-running trials) -> run it with a heart
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -21,8 +22,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search.errors import RepeatedFailure, UserError
-from adalora_search.search import fingerprint, ranking
+from adalora_search.errors import Interrupted, RepeatedFailure, UserError
+from adalora_search.search import fingerprint, progress, ranking
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective
 from adalora_search.search.record import TrialRecord
@@ -32,6 +33,8 @@ from adalora_search.study.spec import StudySpec
 from adalora_search.train.data import TokenizedData, load_tokenized
 from adalora_search.train.modeling import load_tokenizer
 from adalora_search.train.tasks import get_task
+
+_log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -84,7 +87,7 @@ def build_sampler(spec: StudySpec, n_stored: int = 0) -> optuna.samplers.BaseSam
     return root.model_copy(update={"seed": seed}).build()
 
 
-def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=print) -> optuna.Study:
+def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.info) -> optuna.Study:
     """Create the study or load it; check its fingerprint; enqueue each named baseline exactly once."""
     storage = storage_mod.open_storage(url, spec.study.heartbeat_interval, spec.study.max_retry)
     directions = [o.resolved_direction for o in spec.study.objectives]
@@ -171,7 +174,7 @@ def grid_done(study: optuna.Study, counts: dict[TrialState, int] | None = None) 
     return isinstance(sampler, AskTellGridSampler) and not counts[TrialState.WAITING] and sampler.all_started(study)
 
 
-def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=print,
+def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=_log.info,
          data: TokenizedData | None = None, allow_changed: bool = False) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here.
 
@@ -184,12 +187,16 @@ def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=pri
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
     _sigterm_as_interrupt()
-    while (trial := _claim(study, spec, url, budget, deadline)) is not None:
-        ran += 1
-        state = _run_one(study, trial, objective, spec, log)
-        log(progress_line(study, budget, deadline))
-        if state == TrialState.FAIL:
-            check_failures(study, spec.study.max_consecutive_failures)
+    with progress.bars(study, budget.n_trials) as bars:
+        objective.on_progress = bars.step
+        while (trial := _claim(study, spec, url, budget, deadline)) is not None:
+            ran += 1
+            state = _run_one(study, trial, objective, spec, log)
+            line = progress_line(study, budget, deadline)
+            log(line)
+            bars.trial_done(line.partition(" | ")[2].partition(" | ")[0])  # "best 0.9 (trial 3)"
+            if state == TrialState.FAIL:
+                check_failures(study, spec.study.max_consecutive_failures)
     if grid_done(study):
         log(f"[study {study.study_name}] every point of the grid has run")
     return ran
@@ -246,8 +253,8 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
             trial.set_user_attr("failure", {"type": "Interrupted", "message": "stopped by SIGINT/SIGTERM"})
             study.tell(trial, state=TrialState.FAIL)
             study.enqueue_trial(trial.params, user_attrs=_retry_attrs(trial))
-            log(f"[trial {trial.number}] interrupted: marked FAIL and re-queued; `run` again to resume")
-            raise
+            log(f"[trial {trial.number}] interrupted: marked FAIL and re-queued")
+            raise Interrupted(trial.number) from None
     study.tell(trial, values)
     return TrialState.COMPLETE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import optuna
@@ -23,6 +24,8 @@ from adalora_search.search.runner import (
 from adalora_search.study.loader import load_spec
 from adalora_search.study.spec import StudySpec
 from adalora_search.train.data import TokenizedData
+
+_log = logging.getLogger(__name__)
 
 
 def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
@@ -48,8 +51,11 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
 
 
 def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-                workers: int, gpus: list[str], allow_changed: bool = False, workers_per_gpu: int = 1) -> None:
-    """Validate everything, create/resume the study, run the trials, then the reference runs."""
+                workers: int, gpus: list[str], allow_changed: bool = False, workers_per_gpu: int = 1) -> list[str]:
+    """Validate everything, create/resume the study, run the trials, then the reference runs.
+
+    Returns the summary (best trial, baselines and references side by side) and the next commands.
+    """
     from adalora_search.results.references import finish_study
 
     slots = worker_slots(workers, gpus, workers_per_gpu)
@@ -59,7 +65,7 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     data = prepare_data(spec)  # data and model problems are reported before any storage is touched
     check_model(spec, data)
     study = open_study(spec, url, allow_changed)
-    print(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
+    _log.info(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
     if len(slots) > 1 or slots[0] is not None:
         code = spawn_workers(study_file, url, budget, slots, allow_changed)
         if code != 0:
@@ -67,9 +73,8 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
                             "the reference runs; fix the cause and `run` again to resume")
     else:
         work(spec, url, budget, artifacts_dir(spec, study_file), data=data, allow_changed=allow_changed)
-    for line in finish_study(spec, study, data):
-        print(line)
-    print(f"report: adalora-search report {study_file}\nexport: adalora-search export {study_file} --out DIR")
+    return [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
+            f"export: adalora-search export {study_file} --out DIR"]
 
 
 def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, int]]:

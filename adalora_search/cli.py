@@ -141,11 +141,16 @@ def _study_options(f):
 
 @cli.command()
 @_study_options
-def status(study_file, storage, study_name) -> None:
+@click.option("--json", "as_json", is_flag=True, help="machine-readable: counts, best trial, one row per trial")
+def status(study_file, storage, study_name, as_json: bool) -> None:
     """Trial counts, best trial and running trials of a study."""
-    from adalora_search.search.session import locate, status_lines
+    from adalora_search.search.session import locate, status_data, status_lines
 
-    for line in status_lines(locate(study_file, storage, study_name)):
+    study = locate(study_file, storage, study_name)
+    if as_json:
+        click.echo(json.dumps(status_data(study), indent=2, allow_nan=False))
+        return
+    for line in status_lines(study):
         click.echo(line)
 
 

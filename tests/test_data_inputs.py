@@ -84,3 +84,62 @@ def test_head_of_another_size_is_refused_before_trial_0_unless_asked(tmp_path, m
     path = write_study(tmp_path, study)
     code, out = run_cli(["run", str(path)], monkeypatch, capsys)
     assert code == 0, out
+
+
+def _rows(n: int, offset: int = 0) -> dict[str, list]:
+    """Unique headlines of two topics (repeated rows would be removed by data.deduplicate)."""
+    topics = ["sport", "tech"]
+    return {"headline": [f"headline {i + offset} on {topics[i % 2]} news" for i in range(n)],
+            "label": [topics[i % 2] for i in range(n)]}
+
+
+def _disk_study(tmp_path: Path, path: str, **data: object) -> Path:
+    from conftest import study_dict, write_study
+
+    study = study_dict(study={"n_trials": 1})
+    study["data"] = {"source": {"type": "disk", "path": path}, "text_fields": ["headline"], "max_length": 24, **data}
+    return write_study(tmp_path, study)
+
+
+def test_saved_dataset_dict_gives_its_splits_by_name(tmp_path, monkeypatch, capsys) -> None:
+    """Issue #16 item 2: a DatasetDict written by save_to_disk, path relative to the study file."""
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(_rows(40)),
+                          "dev": datasets.Dataset.from_dict(_rows(12, 100)),
+                          "test": datasets.Dataset.from_dict(_rows(10, 200))}).save_to_disk(str(tmp_path / "saved"))
+    path = _disk_study(tmp_path, "saved", splits={"validation": "dev"})
+    monkeypatch.chdir(tmp_path.parent)  # not the study file's folder
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 0, out
+    assert "data: train 40, validation 12, test 10 rows" in out
+    code, out = run_cli(["run", str(path)], monkeypatch, capsys)
+    assert code == 0, out
+    assert "best trial" in out
+
+
+def test_saved_single_dataset_is_split_like_one_file(tmp_path, monkeypatch, capsys) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict(_rows(40)).save_to_disk(str(tmp_path / "saved"))
+    path = _disk_study(tmp_path, str(tmp_path / "saved"))
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 2 and "no validation split" in out and "data.split" in out
+    path = _disk_study(tmp_path, str(tmp_path / "saved"), split={"validation": 0.25, "test": 0.25, "seed": 0})
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 0, out
+    assert "data: train 20, validation 10, test 10 rows" in out
+    # saved again with other rows: the tokenized-data cache follows the content, not the path
+    shutil.rmtree(tmp_path / "saved")
+    datasets.Dataset.from_dict(_rows(80)).save_to_disk(str(tmp_path / "saved"))
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 0 and "data: train 40, validation 20, test 20 rows" in out, out
+
+
+def test_a_directory_that_is_not_a_saved_dataset_exits_2(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "csvs").mkdir()
+    (tmp_path / "csvs" / "train.csv").write_text("headline,label\na,sport\n")
+    for where, expected in (("csvs", "not a dataset saved with save_to_disk"), ("absent", "no such directory")):
+        code, out = run_cli(["validate", str(_disk_study(tmp_path, where))], monkeypatch, capsys)
+        assert code == 2 and f"data.source.path = '{tmp_path / where}'" in out and expected in out, out
+        assert "Traceback" not in out

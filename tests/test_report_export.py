@@ -51,6 +51,51 @@ def test_report_writes_tables_markdown_html_and_pngs(study, tmp_path: Path) -> N
     assert set(alloc["layer"]) >= {0, 1}
 
 
+def _stored_study() -> optuna.Study:
+    """Two completed trials (one a baseline with markup in its name) and a failed one, written as trials write."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(study_name="s<i>1</i>", direction="maximize")
+    study.set_user_attr("objectives", [{"metric": "accuracy", "direction": "maximize"}])
+    for lr, accuracy, ranks, baseline in ((1e-3, 0.61234, (3, 1), "<script>x</script>"), (5e-3, 0.81234, (4, 0), None)):
+        attrs = {"metrics": {"final": {"accuracy": accuracy}, "test": {"accuracy": accuracy - 0.01}},
+                 "rank_allocation": {"encoder.layer.0.attention.self.query": ranks[0],
+                                     "encoder.layer.1.attention.self.value": ranks[1]},
+                 "budget_curve": [[0, 8], [6, sum(ranks)]], "trainable_params": {"initial": 900, "final": 400,
+                                                                                  "model_total": 10000},
+                 **({"baseline": baseline} if baseline else {})}
+        study.add_trial(create_trial(value=accuracy, params={"training.learning_rate": lr}, user_attrs=attrs,
+                                     distributions={"training.learning_rate": FloatDistribution(1e-4, 1e-2)},
+                                     intermediate_values={2: accuracy - 0.1, 4: accuracy}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "failure": {"type": "TrialFailure", "message": "loss | NaN\nat step 3"}}))
+    return study
+
+
+def test_report_page_and_markdown_hold_the_tables(tmp_path: Path) -> None:
+    """Issue #16 item 3: the page is the packaged Jinja2 template (escaped); Markdown tables keep their columns."""
+    from importlib.resources import files
+
+    assert files("adalora_search.results").joinpath("templates/report.html").is_file()
+    page = write_report(_stored_study(), tmp_path).read_text()
+    assert "<title>s&lt;i&gt;1&lt;/i&gt;</title>" in page and "<script>" not in page
+    assert "Gain over baseline &#39;&lt;script&gt;x&lt;/script&gt;&#39; (trial 0): +20.00 pt test accuracy" in page
+    for name in ("trials", "allocation_best", "allocation_topk_share"):
+        assert f"<h2>{name}</h2>" in page
+    trials_html = page.split("<h2>trials</h2>")[1].split("</table>")[0]
+    assert "<td>0.8123</td>" in trials_html and "<td>COMPLETE</td>" in trials_html and "<td>FAIL</td>" in trials_html
+    assert "&lt;script&gt;x&lt;/script&gt;" in trials_html and "loss | NaN" in trials_html
+    assert page.count("data:image/png;base64,") >= 5
+    markdown = (tmp_path / "report.md").read_text()
+    rows = markdown.split("## trials\n\n")[1].split("\n\n")[0].splitlines()
+    widths = {len(row.replace("\\|", "").split("|")) for row in rows}
+    assert len(rows) == 5 and len(widths) == 1  # header, rule, three trials; the failure's '|' escaped
+    assert "loss \\| NaN at step 3" in rows[4] and "0.8123" in rows[3]
+    best = markdown.split("## allocation_best\n\n")[1].splitlines()
+    assert best[0].split("|")[1].strip() == "layer" and "query" in best[0] and "value" in best[0]
+
+
 def test_exported_lora_config_rebuilds_the_allocation_exactly(study, tmp_path: Path) -> None:
     st, path = study
     out = export_trial(st, tmp_path / "export")

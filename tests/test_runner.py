@@ -232,3 +232,67 @@ def test_worker_slots_per_gpu() -> None:
     assert worker_slots(3, [], 1) == [None, None, None]
     with pytest.raises(UserError, match="--workers = 2 and --workers-per-gpu = 2: choose one"):
         worker_slots(2, [], 2)
+
+
+def test_status_json_is_machine_readable(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue #16 item 4: `status --json` — counts, best trial, one row per trial (a failed one with its reason)."""
+    import json
+
+    from conftest import run_cli
+    from optuna.trial import create_trial
+
+    path = write_study(tmp_path, study_dict(study={"n_trials": 2},
+                                            training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    work(load_spec(path), url, Budget(2, None), tmp_path / "artifacts", log=lambda _: None)
+    study = optuna.load_study(study_name="t", storage=url)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "failure": {"type": "TrialFailure", "message": "loss is NaN at step 3"}}))
+    code, out = run_cli(["status", str(path), "--json"], monkeypatch, capsys)
+    assert code == 0, out
+    status = json.loads(out)
+    assert status["study"] == "t" and status["directions"] == ["maximize"]
+    assert status["counts"] == {"RUNNING": 0, "COMPLETE": 2, "PRUNED": 0, "FAIL": 1, "WAITING": 0}
+    best = max(study.trials[:2], key=lambda t: t.values[0])
+    assert status["best"]["number"] == best.number and status["best"]["values"] == best.values
+    assert status["best"]["params"] == best.params and "training.learning_rate" in status["best"]["params"]
+    rows = {row["number"]: row for row in status["trials"]}
+    assert [rows[n]["state"] for n in (0, 1, 2)] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert rows[0]["steps"] == 12 and rows[0]["trainable_params"]["final"] < rows[0]["trainable_params"]["initial"]
+    assert rows[2]["failure"] == {"type": "TrialFailure", "message": "loss is NaN at step 3"}
+    assert rows[2]["values"] is None and rows[0]["failure"] is None
+    code, again = run_cli(["status", "--storage", url, "--study", "t", "--json"], monkeypatch, capsys)
+    assert code == 0 and json.loads(again) == status
+
+
+def test_sqlite_claim_lock_is_a_filelock_that_serialises_workers(tmp_path: Path) -> None:
+    """Issue #16 item 3: the claim lock is filelock's, on `<database>.lock` (workers of any version share it)."""
+    import threading
+
+    from filelock import FileLock, Timeout
+
+    from adalora_search.search.storage import claim_lock
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    other = FileLock(str(tmp_path / "study.db.lock"))  # another worker's view of the same lock
+    with claim_lock(url):
+        with pytest.raises(Timeout):
+            other.acquire(blocking=False)
+    with other:  # released on exit
+        pass
+    counter = tmp_path / "claimed"
+    counter.write_text("0")
+
+    def claim_many() -> None:
+        for _ in range(25):
+            with claim_lock(url):  # read, yield to the other threads, write: lost updates unless serialised
+                seen = int(counter.read_text())
+                time.sleep(0)
+                counter.write_text(str(seen + 1))
+
+    threads = [threading.Thread(target=claim_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.read_text() == "100"

@@ -18,7 +18,7 @@ from adalora_search.errors import UserError
 from adalora_search.study.distributions import Choices, FloatRange
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import KNOBS, sample, searched_knobs
-from adalora_search.study.spec import StudySpec
+from adalora_search.study.spec import SCHEMA_ID, StudySpec
 
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
 
@@ -39,6 +39,63 @@ def test_schema_is_json_schema_accepting_every_shipped_study() -> None:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"study": {"name": "x"}, "bogus": 1}, schema)
+
+
+def _schema() -> dict:
+    result = CliRunner().invoke(cli, ["schema"])
+    assert result.exit_code == 0
+    return json.loads(result.output)
+
+
+def _properties(node: object, where: str = "") -> list[tuple[str, dict]]:
+    """(where, schema) of every property declared anywhere in a JSON Schema."""
+    found = []
+    if isinstance(node, dict):
+        for name, prop in (node.get("properties") or {}).items():
+            found.append((f"{where}.{name}", prop))
+        for key, value in node.items():
+            found += _properties(value, f"{where}.{key}" if key != "properties" else where)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found += _properties(item, f"{where}[{i}]")
+    return found
+
+
+def test_every_field_of_the_schema_is_described_with_its_default() -> None:
+    """Issue #16 item 1: an editor shows what each key means (and its default) on hover."""
+    schema = _schema()
+    assert schema["$id"] == SCHEMA_ID and schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    properties = _properties(schema)
+    assert len(properties) > 150  # every model of the spec, the baseline knob paths too
+    undescribed = [where for where, prop in properties
+                   if not prop.get("description", "").split("Default:")[0].strip(" .")]
+    assert undescribed == []
+    defs = schema["$defs"]
+    assert defs["TrainingSpec"]["properties"]["batch_size"]["description"].endswith("Default: 32.")
+    assert "Default: [\"query\", \"value\"]" in defs["AdaLoraSpec"]["properties"]["target_modules"]["description"]
+    assert "seconds" in defs["StudySection"]["properties"]["timeout"]["description"]
+
+
+def test_a_study_with_the_editor_modeline_loads_and_validates(tmp_path: Path) -> None:
+    (tmp_path / "study.schema.json").write_text(json.dumps(_schema()))
+    path = tmp_path / "study.yaml"
+    path.write_text("# adalora-search run study.yaml\n# yaml-language-server: $schema=./study.schema.json\n"
+                    + yaml.safe_dump(study_dict()))  # the modeline as README shows it
+    assert load_spec(path).study.name == "t"
+    modeline = next(line for line in path.read_text().splitlines() if line.startswith("# yaml-language-server:"))
+    modeline = modeline.split("$schema=")[1]  # what the editor resolves, relative to the study file
+    schema = json.loads((path.parent / modeline).read_text())
+    jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+def test_schema_checks_baseline_knob_paths_and_value_types() -> None:
+    schema = _schema()
+    params = {"training.learning_rate": 1e-3, "adalora.init_r": 8, "adalora.target_modules": "query,value"}
+    jsonschema.validate(study_dict(baselines=[{"name": "b", "params": params}]), schema)
+    for bad in ({"adalora.init_rr": 8}, {"adalora.init_r": "8"}, {"adalora.init_r": 0},
+                {"training.learning_rate": [1e-3]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(study_dict(baselines=[{"name": "b", "params": {**params, **bad}}]), schema)
 
 
 def test_models_are_frozen_and_forbid_extra_keys() -> None:

@@ -1,14 +1,16 @@
 """``adalora-search report``: tables (CSV + Markdown), PNG plots and one self-contained HTML page.
 
-Reads only what is stored, so it works while the study is still running.
+Reads only what is stored, so it works while the study is still running. The page is the Jinja2
+template ``templates/report.html`` (installed with the package), rendered with autoescaping.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 from pathlib import Path
 
+import jinja2
 import optuna
 import pandas as pd
 
@@ -92,15 +94,16 @@ def _markdown(study, frames, figures, gains, metric) -> str:
     return "\n".join(parts)
 
 
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("adalora_search.results", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html")
+
+
 def _html(study, frames, figures, gains, metric) -> str:
-    imgs = "".join(f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,"
-                   f"{base64.b64encode(p.read_bytes()).decode()}'>" for t, p in figures.items())
-    tbls = "".join(f"<h2>{name}</h2>{frame.to_html(float_format=lambda v: f'{v:.4g}', na_rep='')}"
-                   for name, frame in frames.items() if name != "allocations" and not frame.empty)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
-    items = "".join(f"<li>{html.escape(g)}</li>" for g in gains)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(study.study_name)}</title>"
-            f"<style>{style}</style></head><body><h1>Study {html.escape(study.study_name)}</h1>"
-            f"<p>Objective metric: {html.escape(metric)}. Rank = number of singular triplets AdaLoRA kept "
-            f"in each adapted weight matrix.</p><ul>{items}</ul>{imgs}{tbls}</body></html>")
+    """The page: every text escaped by the template; tables are pandas' HTML (cells escaped by pandas)."""
+    tables = [(name, frame.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""))
+              for name, frame in frames.items() if name != "allocations" and not frame.empty]
+    pngs = [(title, base64.b64encode(path.read_bytes()).decode()) for title, path in figures.items()]
+    return _template().render(study_name=study.study_name, metric=metric, gains=gains, figures=pngs, tables=tables)

@@ -122,14 +122,14 @@ def references_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    """A GitHub Markdown table (no extra dependency)."""
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub Markdown table (``DataFrame.to_markdown``): a named index becomes the first column.
+
+    Floats are written with ``floatfmt``, missing values (None) as empty cells; a ``|`` or line
+    break inside a text cell is escaped so that the row keeps its columns.
+    """
     if df.empty:
         return "_(empty)_\n"
     frame = df.reset_index() if df.index.name else df
-    cells = [[floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
-             for row in frame.itertuples(index=False)]
-    header = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
+    frame = frame.map(lambda v: v.replace("|", "\\|").replace("\n", " ") if isinstance(v, str) else v)
+    return frame.to_markdown(index=False, floatfmt=floatfmt, missingval="") + "\n"

@@ -20,8 +20,9 @@ import optuna
 from pydantic import BaseModel
 
 from adalora_search.errors import UserError
+from adalora_search.study.data_sources import DiskSource, FilesSource
 from adalora_search.study.space import KNOBS, knob
-from adalora_search.study.spec import FilesSource, StudySpec
+from adalora_search.study.spec import StudySpec
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def sections(spec: StudySpec) -> dict[str, Any]:
     data = spec.data.model_dump(mode="json", exclude_defaults=True)
     if isinstance(spec.data.source, FilesSource):  # by file name: workers may see the files at other paths
         data["source"]["paths"] = {k: Path(v).name for k, v in spec.data.source.paths.items()}
+    if isinstance(spec.data.source, DiskSource):
+        data["source"]["path"] = Path(spec.data.source.path).name
     space = {path: _dump(knob(spec, path)) for path in KNOBS}
     space["adalora.schedule.unit"] = spec.adalora.schedule.unit
     space["objectives"] = [{"metric": o.metric, "direction": o.resolved_direction} for o in spec.study.objectives]

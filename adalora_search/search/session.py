@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -137,3 +139,42 @@ def status_lines(study: optuna.Study) -> list[str]:
         lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, "
                      f"last step {t.last_step}, worker {TrialRecord.of(t).worker or '?'}")
     return lines
+
+
+def status_data(study: optuna.Study) -> dict[str, Any]:
+    """What ``status --json`` prints: the study's name, trial counts by state, the best trial, one row per trial.
+
+    States are Optuna's names (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``); ``values``
+    are the objective values (null until a trial completes); ``steps`` the optimizer steps trained;
+    ``trainable_params`` has ``initial``, ``final`` (after rank pruning) and ``model_total``;
+    ``failure`` is ``{type, message}`` for a failed trial. Non-finite numbers are written as null.
+    """
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    best = best_trial(study)
+    best_row = None
+    if best is not None:
+        record = TrialRecord.of(best)
+        best_row = {"number": best.number, "values": best.values, "params": best.params,
+                    "metrics": record.metrics.get("final", {}), "trainable_params": record.trainable_params,
+                    "baseline": record.baseline, "warnings": record.warnings}
+    rows = []
+    for t in trials:
+        record = TrialRecord.of(t)
+        rows.append({"number": t.number, "state": t.state.name, "values": t.values, "steps": record.steps,
+                     "total_steps": record.total_steps, "trainable_params": record.trainable_params,
+                     "failure": record.failure, "baseline": record.baseline, "worker": record.worker})
+    data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
+            "objectives": study.user_attrs.get("objectives"), "counts": counts, "best": best_row, "trials": rows}
+    return _finite(data)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, so that it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

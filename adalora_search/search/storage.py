@@ -8,7 +8,6 @@ file lock for SQLite) so that the study ends with exactly ``n_trials`` finished 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import threading
 import zlib
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
@@ -115,16 +115,16 @@ def _connect_timeout(backend: str) -> dict:
 
 @contextlib.contextmanager
 def claim_lock(url: str) -> Iterator[None]:
-    """Serialise 'count the trials, then ask for one' across workers sharing this storage."""
+    """Serialise 'count the trials, then ask for one' across workers sharing this storage.
+
+    SQLite: a ``filelock.FileLock`` on ``<database>.lock`` beside the database (an OS lock, released
+    when a worker dies; the file stays); PostgreSQL: an advisory lock.
+    """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        with open(f"{parsed.database}.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(f"{parsed.database}.lock"):
+            yield
     elif backend == "postgresql":
         engine = _lock_engine(url)
         key = zlib.crc32(b"adalora-search-claim")

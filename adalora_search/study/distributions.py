@@ -9,11 +9,13 @@ A knob in the study file is written as one of::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar, Union
 
 import optuna
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic.fields import FieldInfo
 
 from adalora_search.study.frozen import Frozen
 
@@ -23,10 +25,10 @@ T = TypeVar("T")
 class FloatRange(Frozen):
     """A float range sampled with ``trial.suggest_float``."""
 
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(default=None, gt=0)
+    low: float = Field(description="lowest value sampled (inclusive)")
+    high: float = Field(description="highest value sampled (inclusive)")
+    log: bool = Field(default=False, description="sample on a log scale (needs low > 0; not with step)")
+    step: float | None = Field(default=None, gt=0, description="sample only low, low + step, ... (default: continuous)")
 
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
@@ -37,10 +39,10 @@ class FloatRange(Frozen):
 class IntRange(Frozen):
     """An integer range sampled with ``trial.suggest_int``."""
 
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(default=1, ge=1)
+    low: int = Field(description="lowest value sampled (inclusive)")
+    high: int = Field(description="highest value sampled (inclusive)")
+    log: bool = Field(default=False, description="sample on a log scale (needs low > 0; not with step)")
+    step: int = Field(default=1, ge=1, description="sample only low, low + step, low + 2 step, ...")
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
@@ -51,7 +53,7 @@ class IntRange(Frozen):
 class Choices(Frozen, Generic[T]):
     """A categorical knob; each choice may itself be a list (e.g. a set of target modules)."""
 
-    choices: list[T] = Field(min_length=1)
+    choices: list[T] = Field(min_length=1, description="the values the sampler picks from (a categorical knob)")
 
 
 def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
@@ -100,6 +102,32 @@ def tunable(fixed: Any, range_type: type | None = None, rule: str = "", **constr
 def knob_of(field: Any) -> Knob | None:
     """The ``Knob`` marker of a pydantic field, or None when the field is not a knob."""
     return next((m for m in field.metadata if isinstance(m, Knob)), None)
+
+
+def knob_fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInfo, Knob]]:
+    """(knob path, field, marker) of every knob in ``model`` and its nested models, in field order."""
+    for name, field in model.model_fields.items():
+        marker = knob_of(field)
+        if marker is not None:
+            yield prefix + name, field, marker
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from knob_fields(field.annotation, f"{prefix}{name}.")
+
+
+def fixed_values_schema(sections: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """JSON Schema of a baseline's ``params``: one property per knob path, typed as one value; nothing else.
+
+    What ``space.typed_value`` accepts: a number where a number belongs, a whole number for ranks,
+    a list of module names or the comma-joined ``"query,value"``; the knob's constraints hold too.
+    """
+    properties: dict[str, Any] = {}
+    for section, model in sections.items():
+        for path, field, marker in knob_fields(model, f"{section}."):
+            value = TypeAdapter(marker.value_type).json_schema()
+            if value.get("type") == "array":
+                value = {"anyOf": [value, {"type": "string", "minLength": 1}]}
+            properties[path] = {**value, "description": f"this baseline's value of {path}: {field.description}"}
+    return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
 def is_searched(knob: Any) -> bool:

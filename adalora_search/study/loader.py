@@ -14,8 +14,9 @@ from pydantic import BaseModel, ValidationError
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.study import rules
+from adalora_search.study.data_sources import DiskSource, FilesSource
 from adalora_search.study.space import with_typed_baselines
-from adalora_search.study.spec import FilesSource, StudySpec
+from adalora_search.study.spec import StudySpec
 
 MAX_BYTES = 5 * 1024 * 1024  # study files are a few KB; anything this large is a mistake
 MAX_DEPTH = 50  # nesting levels (a study file needs about 6)
@@ -101,10 +102,13 @@ def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     if not Path(name).is_absolute() and ((base / name).is_dir() or name.startswith(("./", "../"))):
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": str(base / name)})})
     source = spec.data.source
-    if not isinstance(source, FilesSource):
+    if isinstance(source, FilesSource):
+        update: dict[str, Any] = {"paths": {k: str(base / v) for k, v in source.paths.items()}}
+    elif isinstance(source, DiskSource):
+        update = {"path": str(base / source.path)}
+    else:
         return spec
-    paths = {k: v if Path(v).is_absolute() else str(base / v) for k, v in source.paths.items()}
-    data = spec.data.model_copy(update={"source": source.model_copy(update={"paths": paths})})
+    data = spec.data.model_copy(update={"source": source.model_copy(update=update)})
     return spec.model_copy(update={"data": data})
 
 
@@ -228,8 +232,8 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
 @functools.cache
 def _union_tags() -> frozenset[str]:
     """The ``type`` values of the discriminated unions (samplers, trial pruners, data sources)."""
+    from adalora_search.study.data_sources import Source
     from adalora_search.study.samplers import PrunerSpec, SamplerSpec
-    from adalora_search.study.spec import Source
 
     members = [*_models_in(SamplerSpec), *_models_in(PrunerSpec), *_models_in(Source)]
     return frozenset(m.model_fields["type"].default for m in members if "type" in m.model_fields)

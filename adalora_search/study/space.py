@@ -16,17 +16,18 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, TypeAdapter, ValidationError, model_validator
+from pydantic import TypeAdapter, ValidationError, model_validator
 
 from adalora_search.study.distributions import (
     Choices,
     Knob,
     encode_choice,
     is_searched,
-    knob_of,
+    knob_fields,
     suggest,
 )
 from adalora_search.study.spec import (
+    KNOB_SECTIONS,
     AdaLoraSpec,
     DataSpec,
     Frozen,
@@ -35,22 +36,11 @@ from adalora_search.study.spec import (
     TrainingSpec,
 )
 
-SECTIONS = ("training", "adalora")
-
-
-def _knob_fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, Knob]]:
-    for name, field in model.model_fields.items():
-        marker = knob_of(field)
-        if marker is not None:
-            yield prefix + name, marker
-        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            yield from _knob_fields(field.annotation, f"{prefix}{name}.")
-
+SECTIONS = tuple(KNOB_SECTIONS)
 
 # knob path -> its marker (value type and rule), in the spec's field order (the order of suggest calls)
 KNOB_FIELDS: dict[str, Knob] = {
-    path: marker for section in SECTIONS
-    for path, marker in _knob_fields(StudySpec.model_fields[section].annotation, f"{section}.")
+    path: marker for section, model in KNOB_SECTIONS.items() for path, _, marker in knob_fields(model, f"{section}.")
 }
 KNOBS: tuple[str, ...] = tuple(KNOB_FIELDS)
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from adalora_search.errors import UserError
-from adalora_search.study.spec import DataSpec, FilesSource, HubSource, PackagedSource
+from adalora_search.study.spec import DataSpec
+from adalora_search.train import sources
 
 if TYPE_CHECKING:
     import datasets
@@ -105,6 +106,8 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
         "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
         "version": 3,
     }
+    if (content := sources.content_identity(spec.source)) is not None:  # e.g. a directory saved again
+        identity["source_content"] = content
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -143,7 +146,7 @@ def load_splits(spec: DataSpec, task: Task, duplicates: dict[str, int] | None = 
     Raises:
         UserError: a missing split or column, unusable rows, an empty split after dedupe and caps.
     """
-    loaded = _load_source(spec)
+    loaded = sources.load(spec.source)
     names = spec.splits.model_dump()
     source = {role: loaded[name] for role, name in names.items() if name is not None and name in loaded}
     if "train" not in source:
@@ -166,39 +169,6 @@ def load_splits(spec: DataSpec, task: Task, duplicates: dict[str, int] | None = 
         if len(ds) == 0:
             raise UserError(f"data: the {name} split is empty; check the source, split fractions and caps")
     return source
-
-
-def _load_source(spec: DataSpec) -> dict[str, datasets.Dataset]:
-    from adalora_search.train import assets
-
-    src = spec.source
-    try:
-        if isinstance(src, PackagedSource):
-            return dict(assets.load_packaged(src.name))
-        if isinstance(src, HubSource):
-            return dict(_datasets().load_dataset(src.path, src.name, revision=src.revision))
-        return _load_files(src)
-    except UserError:
-        raise
-    except (OSError, ValueError, ConnectionError, StopIteration, _datasets().exceptions.DatasetGenerationError) as exc:
-        cause = exc.__cause__ or exc
-        csv = src.type == "files" and src.format == "csv"
-        hint = "; if the file uses another separator, set data.source.delimiter" if csv else ""
-        raise UserError(f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: "
-                        f"{str(cause)[:300]}{hint}") from None
-
-
-def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
-    for split, path in src.paths.items():
-        if not Path(path).exists():
-            raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
-        if Path(path).is_file() and not Path(path).read_bytes()[:65536].strip():
-            raise UserError(f"data.source.paths.{split} = {path!r}: the file is empty; point it at the data")
-    builder = {"jsonl": "json"}.get(src.format, src.format)
-    if src.delimiter is not None and src.format != "csv":
-        raise UserError(f"data.source.delimiter = {src.delimiter!r}: only csv files have a delimiter; remove it")
-    options = {"delimiter": src.delimiter} if src.delimiter is not None else {}
-    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), **options))
 
 
 def _check_columns(columns: list[tuple[str, str]], source: dict[str, datasets.Dataset]) -> None:

@@ -1,0 +1,102 @@
+"""Data sources: the study's ``data.source`` -> the raw splits by name (``datasets.Dataset`` each).
+
+One function per source type of ``study/spec.py`` (packaged, hub, files, disk); ``data.py`` picks
+the train/validation/test splits from what they return, then selects, dedupes, splits and caches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adalora_search.errors import UserError
+from adalora_search.study.data_sources import DiskSource, FilesSource, HubSource, PackagedSource, Source
+
+if TYPE_CHECKING:
+    import datasets
+
+
+def _datasets():  # noqa: ANN202 - the module
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def load(src: Source) -> dict[str, datasets.Dataset]:
+    """The source's splits by name (a packaged dataset or a single saved Dataset: ``train`` only).
+
+    Raises:
+        UserError: the source cannot be found or read; the message names the field and the fix.
+    """
+    from adalora_search.train import assets
+
+    try:
+        if isinstance(src, PackagedSource):
+            return dict(assets.load_packaged(src.name))
+        if isinstance(src, HubSource):
+            return dict(_datasets().load_dataset(src.path, src.name, revision=src.revision))
+        if isinstance(src, DiskSource):
+            return _load_saved(src)
+        return _load_files(src)
+    except UserError:
+        raise
+    except (OSError, ValueError, ConnectionError, StopIteration, _datasets().exceptions.DatasetGenerationError) as exc:
+        cause = exc.__cause__ or exc
+        csv = src.type == "files" and src.format == "csv"
+        hint = "; if the file uses another separator, set data.source.delimiter" if csv else ""
+        raise UserError(f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: "
+                        f"{str(cause)[:300]}{hint}") from None
+
+
+def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
+    for split, path in src.paths.items():
+        if not Path(path).exists():
+            raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
+        if Path(path).is_file() and not Path(path).read_bytes()[:65536].strip():
+            raise UserError(f"data.source.paths.{split} = {path!r}: the file is empty; point it at the data")
+    builder = {"jsonl": "json"}.get(src.format, src.format)
+    if src.delimiter is not None and src.format != "csv":
+        raise UserError(f"data.source.delimiter = {src.delimiter!r}: only csv files have a delimiter; remove it")
+    options = {"delimiter": src.delimiter} if src.delimiter is not None else {}
+    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), **options))
+
+
+def _load_saved(src: DiskSource) -> dict[str, datasets.Dataset]:
+    """A ``save_to_disk`` directory: a DatasetDict's splits by name, or a single Dataset as ``train``.
+
+    Raises:
+        UserError: the directory is missing, or is not a dataset saved with ``save_to_disk``.
+    """
+    path = Path(src.path)
+    if not path.is_dir():
+        raise UserError(f"data.source.path = {src.path!r}: no such directory; check the path (relative paths "
+                        "are relative to the study file)")
+    saved_dict = (path / "dataset_dict.json").is_file()
+    if not saved_dict and not ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
+        raise UserError(f"data.source.path = {src.path!r}: not a dataset saved with save_to_disk (it has no "
+                        "dataset_dict.json, nor state.json and dataset_info.json); save it with "
+                        "Dataset.save_to_disk or DatasetDict.save_to_disk, or read data files with "
+                        "{type: files, format, paths}")
+    loaded = _datasets().load_from_disk(str(path))
+    return dict(loaded) if isinstance(loaded, _datasets().DatasetDict) else {"train": loaded}
+
+
+def content_identity(src: Source) -> Any:
+    """What the tokenized-data cache key adds for ``src`` beyond the spec: a saved directory's fingerprints.
+
+    None for other sources (their cache follows the spec alone).
+    """
+    return _saved_fingerprints(Path(src.path)) if isinstance(src, DiskSource) else None
+
+
+def _saved_fingerprints(path: Path) -> dict[str, str | None]:
+    """Each split's content fingerprint, as ``save_to_disk`` wrote it (``state.json``), by relative directory."""
+    out: dict[str, str | None] = {}
+    for state in sorted(path.rglob("state.json")):
+        try:
+            out[str(state.parent.relative_to(path))] = json.loads(state.read_text()).get("_fingerprint")
+        except (OSError, ValueError):
+            out[str(state.parent.relative_to(path))] = None
+    return out

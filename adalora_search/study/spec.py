@@ -86,7 +86,9 @@ class StudySection(Frozen):
     max_consecutive_failures: int = Field(
         default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
     keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
-    artifacts_dir: str | None = Field(default=None, description="default: <study file dir>/<name>_artifacts")
+    artifact_store: str | None = Field(
+        default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
+        "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")
     references: list[Reference] = Field(
         default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
     )
@@ -277,6 +279,31 @@ class Baseline(Frozen):
     )
 
 
+# ---------------------------------------------------------------- tracking
+class MlflowSpec(Frozen):
+    """One MLflow run per trial: params, curves at every evaluation, final metrics, rank allocation."""
+
+    enabled: bool = False
+    tracking_uri: str = Field(
+        default="sqlite:///mlruns.db", min_length=1, description="any MLflow tracking URI; a relative sqlite "
+        "path or directory is relative to the study file (no server needed); experiment = study.name")
+
+
+class TensorBoardSpec(Frozen):
+    """TensorBoard scalars of every trial: the curves at each evaluation and the final metrics."""
+
+    enabled: bool = False
+    log_dir: str = Field(default="tensorboard", min_length=1,
+                         description="relative to the study file; one directory per study and trial below it")
+
+
+class TrackingSpec(Frozen):
+    """``tracking``: experiment trackers fed by every trial (off by default; ``adalora-search[tracking]``)."""
+
+    mlflow: MlflowSpec = MlflowSpec()
+    tensorboard: TensorBoardSpec = TensorBoardSpec()
+
+
 class StudySpec(Frozen):
     """The whole study file."""
 
@@ -286,6 +313,7 @@ class StudySpec(Frozen):
     training: TrainingSpec
     adalora: AdaLoraSpec = AdaLoraSpec()
     baselines: list[Baseline] = Field(default_factory=list)
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("model", mode="before", json_schema_input_type=Union[str, ModelSpec])
     @classmethod

@@ -20,7 +20,7 @@ import optuna
 import yaml
 
 from adalora_search.errors import UserError
-from adalora_search.search import ranking
+from adalora_search.search import artifacts, ranking
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.space import TrialConfig
 from adalora_search.train import modeling
@@ -114,9 +114,7 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> N
     fan = modeling.conv1d_targets(modeling.meta_model(cfg.model)[0], cfg.adalora.target_modules)
     modeling.lora_config(ranks, alphas, cfg.adalora, task, fan).save_pretrained(str(tmp / "lora"))
     modeling.adalora_config(cfg.adalora, data["total_steps"], task, fan).save_pretrained(str(tmp / "adalora"))
-    kept = TrialRecord.of(trial).adapter_dir
-    if kept and Path(kept).exists():
-        shutil.copytree(kept, tmp / "adapter")
+    artifacts.restore_adapter(study, trial, tmp / "adapter")  # the kept adapter, from the study's artifact store
 
 
 def _swap(tmp: Path, out: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 import optuna
 
 from adalora_search.errors import TrialFailure
+from adalora_search.search import artifacts
+from adalora_search.search.tracking import Tracker, TrialTracking
 from adalora_search.study.space import TrialConfig, trial_config
 from adalora_search.study.spec import StudySpec
 from adalora_search.train import modeling
@@ -35,22 +37,26 @@ Log = Callable[[str], None]
 class Objective:
     """Callable objective; also usable directly with ``study.optimize`` for a single process."""
 
-    def __init__(self, spec: StudySpec, data: TokenizedData, artifacts_dir: Path | None = None,
+    def __init__(self, spec: StudySpec, data: TokenizedData, artifact_store: str | Path | None = None,
                  log: Log = _log.info):
         self.spec = spec
         self.data = data
-        self.artifacts_dir = artifacts_dir
+        self.artifact_store = str(artifact_store) if artifact_store is not None else None
         self.log = log
         self.on_progress: Callable[[int, int, int], None] | None = None  # (trial number, step, total steps)
+        self.tracker = Tracker(spec.tracking, spec.study.name)  # UserError now if a tracker is not installed
+        if spec.study.keep_top_k_adapters and self.artifact_store:  # a store that cannot work: exit 2 before trial 0
+            artifacts.open_store(self.artifact_store, create=True)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         cfg = trial_config(self.spec, trial, trial.user_attrs.get("baseline"))
         trial.set_user_attr("config", cfg.model_dump(mode="json"))  # export/retrain rebuild from this
         run: TrialRun | None = None
         started = time.perf_counter()
+        tracked = self.tracker.start(trial, cfg)
         try:
             run = TrialRun(cfg, self.data)
-            run.train(self._on_eval(trial, cfg, run))
+            run.train(self._on_eval(trial, cfg, run, tracked))
             if "test" in self.data.splits:
                 run.result.metrics["test"] = run.evaluate("test", final=True)
             self._keep_adapter(trial, run)
@@ -61,8 +67,10 @@ class Objective:
             raise
         finally:
             self._write_attrs(trial, run, time.perf_counter() - started)
+            tracked.finish(run.result if run is not None else None, sys.exc_info()[1])
 
-    def _on_eval(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun) -> Callable[[int, dict], None]:
+    def _on_eval(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun,
+                 tracked: TrialTracking) -> Callable[[int, dict], None]:
         objectives = self.spec.study.objectives
         metric = objectives[0].metric
         warmup = 0
@@ -75,6 +83,7 @@ class Objective:
             shown = metric if metric in scores else run.task.main_metric  # e.g. exact_match comes after training
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
                      f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
+            tracked.log(step, scores)
             if len(objectives) > 1 or metric not in scores:
                 return
             trial.report(scores[metric], step)
@@ -116,18 +125,10 @@ class Objective:
             trial.set_user_attr(key, json.loads(json.dumps(value)))
 
     def _keep_adapter(self, trial: optuna.Trial, run: TrialRun) -> None:
-        """Save this adapter if it may be among the top-k; drop adapters that fell out of it."""
+        """Upload this adapter to the artifact store if it is among the top-k; remove those it pushes out."""
         k = self.spec.study.keep_top_k_adapters
-        if not k or self.artifacts_dir is None or len(self.spec.study.objectives) > 1:
-            return
-        directory = self.artifacts_dir / f"trial_{trial.number}"
-        run.save_adapter(str(directory))
-        trial.set_user_attr("adapter_dir", str(directory))
         value = self._values(run)
-        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        scores = [(t.value, t.number) for t in done if t.value is not None] + [(value, trial.number)]
-        sign = -1 if self.spec.study.objectives[0].resolved_direction == "maximize" else 1
-        keep = {n for _, n in sorted(scores, key=lambda s: (sign * s[0], s[1]))[:k]}  # ties: earliest, as Optuna
-        for path in self.artifacts_dir.glob("trial_*"):
-            if int(path.name.split("_")[1]) not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+        if not k or self.artifact_store is None or isinstance(value, list):  # a Pareto study has no top-k
+            return
+        artifacts.keep_adapter(trial, run.save_adapter, value, k, self.spec.study.objectives[0].resolved_direction,
+                               self.artifact_store)

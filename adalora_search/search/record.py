@@ -30,7 +30,9 @@ class TrialRecord:
     baseline: str | None = None
     failure: dict[str, str] | None = None  # type, message
     warnings: list[str] = field(default_factory=list)
-    adapter_dir: str | None = None
+    adapter_store: str | None = None  # the artifact store its kept adapter was uploaded to (search/artifacts.py)
+    dropped_adapters: list[int] = field(default_factory=list)  # trials whose adapters it pushed out of the top-k
+    adapter_dir: str | None = None  # studies from before artifact stores: a local directory
     worker: str | None = None
 
     @classmethod
@@ -42,7 +44,9 @@ class TrialRecord:
             rank_allocation=dict(a.get("rank_allocation") or {}), budget_curve=list(a.get("budget_curve") or []),
             trainable_params=dict(a.get("trainable_params") or {}), timing=dict(a.get("timing") or {}),
             total_steps=a.get("total_steps"), baseline=a.get("baseline"), failure=a.get("failure"),
-            warnings=list(a.get("warnings") or []), adapter_dir=a.get("adapter_dir"), worker=a.get("worker"),
+            warnings=list(a.get("warnings") or []), adapter_store=a.get("adapter_store"),
+            dropped_adapters=list(a.get("dropped_adapters") or []), adapter_dir=a.get("adapter_dir"),
+            worker=a.get("worker"),
         )
 
     def metric(self, which: str, name: str) -> float | None:

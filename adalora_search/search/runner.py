@@ -174,7 +174,7 @@ def grid_done(study: optuna.Study, counts: dict[TrialState, int] | None = None) 
     return isinstance(sampler, AskTellGridSampler) and not counts[TrialState.WAITING] and sampler.all_started(study)
 
 
-def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=_log.info,
+def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, log=_log.info,
          data: TokenizedData | None = None, allow_changed: bool = False) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here.
 
@@ -183,7 +183,7 @@ def work(spec: StudySpec, url: str, budget: Budget, artifacts_dir: Path, log=_lo
     """
     data = data if data is not None else prepare_data(spec)
     study = open_study(spec, url, allow_changed, log)
-    objective = Objective(spec, data, artifacts_dir, log)
+    objective = Objective(spec, data, artifact_store, log)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
     _sigterm_as_interrupt()

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from adalora_search.errors import UserError
+from adalora_search.search import artifacts
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.record import TrialRecord
 from adalora_search.search.runner import (
@@ -37,11 +38,9 @@ def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
     return override or spec.study.storage or storage_mod.default_url(study_file, spec.study.name)
 
 
-def artifacts_dir(spec: StudySpec, study_file: str) -> Path:
-    """Where kept adapters go: ``study.artifacts_dir``, else ``<study file dir>/<name>_artifacts``."""
-    if spec.study.artifacts_dir:
-        return Path(spec.study.artifacts_dir)
-    return Path(study_file).resolve().parent / f"{spec.study.name}_artifacts"
+def artifact_store(spec: StudySpec, study_file: str) -> str:
+    """Where kept adapters go: ``study.artifact_store``, else ``<study file dir>/<name>_artifacts``."""
+    return spec.study.artifact_store or artifacts.default_location(study_file, spec.study.name)
 
 
 def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Budget:
@@ -74,7 +73,7 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
             raise UserError(f"a worker exited with code {code} (its message is above); the study stopped before "
                             "the reference runs; fix the cause and `run` again to resume")
     else:
-        work(spec, url, budget, artifacts_dir(spec, study_file), data=data, allow_changed=allow_changed)
+        work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed)
     return [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
             f"export: adalora-search export {study_file} --out DIR"]
 
@@ -93,7 +92,7 @@ def run_worker(study_file: str, n_trials: int | None, timeout: float | None, sto
     """One worker on a study that ``run`` (or another worker) may already have created."""
     spec = load_spec(study_file)
     work(spec, storage_url(spec, study_file, storage), _budget(spec, n_trials, timeout),
-         artifacts_dir(spec, study_file), allow_changed=allow_changed)
+         artifact_store(spec, study_file), allow_changed=allow_changed)
 
 
 def locate(study_file: str | None, storage: str | None, study_name: str | None) -> optuna.Study:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adalora_search.errors import Problem
-from adalora_search.search import storage
+from adalora_search.search import artifacts, storage
 from adalora_search.study.distributions import Choices, corners, is_searched
 from adalora_search.study.samplers import Grid, NoPruner
 from adalora_search.study.space import (
@@ -107,8 +107,8 @@ def _study(spec: StudySpec) -> list[Problem]:
                            "retrain the exported Pareto trial you pick"))
     if spec.study.storage and (problem := storage.url_problem(spec.study.storage)):
         out.append(Problem("study.storage", storage.mask(spec.study.storage), problem))
-    if spec.study.keep_top_k_adapters and spec.study.artifacts_dir == "":
-        out.append(Problem("study.artifacts_dir", "", "set a directory to keep adapters in"))
+    if spec.study.artifact_store and (problem := artifacts.location_problem(spec.study.artifact_store)):
+        out.append(Problem("study.artifact_store", spec.study.artifact_store, problem))
     return out
 
 

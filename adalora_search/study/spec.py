@@ -16,6 +16,7 @@ from adalora_search.study.data_sources import Source
 from adalora_search.study.distributions import FloatRange, IntRange, fixed_values_schema, tunable
 from adalora_search.study.frozen import Frozen, describe_defaults
 from adalora_search.study.samplers import PrunerSpec, SamplerSpec
+from adalora_search.study.trackers import TrackingSpec
 from adalora_search.train.tasks import TASKS
 
 # ---------------------------------------------------------------- study
@@ -99,8 +100,9 @@ class StudySection(Frozen):
     max_consecutive_failures: int = Field(
         default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
     keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
-    artifacts_dir: str | None = Field(default=None, description="where kept adapters are saved "
-                                      "(default: <study file dir>/<name>_artifacts)")
+    artifact_store: str | None = Field(
+        default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
+        "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")
     references: list[Reference] = Field(
         default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
     )
@@ -319,6 +321,8 @@ class StudySpec(Frozen):
     adalora: AdaLoraSpec = Field(default=AdaLoraSpec(), description="AdaLoRA's knobs (defaults: each field)")
     baselines: list[Baseline] = Field(default_factory=list, description="fixed configurations run first; the "
                                       "report states the best trial's gain over each")
+    tracking: TrackingSpec = Field(default=TrackingSpec(), description="experiment trackers fed by every "
+                                   "trial: MLflow, TensorBoard (off by default)")
 
     @field_validator("model", mode="before", json_schema_input_type=Union[str, ModelSpec])
     @classmethod

@@ -190,7 +190,7 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
 @click.argument("export_dir")
 @click.option("--learning-rate", "learning_rates", type=click.FloatRange(min=0, min_open=True), multiple=True,
               help="LoRA learning rate; repeat to try several (the best on validation is kept). "
-                   "Default: the AdaLoRA trial's")
+                   "Default: the rate the study's LoRA reference chose, else the best of 3e-4 ... 1e-2")
 def retrain(export_dir: str, learning_rates: tuple[float, ...]) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
     from adalora_search.results.retrain import retrain as do_retrain

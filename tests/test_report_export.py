@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import study_dict, write_study
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import AutoPeftModelForSequenceClassification, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from adalora_search.errors import UserError
@@ -134,6 +134,12 @@ def test_kept_adapter_loads_and_reproduces_the_recorded_metric(study, tmp_path: 
     assert scores["accuracy"] == pytest.approx(recorded["accuracy"])
     # the loss is continuous: it only matches if every adapter weight and the head came back
     assert loss / len(data.splits["validation"]) == pytest.approx(recorded["eval_loss"], rel=1e-5)
+    # init: random with config_overrides: the export's base/ holds that model, so PEFT alone rebuilds it
+    auto = AutoPeftModelForSequenceClassification.from_pretrained(str(out / "adapter"))
+    batch = next(batches(data.splits["validation"], 64, data.pad_token_id, None))
+    batch.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(auto(**batch).logits, model(**batch).logits)
 
 
 def test_export_refuses_to_overwrite_and_is_replaced_with_force(study, tmp_path: Path) -> None:

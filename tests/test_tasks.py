@@ -14,6 +14,7 @@ import yaml
 from conftest import causal_study, cli_exit_code, run_cli, study_dict, tiny_decoder, write_study
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from transformers import AutoModelForCausalLM
 
 from adalora_search.errors import UserError
 from adalora_search.search.runner import prepare_data
@@ -22,7 +23,7 @@ from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import sample
 from adalora_search.train.data import load_splits
 from adalora_search.train.engine import TrialRun
-from adalora_search.train.modeling import build_base, load_tokenizer
+from adalora_search.train.modeling import load_tokenizer
 from adalora_search.train.tasks import TASKS, get_task
 from adalora_search.train.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
 from adalora_search.train.tasks.token_classification import align_labels
@@ -158,12 +159,12 @@ def test_gpt2_conv1d_modules_are_adapted_reported_and_exported(gpt2: Path, tmp_p
     alloc = pd.read_csv(tmp_path / "report" / "allocations.csv")
     assert set(alloc["module_type"]) == {"qkv", "attn_out", "ffn_in", "ffn_out"}
     assert sum(ranks.values()) == 2 * len(ranks)  # target_r x matrices, Conv1D included
-    spec = load_spec(tmp_path / "study.yaml")
     exported = LoraConfig.from_pretrained(str(tmp_path / "export" / "lora"))
     assert exported.fan_in_fan_out  # Conv1D stores its weight [in, out]: PEFT needs to know, without a warning
+    base = AutoModelForCausalLM.from_pretrained(exported.base_model_name_or_path)  # the base the export names
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        model = get_peft_model(build_base(spec.model, None, 0), exported)
+        model = get_peft_model(base, exported)
     rebuilt = {n.removeprefix("base_model.model."): m.r["default"] for n, m in model.named_modules()
                if isinstance(m, LoraLayer)}
     assert rebuilt == {k: v for k, v in ranks.items() if v > 0}

@@ -1,5 +1,8 @@
 """``adalora-search export``: a trial's final rank allocation as configs PEFT can train with.
 
+Every config names a base model that loads as it is (``base_model``): ``adapter/`` loads with
+PEFT's ``AutoPeftModelFor...`` and no other argument, with the task's labels in its config.
+
 Fixed-rank LoRA reproducing AdaLoRA's scaling: AdaLoRA scales each triplet by
 ``lora_alpha / init_r`` (PEFT's SVDLinear divides by ``ranknum`` = init_r, which rank pruning
 never changes); LoRA scales by ``alpha / r``. So module m with final rank r_m gets
@@ -20,10 +23,15 @@ import optuna
 import yaml
 
 from adalora_search.errors import UserError
+from adalora_search.results.model_card import model_card
 from adalora_search.search import artifacts, ranking
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.space import TrialConfig
+from adalora_search.study.spec import LORA_LEARNING_RATES
 from adalora_search.train import modeling
+from adalora_search.train.assets import resolve_model
+from adalora_search.train.data import load_tokenized
+from adalora_search.train.tasks import get_task
 
 _log = logging.getLogger(__name__)
 
@@ -66,8 +74,13 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
     return trial
 
 
-def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """What ``rank_config.yaml/.json`` records: the trial, its metrics, its allocation and its full config."""
+def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_names: list[str] | None = None,
+                base_model: str | None = None) -> dict[str, Any]:
+    """What ``rank_config.yaml/.json`` records: the trial, its metrics, its allocation and its full config.
+
+    Also the task's label names in id order, the base model the exported configs point to and the
+    LoRA learning rate this study recommends (``lora_learning_rate``).
+    """
     record = TrialRecord.of(trial)
     cfg = TrialConfig.model_validate(record.config)
     a = cfg.adalora
@@ -75,17 +88,37 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[st
         "study": study.study_name, "trial": trial.number, "state": trial.state.name,
         "baseline": record.baseline, "values": trial.values,
         "metrics": record.metrics, "model": cfg.model.name_or_path, "task": cfg.model.task,
+        "label_names": label_names, "base_model_name_or_path": base_model,
         "target_modules": a.target_modules, "init_r": a.init_r, "target_r": a.target_r,
         "lora_alpha": a.lora_alpha, "rank_allocation": record.rank_allocation,
+        "lora_learning_rate": lora_learning_rate(study),
         "trainable_params": record.trainable_params,
         "total_steps": record.total_steps, "params": trial.params, "config": cfg.model_dump(mode="json"),
         "complete": trial.state == optuna.trial.TrialState.COMPLETE, "steps_trained": record.steps,
     }
 
 
+def lora_learning_rate(study: optuna.Study) -> dict[str, Any]:
+    """The learning rate recommended for the exported LoRA: the study's ``lora`` reference's, else none.
+
+    ``{"value", "source", "tried"}``: ``tried`` lists the rates the reference chose from on validation.
+    """
+    ref = (study.user_attrs.get("references") or {}).get("lora") or {}
+    if ref.get("metrics") and ref.get("learning_rate"):
+        tried = [t["learning_rate"] for t in ref.get("tried") or []] or [ref["learning_rate"]]
+        return {"value": ref["learning_rate"], "source": "reference lora run of this study",
+                "of_trial": ref.get("of_trial"), "tried": tried}
+    return {"value": None, "source": f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}"}
+
+
 def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False,
                  pick: str = "metric") -> Path:
-    """Write rank_config.yaml/.json, lora/, adalora/ (and adapter/ when kept), atomically."""
+    """Write rank_config.yaml/.json, README.md, base/, lora/, adalora/ (and adapter/ when kept), atomically.
+
+    Raises:
+        UserError: no such trial, ``out`` exists without ``force`` or cannot be written, or the
+            study's model or data cannot be loaded.
+    """
     trial = pick_trial(study, number, pick)
     if out.exists() and not force:
         raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
@@ -97,24 +130,54 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None, forc
         raise UserError(f"--out = {str(out)!r}: cannot write there ({exc.strerror}); "
                         "choose a writable directory") from None
     try:
-        _write(study, trial, tmp)
+        _write(study, trial, tmp, parent / out.name)
         _swap(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path) -> None:
-    data = rank_config(study, trial)
+def base_model(cfg: TrialConfig, label_names: list[str] | None, tmp: Path, final: Path) -> str:
+    """The base model every exported config names (``base_model_name_or_path``), loadable as it is.
+
+    The model as the study named it (a packaged name resolved to its local directory, a local
+    directory made absolute, a Hub id as given) when the task's Auto class loads it as the trial
+    built it; otherwise (the task's labels and head size, ``config_overrides``, ``init: random``)
+    the trial's base model, saved with its tokenizer to ``tmp`` (``final`` once the export is in place).
+    """
+    spec = cfg.model
+    if get_task(spec.task).config_kwargs(label_names) or spec.config_overrides or spec.init == "random":
+        modeling.build_base(spec, label_names, cfg.training.seed).save_pretrained(str(tmp))
+        modeling.load_tokenizer(spec).save_pretrained(str(tmp))
+        return str(final)
+    named = resolve_model(spec.name_or_path)
+    return str(Path(named).resolve()) if Path(named).is_dir() else named
+
+
+def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, final: Path) -> None:
+    cfg = TrialConfig.model_validate(TrialRecord.of(trial).config)
+    task = get_task(cfg.model.task)
+    labels = load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names
+    base = base_model(cfg, labels, tmp / "base", final / "base")
+    data = rank_config(study, trial, labels, base)
     (tmp / "rank_config.json").write_text(json.dumps(data, indent=2))
     (tmp / "rank_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    cfg = TrialConfig.model_validate(data["config"])
     ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
-    task = cfg.model.task
     fan = modeling.conv1d_targets(modeling.meta_model(cfg.model)[0], cfg.adalora.target_modules)
-    modeling.lora_config(ranks, alphas, cfg.adalora, task, fan).save_pretrained(str(tmp / "lora"))
-    modeling.adalora_config(cfg.adalora, data["total_steps"], task, fan).save_pretrained(str(tmp / "adalora"))
-    artifacts.restore_adapter(study, trial, tmp / "adapter")  # the kept adapter, from the study's artifact store
+    lora = modeling.lora_config(ranks, alphas, cfg.adalora, cfg.model.task, fan)
+    adalora = modeling.adalora_config(cfg.adalora, data["total_steps"], cfg.model.task, fan)
+    for name, config in (("lora", lora), ("adalora", adalora)):
+        config.base_model_name_or_path = base
+        config.save_pretrained(str(tmp / name))
+    has_adapter = artifacts.restore_adapter(study, trial, tmp / "adapter")  # from the study's artifact store
+    if has_adapter:
+        path = tmp / "adapter" / "adapter_config.json"
+        stored = json.loads(path.read_text())  # the training machine's path -> the exported base
+        path.write_text(json.dumps({**stored, "base_model_name_or_path": base, "task_type": task.peft_task_type},
+                                   indent=2, sort_keys=True))
+    card = model_card(study, trial, data, final, has_adapter)
+    for directory in (tmp, tmp / "lora", *([tmp / "adapter"] if has_adapter else [])):
+        (directory / "README.md").write_text(card)
 
 
 def _swap(tmp: Path, out: Path) -> None:

@@ -1,7 +1,8 @@
 """After the search: reference runs (uniform LoRA, full fine-tuning) and the summary of gains.
 
 References are trained once per study with the best trial's settings (a reference may name its
-own learning rates: each is trained and the best on validation kept) and stored in the study's
+own learning rates, a ``lora`` one defaults to ``LORA_LEARNING_RATES``: each is trained and the
+best on validation kept; ``retrain`` chooses its rate the same way) and stored in the study's
 user attrs under ``references``, so the report can show what adaptive allocation bought.
 """
 
@@ -37,7 +38,8 @@ def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr
     return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
 
 
-def _train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
+def train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
+    """Train (or, zero-shot, only evaluate) one run; its metrics, or its ``failure`` (a diverged rate)."""
     try:
         run = TrialRun(cfg, data)
         if cfg.method == "none":  # zero-shot: the base model as it is
@@ -51,18 +53,30 @@ def _train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
             "timing": run.result.timing, "learning_rate": cfg.training.learning_rate}
 
 
-def _pick(results: list[dict[str, Any]], task: Task, metric: str) -> dict[str, Any]:
-    """The result with the best final validation metric (failures last)."""
+def pick_best(results: list[dict[str, Any]], task: Task) -> dict[str, Any]:
+    """The result with the best final validation main metric (failures last), with ``tried`` added.
+
+    ``tried``: each rate with its validation main metric (None when it failed) and failure.
+    """
+    metric = task.main_metric
     best: dict[str, Any] | None = None
     for result in results:
         value = (result.get("metrics") or {}).get("final", {}).get(metric)
         if value is not None and (best is None or task.is_better(metric, value, best["metrics"]["final"][metric])):
             best = result
-    return best or results[0]
+    chosen = dict(best or results[0])
+    chosen["tried"] = [{"learning_rate": r["learning_rate"],
+                        "validation": (r.get("metrics") or {}).get("final", {}).get(metric),
+                        "failure": r.get("failure")} for r in results]
+    return chosen
 
 
 def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
-    """Train each ``study.references`` run once (stored in the study attr ``references``); returns them all."""
+    """Train each ``study.references`` run once (stored in the study attr ``references``); returns them all.
+
+    Several learning rates (a ``lora`` reference's default: ``LORA_LEARNING_RATES``) are each
+    trained and the best on validation is kept, with every rate tried under ``tried``.
+    """
     stored: dict[str, Any] = dict(study.user_attrs.get("references", {}))
     best = best_trial(study)
     record = TrialRecord.of(best) if best is not None else None
@@ -73,19 +87,14 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     for ref in spec.study.references:
         if ref.kind in stored:
             continue
-        rates = ref.learning_rate if isinstance(ref.learning_rate, list) else [ref.learning_rate]
-        rates = [None] if ref.kind == "zero_shot" else rates
         results = []
-        for lr in rates:
+        for lr in ref.learning_rates:
             _log.info(f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
                   if ref.kind == "zero_shot" else f"[reference {ref.kind}] with the best trial's ({best.number}) "
                   f"settings, learning rate {lr or cfg.training.learning_rate:g}")
-            results.append(_train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
-        chosen = _pick(results, task, task.main_metric)
-        chosen.update(of_trial=best.number, tried=[
-            {"learning_rate": r["learning_rate"],
-             "validation": (r.get("metrics") or {}).get("final", {}).get(task.main_metric),
-             "failure": r.get("failure")} for r in results])
+            results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
+        chosen = pick_best(results, task)
+        chosen["of_trial"] = best.number
         stored[ref.kind] = chosen
         study.set_user_attr("references", stored)
     return stored

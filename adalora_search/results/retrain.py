@@ -1,4 +1,15 @@
-"""``adalora-search retrain EXPORT_DIR``: train the exported fixed-rank LoRA, compare with AdaLoRA."""
+"""``adalora-search retrain EXPORT_DIR``: train the exported fixed-rank LoRA, compare with AdaLoRA.
+
+The learning rate: plain LoRA often diverges at the rate AdaLoRA did well with, so it is chosen on
+validation (the task's main metric), as the study's ``lora`` reference chooses its own:
+
+- ``--learning-rate`` (repeatable): those rates;
+- else the export's recommendation (``rank_config.json`` ``lora_learning_rate``) when the study's
+  ``lora`` reference chose it from several rates on the same data: that rate only;
+- else ``LORA_LEARNING_RATES``, with a recommended rate (a reference that tried one) tried first.
+
+A kept run at chance level (the task's ``chance_note``) is flagged with a WARNING line.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +19,30 @@ from typing import Any
 
 from adalora_search.errors import UserError
 from adalora_search.results.export import lora_patterns
+from adalora_search.results.references import pick_best, train_reference
 from adalora_search.study.space import LoraKnobs, TrialConfig
+from adalora_search.study.spec import LORA_LEARNING_RATES
 from adalora_search.train.data import load_tokenized
-from adalora_search.train.engine import TrialRun
 from adalora_search.train.modeling import load_tokenizer
 from adalora_search.train.tasks import get_task
 
 
-def retrain(export_dir: Path, learning_rates: list[float] | None = None) -> list[str]:
+def learning_rates(data: dict[str, Any], given: list[float] | None) -> tuple[list[float], str]:
+    """The rates to train for an export's ``rank_config`` ``data``, and where they come from."""
+    if given:
+        return list(given), "given with --learning-rate"
+    rec = data.get("lora_learning_rate") or {}
+    value = rec.get("value")
+    if value and len(rec.get("tried") or []) > 1:
+        return [value], f"{rec['source']}, chosen on validation from {rec['tried']}"
+    rates = [value, *(r for r in LORA_LEARNING_RATES if r != value)] if value else list(LORA_LEARNING_RATES)
+    return rates, "the best on validation of " + ", ".join(f"{r:g}" for r in rates)
+
+
+def retrain(export_dir: Path, given: list[float] | None = None) -> list[str]:
     """Train the exported fixed-rank LoRA of ``export_dir``; lines comparing it with the AdaLoRA trial.
 
-    ``learning_rates``: each is trained and the best on validation (the task's main metric) is kept;
-    default: the AdaLoRA trial's own rate, which plain LoRA does not always tolerate.
+    ``given``: learning rates to choose from (``--learning-rate``); default see the module docstring.
 
     Raises:
         UserError: ``export_dir`` holds no export.
@@ -33,29 +56,38 @@ def retrain(export_dir: Path, learning_rates: list[float] | None = None) -> list
     cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(rank_pattern=ranks, alpha_pattern=alphas)})
     task = get_task(cfg.model.task)
     tokens = load_tokenized(cfg.data, load_tokenizer(cfg.model), task)
-    runs = [_train(cfg, tokens, lr) for lr in (learning_rates or [cfg.training.learning_rate])]
-    best = runs[0]
-    for candidate in runs[1:]:
-        if task.is_better(task.main_metric, candidate[1].get(task.main_metric), best[1].get(task.main_metric)):
-            best = candidate
-    lr, val, test, params = best
-    lines = [f"{'run':40s} {'metric':12s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
-    adalora = data.get("metrics") or {}
-    for label, v, t, n in (
-        (f"AdaLoRA trial {data['trial']}", adalora.get("final", {}), adalora.get("test") or {},
-         (data.get("trainable_params") or {}).get("final")),
-        (f"fixed-rank LoRA (exported), lr {lr:.2g}", val, test, params),
-    ):
-        lines += [f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
-                  for m in task.metrics if m in v]
-    if len(runs) > 1:
-        lines.append("learning rates tried (validation " + task.main_metric + "): "
-                     + ", ".join(f"{r[0]:g} -> {r[1].get(task.main_metric, float('nan')):.4f}" for r in runs))
+    rates, source = learning_rates(data, given)
+    results = []
+    for lr in rates:
+        print(f"[retrain] fixed-rank LoRA, learning rate {lr:g}")
+        training = cfg.training.model_copy(update={"learning_rate": lr})
+        results.append(train_reference(cfg.model_copy(update={"training": training}), tokens))
+    best = pick_best(results, task)
+    lines = _table(data, best, task)
+    lines.append(f"learning rate {best['learning_rate']:g}: {source}")
+    if len(results) > 1:
+        lines.append(f"learning rates tried (validation {task.main_metric}): " + ", ".join(
+            f"{t['learning_rate']:g} -> " + (f"{t['validation']:.4f}" if t["validation"] is not None else "failed")
+            for t in best["tried"]))
+    final = (best.get("metrics") or {}).get("final") or {}
+    note = task.chance_note(final, tokens.splits["validation"], tokens.label_names) if final else None
+    if note or "failure" in best:
+        lines.append(f"WARNING: the exported LoRA at learning rate {best['learning_rate']:g}: "
+                     f"{note or best['failure']}; try other rates with --learning-rate")
     return lines
 
 
-def _train(cfg: TrialConfig, tokens: Any, lr: float) -> tuple[float, dict, dict, int]:
-    run = TrialRun(cfg.model_copy(update={"training": cfg.training.model_copy(update={"learning_rate": lr})}), tokens)
-    result = run.train()
-    test = run.evaluate("test", final=True) if "test" in tokens.splits else {}
-    return lr, result.metrics.get("final", {}), test, result.trainable_params.get("final", 0)
+def _table(data: dict[str, Any], best: dict[str, Any], task: Any) -> list[str]:
+    """The AdaLoRA trial and the kept LoRA run, one line per metric."""
+    lines = [f"{'run':40s} {'metric':12s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
+    adalora = data.get("metrics") or {}
+    lora = best.get("metrics") or {}
+    for label, v, t, n in (
+        (f"AdaLoRA trial {data['trial']}", adalora.get("final") or {}, adalora.get("test") or {},
+         (data.get("trainable_params") or {}).get("final")),
+        (f"fixed-rank LoRA (exported), lr {best['learning_rate']:.2g}", lora.get("final") or {},
+         lora.get("test") or {}, (best.get("trainable_params") or {}).get("final")),
+    ):
+        lines += [f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
+                  for m in task.metrics if m in v]
+    return lines

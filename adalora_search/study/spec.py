@@ -52,6 +52,11 @@ class Objective(Frozen):
         return self.direction or METRIC_DIRECTIONS[self.metric]
 
 
+# plain LoRA often diverges at the learning rate AdaLoRA did well with, so its rate is chosen on
+# validation from these: the default of a `lora` reference and of `adalora-search retrain`
+LORA_LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+
+
 class Reference(Frozen):
     """A non-AdaLoRA run beside the search, trained with the best trial's settings unless overridden.
 
@@ -63,8 +68,8 @@ class Reference(Frozen):
     kind: Literal["lora", "full", "zero_shot"] = Field(
         description="lora: uniform rank at the best trial's final budget; full: every weight; zero_shot: no training")
     learning_rate: float | list[float] | None = Field(
-        default=None, description="one rate, or several: each is trained, the best on validation is kept "
-                                  "(default: the best trial's)")
+        default=None, description="one rate, or several: each is trained, the best on validation is kept; "
+        f"default: lora {list(LORA_LEARNING_RATES)}, full the best trial's")
     epochs: float | None = Field(default=None, gt=0,
                                  description="passes over the training rows (default: as the trials)")
 
@@ -75,6 +80,15 @@ class Reference(Frozen):
         if any(r <= 0 for r in rates) or (isinstance(value, list) and not value):
             raise ValueError(f"learning rates must be > 0 and at least one, but got {value}")
         return value
+
+    @property
+    def learning_rates(self) -> list[float | None]:
+        """The rates to train, in order (None: the best trial's own rate; zero-shot trains nothing)."""
+        if self.kind == "zero_shot":
+            return [None]
+        if self.learning_rate is None:
+            return list(LORA_LEARNING_RATES) if self.kind == "lora" else [None]
+        return list(self.learning_rate) if isinstance(self.learning_rate, list) else [self.learning_rate]
 
 
 class StudySection(Frozen):

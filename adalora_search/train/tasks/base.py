@@ -113,6 +113,13 @@ class Task(ABC):
         """Metrics of generated text, computed after training (none for tasks that do not generate)."""
         return {}
 
+    def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
+        """Why ``scores`` on ``split`` are at chance level (the run learned nothing), else None.
+
+        None as well for tasks without a chance level.
+        """
+        return None
+
     def direction(self, metric: str) -> Direction:
         return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")
 

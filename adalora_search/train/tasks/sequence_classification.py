@@ -8,6 +8,7 @@ for regression, a float. Metrics come from scikit-learn and SciPy.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
@@ -16,6 +17,10 @@ from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from adalora_search.train.data import Split
+
+CHANCE_MARGIN = 0.02  # accuracy this close above 1/classes still reads as chance
 
 
 class SequenceClassification(Task):
@@ -100,6 +105,21 @@ class SequenceClassification(Task):
 
     def _predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(-1)
+
+    def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
+        """Accuracy within ``CHANCE_MARGIN`` of 1/classes, equal to the majority class's share, or one class
+        predicted for every row.
+        """
+        accuracy = scores.get("accuracy")
+        if accuracy is None or not label_names or not len(split):
+            return None
+        majority = max(Counter(split.columns["labels"]).values()) / len(split)
+        uniform = 1 / len(label_names)
+        if (accuracy <= uniform + CHANCE_MARGIN or math.isclose(accuracy, majority, abs_tol=1e-9)
+                or scores.get("predicted_classes") == 1):
+            return (f"validation accuracy {accuracy:.4f} is at chance level (1/{len(label_names)} classes = "
+                    f"{uniform:.4f}, majority class {majority:.4f}): the run learned nothing")
+        return None
 
     def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """accuracy, macro-F1 and MCC of class ids [n] against class ids [n] (scikit-learn), and how many

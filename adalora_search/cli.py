@@ -50,7 +50,6 @@ def _configure_logging(level: int) -> None:
     if _HANDLER not in root.handlers:
         root.addHandler(_HANDLER)
     root.setLevel(level)
-    root.propagate = False
 
 
 def _quiet_libraries(verbose: bool) -> None:

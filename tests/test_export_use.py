@@ -79,13 +79,11 @@ def test_exported_adapter_loads_with_no_arguments_and_reproduces_the_trial(expor
 
 def test_every_config_names_a_loadable_base_with_the_task_labels(exported) -> None:
     study, path, out = exported
-    trial_dir = study.best_trial.user_attrs["adapter_dir"]
     labels = json.loads((out / "rank_config.json").read_text())["label_names"]
     for name in ("adapter", "lora", "adalora"):
         config = PeftConfig.from_pretrained(str(out / name))
         assert config.task_type == "SEQ_CLS"
         assert config.base_model_name_or_path == str((out / "base").resolve())  # not the training machine's
-        assert config.base_model_name_or_path != trial_dir
         base = AutoModelForSequenceClassification.from_pretrained(config.base_model_name_or_path)
         assert base.config.id2label == dict(enumerate(labels))
         if name != "adapter":

@@ -73,11 +73,11 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
 
         real_fb = engine.TrialRun._forward_backward
 
-        def oom(self, batch, step):
+        def oom(self, batch):
             calls["n"] += 1
             if calls["n"] == 3:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-            return real_fb(self, batch, step)
+            return real_fb(self, batch)
         monkeypatch.setattr(engine.TrialRun, "_forward_backward", oom)
     url = f"sqlite:///{tmp_path / 't.db'}"
     work(spec, url, Budget(2, None), tmp_path / "artifacts", log=lambda _: None)
@@ -238,7 +238,7 @@ def test_status_json_is_machine_readable(tmp_path: Path, monkeypatch, capsys) ->
     """Issue #16 item 4: `status --json` — counts, best trial, one row per trial (a failed one with its reason)."""
     import json
 
-    from conftest import run_cli
+    from conftest import cli_exit_code
     from optuna.trial import create_trial
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 2},
@@ -248,7 +248,9 @@ def test_status_json_is_machine_readable(tmp_path: Path, monkeypatch, capsys) ->
     study = optuna.load_study(study_name="t", storage=url)
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
         "failure": {"type": "TrialFailure", "message": "loss is NaN at step 3"}}))
-    code, out = run_cli(["status", str(path), "--json"], monkeypatch, capsys)
+    capsys.readouterr()
+    code = cli_exit_code(["status", str(path), "--json"], monkeypatch)
+    out = capsys.readouterr().out  # stdout only: log messages go to stderr
     assert code == 0, out
     status = json.loads(out)
     assert status["study"] == "t" and status["directions"] == ["maximize"]
@@ -261,8 +263,8 @@ def test_status_json_is_machine_readable(tmp_path: Path, monkeypatch, capsys) ->
     assert rows[0]["steps"] == 12 and rows[0]["trainable_params"]["final"] < rows[0]["trainable_params"]["initial"]
     assert rows[2]["failure"] == {"type": "TrialFailure", "message": "loss is NaN at step 3"}
     assert rows[2]["values"] is None and rows[0]["failure"] is None
-    code, again = run_cli(["status", "--storage", url, "--study", "t", "--json"], monkeypatch, capsys)
-    assert code == 0 and json.loads(again) == status
+    code = cli_exit_code(["status", "--storage", url, "--study", "t", "--json"], monkeypatch)
+    assert code == 0 and json.loads(capsys.readouterr().out) == status
 
 
 def test_sqlite_claim_lock_is_a_filelock_that_serialises_workers(tmp_path: Path) -> None:

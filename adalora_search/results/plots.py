@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from optuna.trial import FrozenTrial  # noqa: E402
 
 from adalora_search.search.record import TrialRecord  # noqa: E402
 
@@ -99,37 +103,44 @@ def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
 
 
 def history(study: optuna.Study, metric: str, path: Path) -> Path:
-    """Objective value of each completed trial and the best so far, by trial number."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if done:
-        numbers = [t.number for t in done]
-        values = [t.values[0] for t in done]
-        maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        running = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
-        ax.scatter(numbers, values, label="completed trial")
-        ax.step(numbers, running, where="post", color="tab:red", label="best so far")
-        ax.legend(fontsize=8)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"objective ({metric})")
-    ax.set_title("Optimisation history")
-    return _save(fig, path)
+    """Optuna's optimisation history (objective per trial, best so far) on the first objective."""
+    with _optuna_plot():
+        ax = optuna.visualization.matplotlib.plot_optimization_history(
+            study, target=_first_objective(study), target_name=f"objective ({metric})")
+    return _save(ax.figure, path)
 
 
 def importances(study: optuna.Study, path: Path) -> Path | None:
-    """Parameter importances (Optuna's default evaluator); None when too few trials to judge."""
+    """Optuna's parameter importances (its default evaluator); None when too few trials to judge."""
     try:
-        scores = optuna.importance.get_param_importances(study)
+        with _optuna_plot():
+            ax = optuna.visualization.matplotlib.plot_param_importances(
+                study, target=_first_objective(study, for_importance=True), target_name="objective")
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
-    if not scores:
+    if not ax.patches:  # nothing to rank (e.g. no knob varied across completed trials)
+        plt.close(ax.figure)
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.4 * len(scores) + 1.5))
-    names = list(scores)[::-1]
-    ax.barh(names, [scores[n] for n in names], color="tab:green")
-    ax.set_xlabel("importance for the objective")
-    ax.set_title("Which knobs mattered")
-    return _save(fig, path)
+    return _save(ax.figure, path)
+
+
+def _first_objective(study: optuna.Study, for_importance: bool = False) -> Callable[[FrozenTrial], float] | None:
+    """None for a single objective (Optuna reads its direction); else the first value, negated for
+    importances when maximised (Optuna's evaluator ranks params by how they reach low values).
+    """
+    if len(study.directions) == 1:
+        return None
+    sign = -1.0 if for_importance and study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    return lambda t: sign * t.values[0]
+
+
+@contextlib.contextmanager
+def _optuna_plot() -> Iterator[None]:
+    """Optuna's matplotlib plots are experimental in Optuna 5: used as they are, without the warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*(target_name|to achieve low|No artists)")
+        yield
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -280,3 +280,17 @@ def test_memory_options_platform_checks_and_load_arguments(monkeypatch) -> None:
 def test_attn_implementation_reaches_the_model() -> None:
     run = make_run(model={"attn_implementation": "eager"})
     assert run.model.base_model.model.config._attn_implementation == "eager"
+
+
+def test_checkpoint_weights_load_in_the_spec_dtype_not_the_stored_one(tmp_path) -> None:
+    """transformers 5 keeps a bf16 checkpoint in bf16 unless told: model.dtype auto means fp32 weights."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64, num_labels=2)
+    AutoModelForSequenceClassification.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    for dtype, expected in (("auto", torch.float32), ("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        spec = parse_spec(yaml.safe_dump(study_dict(model={"name_or_path": str(tmp_path), "init": "pretrained",
+                                                           "config_overrides": {}, "dtype": dtype})))
+        model = modeling.build_base(spec.model, ["a", "b"], 0)
+        assert {p.dtype for p in model.parameters()} == {expected}, dtype

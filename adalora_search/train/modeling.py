@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 import transformers
+from packaging import version
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
@@ -73,7 +74,7 @@ def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> tor
             model = auto.from_pretrained(resolve_model(spec.name_or_path), config=config,
                                          trust_remote_code=spec.trust_remote_code,
                                          ignore_mismatched_sizes=spec.ignore_mismatched_sizes,
-                                         **memory.load_kwargs(spec))
+                                         **_weights_dtype(spec), **memory.load_kwargs(spec))
     except (OSError, ValueError, RuntimeError) as exc:
         hint = ("; set model.ignore_mismatched_sizes: true to re-initialise the head"
                 if "size" in str(exc).lower() else "")
@@ -81,6 +82,18 @@ def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> tor
     if memory.quantized(spec):
         return model  # placed and typed by bitsandbytes
     return model.to(torch.bfloat16) if spec.dtype == "bfloat16" else model
+
+
+def _weights_dtype(spec: ModelSpec) -> dict[str, Any]:
+    """The dtype a checkpoint's weights load in: float32, or bfloat16 for ``model.dtype: bfloat16``.
+
+    transformers 5 otherwise keeps the checkpoint's stored dtype (bf16 for most recent LLMs), which
+    would break ``auto`` / ``float32`` (fp32 weights); a quantized base is typed by bitsandbytes.
+    """
+    if memory.quantized(spec):
+        return {}
+    key = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
+    return {key: torch.bfloat16 if spec.dtype == "bfloat16" else torch.float32}
 
 
 # the study file's adalora fields -> PEFT's AdaLoraConfig names (the one place they are renamed)

@@ -204,7 +204,7 @@ def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_count(tmp_path: Path,
                                                                                     monkeypatch) -> None:
-    from adalora_search.search import runner
+    from adalora_search.search import workers
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without a GPU: they share the CPU
     started: list[list[str]] = []
@@ -214,7 +214,7 @@ def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_cou
         started.append(cmd)
         return real_popen(cmd, **kwargs)
 
-    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    monkeypatch.setattr(workers.subprocess, "Popen", popen)
     path = write_study(tmp_path, study_dict(study={"n_trials": 3}))
     run_session(str(path), None, None, None, 1, [], workers_per_gpu=2)
     assert len(started) == 2 and all("worker" in cmd for cmd in started)
@@ -225,7 +225,7 @@ def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_cou
 
 def test_worker_slots_per_gpu() -> None:
     from adalora_search.errors import UserError
-    from adalora_search.search.runner import worker_slots
+    from adalora_search.search.workers import worker_slots
 
     assert worker_slots(1, ["0", "1"], 3) == ["0", "0", "0", "1", "1", "1"]
     assert worker_slots(1, ["2"], 1) == ["2"]

@@ -11,8 +11,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -296,49 +294,3 @@ def progress_line(study: optuna.Study, budget: Budget, deadline: float | None) -
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The best trial as status, report, export and references see it (``ranking.best``)."""
     return ranking.best(study)
-
-
-def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1) -> list[str | None]:
-    """The device of each local worker: a GPU id (``CUDA_VISIBLE_DEVICES``) or None for the CPU.
-
-    ``workers_per_gpu`` workers share each GPU of ``gpus`` (default: every visible CUDA device);
-    on a machine without one they share the CPU. A small model leaves most of a large GPU idle,
-    so several trials at once raise its utilisation.
-
-    Raises:
-        UserError: ``--workers`` and ``--workers-per-gpu`` are both above 1.
-    """
-    if workers_per_gpu > 1 and workers > 1:
-        raise UserError(f"--workers = {workers} and --workers-per-gpu = {workers_per_gpu}: choose one "
-                        "(--workers for CPU workers, --workers-per-gpu with or without --gpus)")
-    if workers_per_gpu > 1 and not gpus:
-        import torch
-
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
-    if gpus:
-        return [gpu for gpu in gpus for _ in range(workers_per_gpu)]
-    return [None] * max(workers, workers_per_gpu)
-
-
-def spawn_workers(study_file: str, url: str, budget: Budget, slots: list[str | None],
-                  allow_changed: bool = False) -> int:
-    """Start one worker process per slot (see ``worker_slots``); returns the worst exit code."""
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
-    procs = []
-    for gpu in slots:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), ADALORA_SEARCH_THREADS=str(threads))
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, "-m", "adalora_search", "worker", study_file, "--storage", url]
-        cmd += ["--n-trials", str(budget.n_trials)] if budget.n_trials else []
-        cmd += ["--timeout", str(budget.timeout)] if budget.timeout else []
-        cmd += ["--allow-changed-study"] if allow_changed else []
-        procs.append(subprocess.Popen(cmd, env=env))
-    try:
-        return max(p.wait() for p in procs)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
-        raise

@@ -20,10 +20,9 @@ from adalora_search.search.runner import (
     best_trial,
     open_study,
     prepare_data,
-    spawn_workers,
     work,
-    worker_slots,
 )
+from adalora_search.search.workers import spawn_workers, worker_slots
 from adalora_search.study.loader import load_spec
 from adalora_search.study.spec import StudySpec
 from adalora_search.train.data import TokenizedData

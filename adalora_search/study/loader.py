@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 import re
 import typing
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.study import rules
-from adalora_search.study.data_sources import DiskSource, FilesSource
+from adalora_search.study.paths import resolve_paths
 from adalora_search.study.space import with_typed_baselines
 from adalora_search.study.spec import StudySpec
 
@@ -91,48 +89,7 @@ def load_spec(path: str | Path) -> StudySpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read study file {path}: {exc}; check the path") from None
-    return _resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
-
-
-def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
-    """Relative data files and model directories are relative to the study file, not the working directory.
-
-    ``model.name_or_path`` is taken as a directory beside the study file when one exists there (or
-    when it starts with ``./`` or ``../``); otherwise it stays a packaged name or a Hub id.
-    """
-    name = spec.model.name_or_path
-    if not Path(name).is_absolute() and ((base / name).is_dir() or name.startswith(("./", "../"))):
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": str(base / name)})})
-    spec = _resolve_outputs(spec, base)
-    source = spec.data.source
-    if isinstance(source, FilesSource):
-        update: dict[str, Any] = {"paths": {k: str(base / v) for k, v in source.paths.items()}}
-    elif isinstance(source, DiskSource):
-        update = {"path": str(base / source.path)}
-    else:
-        return spec
-    data = spec.data.model_copy(update={"source": source.model_copy(update=update)})
-    return spec.model_copy(update={"data": data})
-
-
-def _resolve_outputs(spec: StudySpec, base: Path) -> StudySpec:
-    """The artifact store, the MLflow store (a sqlite file or a directory) and the TensorBoard log
-    directory: relative paths are relative to the study file; URLs of servers stay as written.
-    """
-    def local(value: str) -> str:
-        return value if len(urlparse(value).scheme) > 1 or Path(value).is_absolute() else os.path.normpath(base / value)
-
-    study = spec.study
-    if study.artifact_store:
-        study = study.model_copy(update={"artifact_store": local(study.artifact_store)})
-    mlflow, board = spec.tracking.mlflow, spec.tracking.tensorboard
-    uri = mlflow.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{os.path.normpath(base / uri.removeprefix('sqlite:///'))}"
-    tracking = spec.tracking.model_copy(update={
-        "mlflow": mlflow.model_copy(update={"tracking_uri": local(uri)}),
-        "tensorboard": board.model_copy(update={"log_dir": local(board.log_dir)})})
-    return spec.model_copy(update={"study": study, "tracking": tracking})
+    return resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
 
 
 def parse_spec(text: str, source: str = "<string>") -> StudySpec:

@@ -165,7 +165,7 @@ class TrialRun:
     def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         t = self.cfg.training
         params = [p for p in self.model.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
+        fused = self.device.type in ("cuda", "cpu")  # one fused kernel over all tensors (CPU too, torch >= 2.4)
         optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
         warmup = int(t.warmup_ratio * self.total_steps)
         scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup,

@@ -1,0 +1,120 @@
+"""The study file's ``study`` section: name, storage, objectives, sampler, trial pruner, trial budget,
+kept adapters and reference runs (the runner's sub-spec; see spec.py for the whole file).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from adalora_search.study.frozen import Frozen
+from adalora_search.study.samplers import PrunerSpec, SamplerSpec
+from adalora_search.train.tasks import TASKS
+
+# which way each metric is better, from the task registry (each task's `metrics`): an objective's
+# direction defaults from it
+METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
+    **{metric: direction for task in TASKS.values() for metric, direction in task.metrics.items()},
+    "trainable_params": "minimize",
+}
+
+
+class Objective(Frozen):
+    """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
+
+    metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params",
+                    "perplexity", "exact_match", "rouge_l", "f1", "precision", "recall"] = Field(
+        description="a metric of the task on the validation split, or trainable_params (after rank pruning)")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="maximize or minimize the metric (default: minimize for eval_loss, perplexity, "
+                                  "trainable_params; else maximize)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_direction(cls, data: Any) -> Any:
+        """Fill a missing direction from the metric, so every reader sees the resolved one."""
+        if isinstance(data, dict) and data.get("direction") is None and data.get("metric") in METRIC_DIRECTIONS:
+            return {**data, "direction": METRIC_DIRECTIONS[data["metric"]]}
+        return data
+
+    @property
+    def resolved_direction(self) -> Literal["maximize", "minimize"]:
+        """The direction written in the file, else the metric's natural one (METRIC_DIRECTIONS)."""
+        return self.direction or METRIC_DIRECTIONS[self.metric]
+
+
+# plain LoRA often diverges at the learning rate AdaLoRA did well with, so its rate is chosen on
+# validation from these: the default of a `lora` reference and of `adalora-search retrain`
+LORA_LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+
+
+class Reference(Frozen):
+    """A non-AdaLoRA run beside the search, trained with the best trial's settings unless overridden.
+
+    ``lora``: uniform rank over the best trial's target modules, at its final rank budget;
+    ``full``: every weight trainable (usually wants a lower learning rate);
+    ``zero_shot``: the base model evaluated with no adapter and no training.
+    """
+
+    kind: Literal["lora", "full", "zero_shot"] = Field(
+        description="lora: uniform rank at the best trial's final budget; full: every weight; zero_shot: no training")
+    learning_rate: float | list[float] | None = Field(
+        default=None, description="one rate, or several: each is trained, the best on validation is kept; "
+        f"default: lora {list(LORA_LEARNING_RATES)}, full the best trial's")
+    epochs: float | None = Field(default=None, gt=0,
+                                 description="passes over the training rows (default: as the trials)")
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        rates = value if isinstance(value, list) else [value] if value is not None else []
+        if any(r <= 0 for r in rates) or (isinstance(value, list) and not value):
+            raise ValueError(f"learning rates must be > 0 and at least one, but got {value}")
+        return value
+
+    @property
+    def learning_rates(self) -> list[float | None]:
+        """The rates to train, in order (None: the best trial's own rate; zero-shot trains nothing)."""
+        if self.kind == "zero_shot":
+            return [None]
+        if self.learning_rate is None:
+            return list(LORA_LEARNING_RATES) if self.kind == "lora" else [None]
+        return list(self.learning_rate) if isinstance(self.learning_rate, list) else [self.learning_rate]
+
+
+class StudySection(Frozen):
+    """``study``: name, storage, objectives, sampler, trial pruner and the budget of trials."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="the Optuna study name (letters, digits, _ . -); names the artifacts directory too")
+    storage: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file beside the study file")
+    objective: Objective | list[Objective] = Field(
+        default=Objective(metric="accuracy"), description="one objective, or a list for a Pareto search")
+    n_trials: int | None = Field(default=None, ge=1, description="finished (complete + trial-pruned) trials for "
+                                 "the whole study, over all workers and resumes (default: none, until timeout)")
+    timeout: float | None = Field(default=None, gt=0, description="seconds a run goes on (default: none)")
+    sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec.default(),
+                                 description="the Optuna sampler, chosen by type (default: tpe)")
+    pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec.default(),
+                               description="the trial pruner, chosen by type (default: median)")
+    prune_warmup: Literal["after_t_init", "none"] = Field(
+        default="after_t_init", description="no trial pruning before AdaLoRA's first rank allocation"
+    )
+    heartbeat_interval: int = Field(default=30, ge=1, description="seconds between worker heartbeats")
+    max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
+    max_consecutive_failures: int = Field(
+        default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
+    keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
+    artifact_store: str | None = Field(
+        default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
+        "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")
+    references: list[Reference] = Field(
+        default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
+    )
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
+
+

@@ -127,8 +127,9 @@ class Objective:
     def _keep_adapter(self, trial: optuna.Trial, run: TrialRun) -> None:
         """Upload this adapter to the artifact store if it is among the top-k; remove those it pushes out."""
         k = self.spec.study.keep_top_k_adapters
-        value = self._values(run)
-        if not k or self.artifact_store is None or isinstance(value, list):  # a Pareto study has no top-k
+        if not k or self.artifact_store is None or len(self.spec.study.objectives) > 1:  # Pareto: no top-k
             return
+        value = self._values(run)
+        assert isinstance(value, float)
         artifacts.keep_adapter(trial, run.save_adapter, value, k, self.spec.study.objectives[0].resolved_direction,
                                self.artifact_store)

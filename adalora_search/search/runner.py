@@ -190,9 +190,9 @@ def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, 
         while (trial := _claim(study, spec, url, budget, deadline)) is not None:
             ran += 1
             state = _run_one(study, trial, objective, spec, log)
-            line = progress_line(study, budget, deadline)
-            log(line)
-            bars.trial_done(line.partition(" | ")[2].partition(" | ")[0])  # "best 0.9 (trial 3)"
+            best = best_text(study)
+            log(progress_line(study, budget, deadline, best))
+            bars.trial_done(best)
             if state == TrialState.FAIL:
                 check_failures(study, spec.study.max_consecutive_failures)
     if grid_done(study):
@@ -273,15 +273,20 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def progress_line(study: optuna.Study, budget: Budget, deadline: float | None) -> str:
-    """One line of study progress: counts by state, best value, elapsed and estimated time left."""
+def best_text(study: optuna.Study) -> str | None:
+    """``best 0.9048 (trial 6)``: the best trial as the progress line and bar show it; None before one."""
+    best = best_trial(study)
+    return None if best is None else f"best {best.values[0]:.4f} (trial {best.number})"
+
+
+def progress_line(study: optuna.Study, budget: Budget, deadline: float | None, best: str | None) -> str:
+    """One line of study progress: counts by state, ``best`` (``best_text``), elapsed and time left."""
     counts = _counts(study)
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
     line = (f"[study {study.study_name}] {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "
             f"pruned, {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running")
-    best = best_trial(study)
     if best is not None:
-        line += f" | best {best.values[0]:.4f} (trial {best.number})"
+        line += f" | {best}"
     started = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
     if started:
         elapsed = time.time() - min(started).timestamp()

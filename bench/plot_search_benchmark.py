@@ -2,7 +2,8 @@
 
 Panels: best validation so far (top) and the test score of that trial (bottom), against cumulative
 optimizer steps (left) and wall time since the arm started (right). A seed's curve is a step
-function of its finished trials; the mean is drawn where every seed of the arm has a completed trial.
+function of its finished trials; the mean is drawn where every seed of the arm has a completed trial,
+up to the earliest end among its seeds (an arm whose trials were pruned ends sooner).
 
     python bench/plot_search_benchmark.py                                   # bench/results/search_benchmark
     python bench/plot_search_benchmark.py --results DIR --out DIR/anytime.png
@@ -58,7 +59,8 @@ def plot(runs: dict[str, list[dict]], out: Path, title: str) -> None:
             ax = axes[row][col]
             for i, (arm, raws) in enumerate(runs.items()):
                 values = np.stack([on_grid(raw["curve"], x, y, grid) for raw in raws])
-                whole = ~np.isnan(values).any(axis=0)
+                ended = min(raw["curve"][-1][x] for raw in raws)  # not drawn past an arm's last finished trial
+                whole = ~np.isnan(values).any(axis=0) & (grid <= ended)
                 mean, std = values[:, whole].mean(axis=0), values[:, whole].std(axis=0, ddof=min(1, len(raws) - 1))
                 color = colors[i % len(colors)]
                 ax.plot(grid[whole], mean, color=color, drawstyle="steps-post", label=f"{arm} (n={len(raws)})")

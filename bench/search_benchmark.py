@@ -7,19 +7,21 @@ its validation score and its test score. From these, the anytime curves: the bes
 and the test score of that trial, against cumulative optimizer steps and against wall time.
 
 Arms (``SAMPLER+PRUNER``, each built with the schema's defaults and the seed):
-  default        tpe+median: the strategy a study gets when it names no sampler or pruner
-  study          the study file's own sampler and pruner (the quickstart's: §3's tpe+pruner)
+  default        the strategy a study gets when it names no sampler or pruner (TPE, no trial pruning)
+  study          the study file's own sampler and pruner (the quickstart's: the default, with seed)
   random         random+none: RandomSampler, no trial pruning
   hf             Trainer.hyperparameter_search (Optuna TPE, its default MedianPruner), bench/hf_hpsearch.py
   tpe+hyperband  HyperbandPruner over optimizer steps, smallest rung at the first evaluation after t_init
   tpe+sha        SuccessiveHalvingPruner, first rung there too
-  gp / gp+median GPSampler; also qmc, percentile, none in any combination
+  tpe+median     MedianPruner (the default before this benchmark), after t_init
+  gp / gp+median GPSampler; also qmc, percentile, none in any combination (SAMPLER alone: no trial pruning)
+  ...@eval_loss  the same, the trial pruner reading eval_loss (study.pruning_metric), e.g. tpe+sha@eval_loss
 Output: <out>/<arm>-seed<seed>.json per run (reused when its settings match; --rerun to redo) and
 <out>/summary.json (mean ± std over seeds per arm). Plot: bench/plot_search_benchmark.py.
 
     python bench/search_benchmark.py --smoke                       # tiny model and data, 2 seeds, 3 trials
-    python bench/search_benchmark.py --seeds 0 1 2 3 4 --eval-fraction 0.3 \
-        --arms default study random hf tpe+hyperband tpe+sha gp
+    python bench/search_benchmark.py --seeds 0 1 2 3 4 --eval-fraction 0.3 --no-baselines \
+        --arms random hf default tpe+median tpe+sha tpe+hyperband tpe+sha@eval_loss
 """
 
 from __future__ import annotations
@@ -49,11 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY, SMOKE = ROOT / "studies" / "bbc_news_minilm.yaml", ROOT / "studies" / "smoke.yaml"
 SAMPLERS = {"tpe": samplers.TPE, "random": samplers.RandomS, "gp": samplers.GP, "qmc": samplers.QMC}
 PRUNERS = ("median", "percentile", "none", "hyperband", "sha")
-ALIASES = {"default": "tpe+median", "random": "random+none"}
+ALIASES = {"random": "random+none"}
 SKIPPED = {
-    "tpe+median-evalloss": "the schema prunes on the first objective's metric (objective.py reports "
-                           "objectives[0].metric); there is no separate pruning metric, and a second objective "
-                           "(eval_loss) turns trial pruning off",
     "auto": "OptunaHub's AutoSampler is not installed (no optunahub package) and loads its code from the "
             "network at run time",
 }
@@ -74,23 +73,34 @@ def strategy(spec, arm: str, seed: int, total: int) -> StudySection:
     if arm == "study":
         seeded = study.sampler.root.model_copy(update={"seed": seed})
         return study.model_copy(update={"sampler": samplers.SamplerSpec(seeded)})
-    sampler_name, _, pruner_name = ALIASES.get(arm, arm).partition("+")
-    rung = first_rung(spec, total)
-    pruner = {"median": samplers.Median(), "percentile": samplers.Percentile(), "none": samplers.NoPruner(),
-              "hyperband": samplers.Hyperband(min_resource=rung, max_resource=total),
-              "sha": samplers.SuccessiveHalving(min_resource=rung)}[pruner_name or "median"]
+    arm, _, pruning_metric = arm.partition("@")
+    if arm == "default":  # what a study gets when it names no sampler or pruner
+        sampler = samplers.SamplerSpec.default().root.model_copy(update={"seed": seed})
+        pruner = samplers.PrunerSpec.default().root
+    else:
+        sampler_name, _, pruner_name = ALIASES.get(arm, arm).partition("+")
+        rung = first_rung(spec, total)
+        sampler = SAMPLERS[sampler_name](seed=seed)
+        pruner = {"median": samplers.Median(), "percentile": samplers.Percentile(), "none": samplers.NoPruner(),
+                  "hyperband": samplers.Hyperband(min_resource=rung, max_resource=total),
+                  "sha": samplers.SuccessiveHalving(min_resource=rung)}.get(pruner_name,
+                                                                             samplers.PrunerSpec.default().root)
     return study.model_copy(update={
-        "sampler": samplers.SamplerSpec(SAMPLERS[sampler_name](seed=seed)), "pruner": samplers.PrunerSpec(pruner),
-        "prune_warmup": StudySection.model_fields["prune_warmup"].default})
+        "sampler": samplers.SamplerSpec(sampler), "pruner": samplers.PrunerSpec(pruner),
+        "prune_warmup": StudySection.model_fields["prune_warmup"].default,
+        "pruning_metric": pruning_metric or None})
 
 
 def check_arm(arm: str) -> str:
     """argparse type: a known arm name, or one listed in SKIPPED (reported, not run)."""
-    sampler_name, _, pruner_name = ALIASES.get(arm, arm).partition("+")
-    if arm in ("study", "hf") or arm in SKIPPED or (sampler_name in SAMPLERS and pruner_name in ("", *PRUNERS)):
+    base, _, pruning_metric = arm.partition("@")
+    sampler_name, _, pruner_name = ALIASES.get(base, base).partition("+")
+    known = sampler_name in SAMPLERS and pruner_name in ("", *PRUNERS) and pruning_metric in ("", "eval_loss")
+    if base in ("default", "study", "hf") or arm in SKIPPED or known:
         return arm
     raise argparse.ArgumentTypeError(f"unknown arm {arm!r}: use default, study, random, hf or SAMPLER+PRUNER with "
-                                     f"SAMPLER in {sorted(SAMPLERS)} and PRUNER in {list(PRUNERS)}")
+                                     f"SAMPLER in {sorted(SAMPLERS)} and PRUNER in {list(PRUNERS)}, "
+                                     "optionally @eval_loss")
 
 
 def variant(spec, args, seed: int):
@@ -110,7 +120,8 @@ def variant(spec, args, seed: int):
 
 
 def our_arm(spec, arm: str, seed: int, total: int, n_trials: int) -> dict:
-    study = strategy(spec, arm, seed, total).model_copy(update={"name": f"{arm.replace('+', '_')}-{seed}"})
+    name = f"{arm.replace('+', '_').replace('@', '_')}-{seed}"  # Optuna study names: letters, digits, _ . -
+    study = strategy(spec, arm, seed, total).model_copy(update={"name": name})
     run = spec.model_copy(update={"study": study})
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/s.db"
@@ -124,9 +135,12 @@ def our_arm(spec, arm: str, seed: int, total: int, n_trials: int) -> dict:
         record, done = TrialRecord.of(t), t.state == TrialState.COMPLETE
         log.append({"number": t.number, "state": t.state.name, "baseline": record.baseline,
                     "finished_s": t.datetime_complete.timestamp() - start_epoch, "steps": record.steps or 0,
-                    "validation": t.value if done else None, "test": record.metric("test", metric) if done else None})
+                    "validation": t.value if done else None, "test": record.metric("test", metric) if done else None,
+                    "history": [{k: h[k] for k in ("step", metric, "eval_loss") if k in h}
+                                for h in t.user_attrs.get("history") or []]})
     return {"wall_s": wall, "strategy": {"sampler": study.sampler.root.model_dump(),
-                                         "pruner": study.pruner.root.model_dump(), "prune_warmup": study.prune_warmup},
+                                         "pruner": study.pruner.root.model_dump(), "prune_warmup": study.prune_warmup,
+                                         "pruning_metric": study.pruning_metric},
             "trial_log": log}
 
 
@@ -181,9 +195,31 @@ def stats(values: list) -> dict:
             "n": len(got)}
 
 
+def at(curve: list[dict], key: str, limit: float) -> dict | None:
+    """The last curve point with ``key`` (steps or finished_s) at most ``limit``: the state of a run then."""
+    return next((p for p in reversed(curve) if p[key] <= limit), None)
+
+
+def goals(r: dict, rnd: dict | None, hf: dict | None) -> dict:
+    """Issue #15's goals for one run, against random search and the hf arm of the same seed (None without them).
+
+    ``steps_to_random_target_pct``: optimizer steps until the best validation is within 0.5 pt of random
+    search's final best, as % of random search's steps. ``test_at_hf_wall``: the test score of the trial
+    chosen so far when the hf arm's wall time ran out. ``time_to_hf_best_pct``: wall time until the hf
+    arm's final best validation is reached, as % of the hf arm's wall time (for hf itself: its own).
+    """
+    target = reach(r["curve"], rnd["best_validation"] - 0.005) if rnd and rnd["best_validation"] else None
+    hit = reach(r["curve"], hf and hf["best_validation"])
+    then = at(r["curve"], "finished_s", hf["wall_s"]) if hf else None
+    return {"steps_to_random_target_pct": target and 100 * target["steps"] / rnd["optimizer_steps"],
+            "test_at_hf_wall": then and then["test_of_best"],
+            "time_to_hf_best_s": hit and hit["finished_s"], "steps_to_hf_best": hit and hit["steps"],
+            "time_to_hf_best_pct": hit and 100 * hit["finished_s"] / hf["wall_s"]}
+
+
 def summarize(raws: list[dict]) -> dict:
     """Per arm, mean ± std over seeds of: steps vs random (%), best validation, test of the chosen trial,
-    time and steps to reach the hf arm's final best validation (same seed), wall time.
+    wall time, and the goals (``goals``) against the random and hf arms of the same seed.
     """
     by = {(r["arm"], r["seed"]): r for r in raws}
     arms = {}
@@ -191,12 +227,10 @@ def summarize(raws: list[dict]) -> dict:
         rows = []
         for r in (r for r in raws if r["arm"] == arm):
             rnd, hf = by.get(("random", r["seed"])), by.get(("hf", r["seed"]))
-            hit = reach(r["curve"], hf and hf["best_validation"])
             rows.append({"seed": r["seed"], "wall_s": r["wall_s"], "optimizer_steps": r["optimizer_steps"],
                          "steps_vs_random_pct": 100 * r["optimizer_steps"] / rnd["optimizer_steps"] if rnd else None,
                          "best_validation": r["best_validation"], "test_of_chosen": r["test_of_best"],
-                         "time_to_hf_best_s": hit and hit["finished_s"], "steps_to_hf_best": hit and hit["steps"],
-                         "trials": r["trials"], "pruned": r["pruned"]})
+                         **goals(r, rnd, hf), "trials": r["trials"], "pruned": r["pruned"]})
         keys = [k for k in rows[0] if k != "seed"]
         arms[arm] = {"seeds": [row["seed"] for row in rows], **{k: stats([row[k] for row in rows]) for k in keys},
                      "reached_hf_best": sum(row["time_to_hf_best_s"] is not None for row in rows), "per_seed": rows}

@@ -22,19 +22,23 @@ import search_benchmark as sb  # noqa: E402
 def test_arms_are_schema_default_strategies_with_the_seed():
     spec = load_spec(sb.STUDY)  # quickstart: t_init up to 0.2 of the steps, an evaluation every 20 steps
     assert sb.first_rung(spec, 159) == 40  # t_init <= 31 steps: the first evaluation after it
-    default = sb.strategy(spec, "default", 3, 159)
-    assert default.sampler.root == TPE(seed=3) and default.pruner.root == Median()
+    default = sb.strategy(spec, "default", 3, 159)  # the schema's: TPE, no trial pruning (BENCHMARKS §3)
+    assert default.sampler.root == TPE(seed=3) and default.pruner.root == NoPruner()
     assert default.prune_warmup == "after_t_init"
+    assert sb.strategy(spec, "tpe+median", 3, 159).pruner.root == Median()
+    assert sb.strategy(spec, "gp", 3, 159).pruner.root == NoPruner()
     random = sb.strategy(spec, "random", 3, 159)
     assert random.sampler.root == RandomS(seed=3) and random.pruner.root == NoPruner()
     hyperband = sb.strategy(spec, "tpe+hyperband", 3, 159)
     assert hyperband.pruner.root == Hyperband(min_resource=40, max_resource=159)
-    study = sb.strategy(spec, "study", 3, 159)  # the file's own: TPE with 6 startup trials, its median pruner
-    assert study.sampler.root.n_startup_trials == 6 and study.sampler.root.seed == 3
+    study = sb.strategy(spec, "study", 3, 159)  # the file's own, with this seed
+    assert study.sampler.root == spec.study.sampler.root.model_copy(update={"seed": 3})
     assert study.pruner.root == spec.study.pruner.root
     with pytest.raises(argparse.ArgumentTypeError, match="unknown arm 'tpe\\+bogus'"):
         sb.check_arm("tpe+bogus")
-    assert sb.check_arm("tpe+median-evalloss") in sb.SKIPPED  # known, reported as not supported
+    assert sb.check_arm("auto") in sb.SKIPPED  # known, reported as not run
+    on_loss = sb.strategy(spec, sb.check_arm("tpe+sha@eval_loss"), 3, 159)
+    assert on_loss.pruning_metric == "eval_loss" and default.pruning_metric is None
 
 
 def test_anytime_curve_keeps_the_first_best_and_counts_pruned_steps():
@@ -48,6 +52,23 @@ def test_anytime_curve_keeps_the_first_best_and_counts_pruned_steps():
     assert [p["best_validation"] for p in curve] == [None, 0.8, 0.8, 0.8]
     assert [p["test_of_best"] for p in curve] == [None, 0.7, 0.7, 0.7]
     assert sb.reach(curve, 0.75)["finished_s"] == 9.0 and sb.reach(curve, 0.81) is None
+    assert sb.at(curve, "finished_s", 13.0)["trial"] == 2 and sb.at(curve, "steps", 9) is None
+
+
+def test_goals_against_random_and_hf_of_the_same_seed():
+    def run(points, steps, wall):  # (finished_s, steps so far, best validation, its test)
+        curve = [{"finished_s": f, "steps": n, "best_validation": v, "test_of_best": t} for f, n, v, t in points]
+        return {"curve": curve, "optimizer_steps": steps, "wall_s": wall,
+                "best_validation": curve[-1]["best_validation"]}
+
+    rnd = run([(10, 100, 0.80, 0.7), (20, 200, 0.90, 0.8)], 200, 20)
+    hf = run([(5, 30, 0.85, 0.8), (30, 90, 0.88, 0.85)], 90, 30)
+    ours = run([(4, 40, 0.86, 0.82), (8, 70, 0.896, 0.9), (40, 150, 0.91, 0.91)], 150, 40)
+    got = sb.goals(ours, rnd, hf)
+    assert got["steps_to_random_target_pct"] == 35.0  # 0.896 >= 0.90 - 0.005 at 70 of random's 200 steps
+    assert got["test_at_hf_wall"] == 0.9  # at hf's 30 s: the trial chosen at 8 s
+    assert got["time_to_hf_best_s"] == 8 and got["time_to_hf_best_pct"] == pytest.approx(100 * 8 / 30)
+    assert sb.goals(ours, None, None) == {k: None for k in got}
 
 
 def _finished(trial: dict) -> float:

@@ -220,6 +220,7 @@ CHATS = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assist
     ("metric_of_another_task", "not a causal_lm metric"),
     ("generation_metric_on_plain_text", "plain text has none"),
     ("max_length_above_positions", "data.max_length = 512"),
+    ("pruning_on_a_metric_of_the_end", "generation metrics are computed after training only; prune on eval_loss"),
 ])
 def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tmp_path: Path, monkeypatch,
                                                       capsys) -> None:
@@ -241,6 +242,8 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
                                             "data": {"prompt_template": None, "response_field": None,
                                                      "text_fields": ["body"]}},
         "max_length_above_positions": {"data": {"max_length": 512}},
+        "pruning_on_a_metric_of_the_end": {"study": {"objective": {"metric": "exact_match"},
+                                                     "pruning_metric": "exact_match"}},
     }[case]
     data = causal_study(model, **sections)
     data["data"] = {k: v for k, v in data["data"].items() if v is not None}

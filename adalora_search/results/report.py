@@ -57,7 +57,8 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
         figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize,
                                                                         out / "pareto.png")
     figs["Optimisation history"] = plots.history(study, metric, out / "history.png")
-    figs["Intermediate values and trial pruning"] = plots.intermediate(study, metric, out / "intermediate.png")
+    reported = study.user_attrs.get("intermediate_values", metric)  # the pruning metric, negated if opposite
+    figs["Intermediate values and trial pruning"] = plots.intermediate(study, reported, out / "intermediate.png")
     importance = plots.importances(study, out / "importances.png")
     if importance is not None:
         figs["Parameter importances"] = importance

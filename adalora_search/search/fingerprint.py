@@ -40,6 +40,8 @@ def sections(spec: StudySpec) -> dict[str, Any]:
     space = {path: _dump(knob(spec, path)) for path in KNOBS}
     space["adalora.schedule.unit"] = spec.adalora.schedule.unit
     space["objectives"] = [{"metric": o.metric, "direction": o.resolved_direction} for o in spec.study.objectives]
+    if spec.study.pruning_metric is not None:  # what intermediate values mean (older studies have no key)
+        space["pruning_metric"] = spec.study.pruning_metric
     return {
         "model": spec.model.model_dump(mode="json", exclude={"dtype", "trust_remote_code"}, exclude_defaults=True),
         "data": data,

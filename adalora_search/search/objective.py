@@ -25,6 +25,7 @@ from adalora_search.study.spec import StudySpec
 from adalora_search.train import modeling
 from adalora_search.train.data import TokenizedData
 from adalora_search.train.engine import TrialRun
+from adalora_search.train.tasks import Task
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +33,19 @@ _log = logging.getLogger(__name__)
 TRIAL_ERRORS: tuple[type[BaseException], ...] = (TrialFailure, RuntimeError, ValueError, MemoryError,
                                                  ArithmeticError, IndexError, KeyError)
 Log = Callable[[str], None]
+
+
+def pruning_value(spec: StudySpec, task: Task) -> tuple[str, float]:
+    """The metric reported to the trial pruner at each evaluation and its sign (+1 or -1).
+
+    ``study.pruning_metric``, else the first objective's metric. Optuna's pruners compare intermediate
+    values in the study's direction (``optuna.pruners``), so a metric that is better the other way
+    (``eval_loss`` in a study that maximises accuracy) is reported negated.
+    """
+    objective = spec.study.objectives[0]
+    metric = spec.study.pruning_metric or objective.metric
+    same_way = metric == objective.metric or task.direction(metric) == objective.resolved_direction
+    return metric, 1.0 if same_way else -1.0
 
 
 class Objective:
@@ -73,6 +87,7 @@ class Objective:
                  tracked: TrialTracking) -> Callable[[int, dict], None]:
         objectives = self.spec.study.objectives
         metric = objectives[0].metric
+        pruning, sign = pruning_value(self.spec, run.task)
         warmup = 0
         if self.spec.study.prune_warmup == "after_t_init" and cfg.method == "adalora":
             warmup = modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)[0]
@@ -84,11 +99,11 @@ class Objective:
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
                      f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
             tracked.log(step, scores)
-            if len(objectives) > 1 or metric not in scores:
+            if len(objectives) > 1 or pruning not in scores:
                 return
-            trial.report(scores[metric], step)
+            trial.report(sign * scores[pruning], step)
             if step > warmup and trial.should_prune():
-                raise optuna.TrialPruned(f"trial pruned at step {step}: {metric} {scores[metric]:.4f}")
+                raise optuna.TrialPruned(f"trial pruned at step {step}: {pruning} {scores[pruning]:.4f}")
 
         return on_eval
 

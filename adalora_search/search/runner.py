@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from adalora_search.errors import Interrupted, RepeatedFailure, UserError
 from adalora_search.search import fingerprint, progress, ranking
 from adalora_search.search import storage as storage_mod
-from adalora_search.search.objective import TRIAL_ERRORS, Objective
+from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.samplers import QMC, Grid
 from adalora_search.study.space import enqueue_params, grid_search_space, optimizer_steps
@@ -125,6 +125,8 @@ def _enqueue_baselines(study: optuna.Study, spec: StudySpec) -> None:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([o.metric for o in spec.study.objectives])
         study.set_user_attr("task", spec.model.task)
+        metric, sign = pruning_value(spec, get_task(spec.model.task))  # what trial.report gets, for plots
+        study.set_user_attr("intermediate_values", metric if sign > 0 else f"-{metric}")
 
 
 def prepare_data(spec: StudySpec) -> TokenizedData:

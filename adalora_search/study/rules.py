@@ -24,7 +24,8 @@ from adalora_search.study.space import (
     typed_value,
 )
 from adalora_search.study.spec import StudySpec
-from adalora_search.train.tasks import get_task
+from adalora_search.train.tasks import Task, get_task
+from adalora_search.train.tasks.causal_lm import GENERATION_METRICS
 
 
 def check(spec: StudySpec) -> list[Problem]:
@@ -81,6 +82,23 @@ def _bounds(spec: StudySpec) -> list[Problem]:
             if (problem := knob_problem(path, value)) is not None]
 
 
+def _pruning_metric(spec: StudySpec, task: Task) -> list[Problem]:
+    """``study.pruning_metric`` must be a metric of the task that is computed at every evaluation."""
+    metric, where = spec.study.pruning_metric, "study.pruning_metric"
+    if metric is None:
+        return []
+    if len(spec.study.objectives) > 1:
+        return [Problem(where, metric, "a multi-objective study prunes no trials; remove study.pruning_metric")]
+    if metric not in task.metrics:
+        return [Problem(where, metric, f"not a {spec.model.task} metric; use one of {sorted(task.metrics)}")]
+    if (reason := task.check_metric(spec.data, metric)) is not None:
+        return [Problem(where, metric, reason)]
+    if metric in GENERATION_METRICS and not spec.training.generation.at_evals:
+        return [Problem(where, metric, "generation metrics are computed after training only; prune on eval_loss, "
+                                       "or set training.generation.at_evals: true")]
+    return []
+
+
 def _study(spec: StudySpec) -> list[Problem]:
     out = []
     objectives = spec.study.objectives
@@ -97,6 +115,7 @@ def _study(spec: StudySpec) -> list[Problem]:
                                f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
         elif (reason := task.check_metric(spec.data, objective.metric)) is not None:
             out.append(Problem(where, objective.metric, reason))
+    out += _pruning_metric(spec, task)
     if isinstance(spec.study.sampler.root, Grid):
         for path, dist in searched_knobs(spec):
             if not isinstance(dist, Choices):

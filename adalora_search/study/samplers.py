@@ -191,4 +191,8 @@ class PrunerSpec(RootModel[Annotated[Union[_Inner, Patient], Field(discriminator
 
     @classmethod
     def default(cls) -> PrunerSpec:
-        return cls(Median())
+        """No trial pruning: chosen by bench/search_benchmark.py (BENCHMARKS.md §3), where every trial pruner
+        tried (median, successive halving, Hyperband, on accuracy or eval_loss) found worse configurations
+        than letting trials finish, at equal optimizer steps too.
+        """
+        return cls(NoPruner())

@@ -20,11 +20,15 @@ METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
 }
 
 
+# every task's validation metrics (train/tasks: each task's `metrics`; rules.py checks the task has it)
+TaskMetric = Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "perplexity",
+                     "exact_match", "rouge_l", "f1", "precision", "recall"]
+
+
 class Objective(Frozen):
     """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
 
-    metric: Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "trainable_params",
-                    "perplexity", "exact_match", "rouge_l", "f1", "precision", "recall"] = Field(
+    metric: TaskMetric | Literal["trainable_params"] = Field(
         description="a metric of the task on the validation split, or trainable_params (after rank pruning)")
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="maximize or minimize the metric (default: minimize for eval_loss, perplexity, "
@@ -97,7 +101,12 @@ class StudySection(Frozen):
     sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec.default(),
                                  description="the Optuna sampler, chosen by type (default: tpe)")
     pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec.default(),
-                               description="the trial pruner, chosen by type (default: median)")
+                               description="the trial pruner, chosen by type (default: none, "
+                               "every trial runs to its end: BENCHMARKS.md §3)")
+    pruning_metric: TaskMetric | None = Field(
+        default=None, description="the validation metric the trial pruner reads at each evaluation (default: the "
+        "objective's); e.g. the smoother eval_loss while selecting on accuracy. Optuna's pruners compare in the "
+        "study's direction, so a metric whose better direction is the other one is reported negated")
     prune_warmup: Literal["after_t_init", "none"] = Field(
         default="after_t_init", description="no trial pruning before AdaLoRA's first rank allocation"
     )

@@ -28,7 +28,7 @@ TaskMetric = Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval
 class Objective(Frozen):
     """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
 
-    metric: TaskMetric | Literal["trainable_params"] = Field(
+    metric: Literal[TaskMetric, "trainable_params"] = Field(
         description="a metric of the task on the validation split, or trainable_params (after rank pruning)")
     direction: Literal["maximize", "minimize"] | None = Field(
         default=None, description="maximize or minimize the metric (default: minimize for eval_loss, perplexity, "

@@ -70,10 +70,11 @@ def first_rung(spec, total: int) -> int:
 def strategy(spec, arm: str, seed: int, total: int) -> StudySection:
     """The study section an arm runs: its sampler (seeded) and trial pruner, schema defaults otherwise."""
     study = spec.study
+    arm, _, pruning_metric = arm.partition("@")
     if arm == "study":
         seeded = study.sampler.root.model_copy(update={"seed": seed})
-        return study.model_copy(update={"sampler": samplers.SamplerSpec(seeded)})
-    arm, _, pruning_metric = arm.partition("@")
+        return study.model_copy(update={"sampler": samplers.SamplerSpec(seeded),
+                                        "pruning_metric": pruning_metric or study.pruning_metric})
     if arm == "default":  # what a study gets when it names no sampler or pruner
         sampler = samplers.SamplerSpec.default().root.model_copy(update={"seed": seed})
         pruner = samplers.PrunerSpec.default().root
@@ -95,8 +96,8 @@ def check_arm(arm: str) -> str:
     """argparse type: a known arm name, or one listed in SKIPPED (reported, not run)."""
     base, _, pruning_metric = arm.partition("@")
     sampler_name, _, pruner_name = ALIASES.get(base, base).partition("+")
-    known = sampler_name in SAMPLERS and pruner_name in ("", *PRUNERS) and pruning_metric in ("", "eval_loss")
-    if base in ("default", "study", "hf") or arm in SKIPPED or known:
+    known = base in ("default", "study") or (sampler_name in SAMPLERS and pruner_name in ("", *PRUNERS))
+    if arm in ("hf", *SKIPPED) or (known and pruning_metric in ("", "eval_loss")):
         return arm
     raise argparse.ArgumentTypeError(f"unknown arm {arm!r}: use default, study, random, hf or SAMPLER+PRUNER with "
                                      f"SAMPLER in {sorted(SAMPLERS)} and PRUNER in {list(PRUNERS)}, "

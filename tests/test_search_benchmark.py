@@ -6,6 +6,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,8 +35,10 @@ def test_arms_are_schema_default_strategies_with_the_seed():
     study = sb.strategy(spec, "study", 3, 159)  # the file's own, with this seed
     assert study.sampler.root == spec.study.sampler.root.model_copy(update={"seed": 3})
     assert study.pruner.root == spec.study.pruner.root
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown arm 'tpe\\+bogus'"):
-        sb.check_arm("tpe+bogus")
+    for bad in ("tpe+bogus", "hf@eval_loss", "tpe+sha@accuracy"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"unknown arm '{re.escape(bad)}'"):
+            sb.check_arm(bad)
+    assert sb.strategy(spec, sb.check_arm("study@eval_loss"), 3, 159).pruning_metric == "eval_loss"
     assert sb.check_arm("auto") in sb.SKIPPED  # known, reported as not run
     on_loss = sb.strategy(spec, sb.check_arm("tpe+sha@eval_loss"), 3, 159)
     assert on_loss.pruning_metric == "eval_loss" and default.pruning_metric is None

@@ -82,6 +82,15 @@ def _bounds(spec: StudySpec) -> list[Problem]:
             if (problem := knob_problem(path, value)) is not None]
 
 
+def _metric(spec: StudySpec, task: Task, where: str, metric: str, allowed: set[str]) -> list[Problem]:
+    """A metric named at ``where`` must be one of ``allowed`` and usable with this data."""
+    if metric not in allowed:
+        return [Problem(where, metric, f"not a {spec.model.task} metric; use one of {sorted(allowed)}")]
+    if (reason := task.check_metric(spec.data, metric)) is not None:
+        return [Problem(where, metric, reason)]
+    return []
+
+
 def _pruning_metric(spec: StudySpec, task: Task) -> list[Problem]:
     """``study.pruning_metric`` must be a metric of the task that is computed at every evaluation."""
     metric, where = spec.study.pruning_metric, "study.pruning_metric"
@@ -89,10 +98,8 @@ def _pruning_metric(spec: StudySpec, task: Task) -> list[Problem]:
         return []
     if len(spec.study.objectives) > 1:
         return [Problem(where, metric, "a multi-objective study prunes no trials; remove study.pruning_metric")]
-    if metric not in task.metrics:
-        return [Problem(where, metric, f"not a {spec.model.task} metric; use one of {sorted(task.metrics)}")]
-    if (reason := task.check_metric(spec.data, metric)) is not None:
-        return [Problem(where, metric, reason)]
+    if problems := _metric(spec, task, where, metric, set(task.metrics)):
+        return problems
     if metric in GENERATION_METRICS and not spec.training.generation.at_evals:
         return [Problem(where, metric, "generation metrics are computed after training only; prune on eval_loss, "
                                        "or set training.generation.at_evals: true")]
@@ -107,14 +114,9 @@ def _study(spec: StudySpec) -> list[Problem]:
                            "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
                            "or use one objective and cap trainable parameters with a target_r range"))
     task = get_task(spec.model.task)
-    allowed = {*task.metrics, "trainable_params"}
     for i, objective in enumerate(objectives):
         where = f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric"
-        if objective.metric not in allowed:
-            out.append(Problem(where, objective.metric,
-                               f"not a {spec.model.task} metric; use one of {sorted(allowed)}"))
-        elif (reason := task.check_metric(spec.data, objective.metric)) is not None:
-            out.append(Problem(where, objective.metric, reason))
+        out += _metric(spec, task, where, objective.metric, {*task.metrics, "trainable_params"})
     out += _pruning_metric(spec, task)
     if isinstance(spec.study.sampler.root, Grid):
         for path, dist in searched_knobs(spec):

@@ -50,6 +50,7 @@ def _configure_logging(level: int) -> None:
     if _HANDLER not in root.handlers:
         root.addHandler(_HANDLER)
     root.setLevel(level)
+    root.propagate = False  # printed once, by this handler, whatever a library does to the root logger
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -65,8 +66,7 @@ def _quiet_libraries(verbose: bool) -> None:
 @click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
 def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     """Check study files completely and summarise their search space."""
-    from adalora_search.search.runner import prepare_data
-    from adalora_search.search.session import check_model
+    from adalora_search.search.session import check_inputs
     from adalora_search.study import describe
     from adalora_search.study.loader import load_spec
 
@@ -76,8 +76,7 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
             spec = load_spec(path)
             linears, data = None, None
             if not no_data:
-                data = prepare_data(spec)
-                linears = check_model(spec, data)
+                data, linears = check_inputs(spec, path)
             click.echo(f"{path}: OK")
             for line in describe.summary(spec, linears, data):
                 click.echo("  " + line)

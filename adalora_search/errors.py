@@ -18,8 +18,9 @@ class Problem:
         where = source or "<input>"
         if self.line is not None:
             where = f"{where}:{self.line}"
-        shown = _short(self.value)
-        return f"{where}: {self.field or '<top level>'} = {shown}: {self.message}"
+        if not self.field and self.value is None:  # the file as a whole (YAML syntax, nesting)
+            return f"{where}: {self.message}"
+        return f"{where}: {self.field or '<top level>'} = {_short(self.value)}: {self.message}"
 
 
 class UserError(Exception):

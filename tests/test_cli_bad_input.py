@@ -65,3 +65,31 @@ def test_errors_carry_yaml_line_numbers(tmp_path: Path, monkeypatch, capsys) -> 
     line = next(i for i, text in enumerate(study.read_text().splitlines(), 1) if "deltaT" in text)
     code, output = run_cli(["validate", "--no-data", str(study)], monkeypatch, capsys)
     assert code == 2 and f"{study}:{line}:" in output
+
+
+@pytest.mark.parametrize("name, said, not_said", [
+    ("objective_direction_typo.yaml", "1 problem(s)", "valid list"),  # one mistake, one line
+    ("deep_nesting.yaml", "nested deeper than 50 levels", "= None"),
+    ("tab_indent.yaml", "indent with spaces, not tabs", "= None"),
+])
+def test_a_mistake_is_said_once_and_plainly(name: str, said: str, not_said: str, tmp_path: Path, monkeypatch,
+                                            capsys) -> None:
+    """Issue #21 items 7 and 8: a second confusing union line, `= None` on whole-file problems."""
+    code, output = run_cli(["validate", "--no-data", str(CORPUS / name)], monkeypatch, capsys)
+    assert code == 2 and said in output and not_said not in output, output
+
+
+def test_a_binary_file_is_not_a_path_problem(tmp_path: Path, monkeypatch, capsys) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_bytes(bytes(range(128, 256)) * 4)
+    code, output = run_cli(["validate", str(study)], monkeypatch, capsys)
+    assert code == 2 and "not a text file" in output and "check the path" not in output
+
+
+def test_problems_found_after_loading_carry_the_study_file_and_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue #21 item 7: the 4-bit refusal was located at `<input>`."""
+    study = tmp_path / "q.yaml"
+    shutil.copy(CORPUS / "quantization_4bit_on_cpu.yaml", study)
+    line = next(i for i, text in enumerate(study.read_text().splitlines(), 1) if text.startswith("  quantization:"))
+    code, output = run_cli(["validate", str(study)], monkeypatch, capsys)
+    assert code == 2 and f"{study}:{line}: model.quantization" in output and "<input>" not in output, output

@@ -78,12 +78,30 @@ def test_head_of_another_size_is_refused_before_trial_0_unless_asked(tmp_path, m
     study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
     path = write_study(tmp_path, study)
     code, out = run_cli(["run", str(path)], monkeypatch, capsys)
-    assert code == 2 and "model.ignore_mismatched_sizes = False" in out and "has 3 labels but the data has 5" in out
+    assert code == 2 and "model.ignore_mismatched_sizes = False" in out
+    assert "head has 3 outputs but model.task classification needs 5 here" in out
     assert not list(tmp_path.glob("*.db"))
     study["model"]["ignore_mismatched_sizes"] = True
     path = write_study(tmp_path, study)
     code, out = run_cli(["run", str(path)], monkeypatch, capsys)
     assert code == 0, out
+
+
+def test_a_regression_study_on_a_classifier_checkpoint_is_refused_in_validate(tmp_path, monkeypatch,
+                                                                               capsys) -> None:
+    """Issue #21 item 8: the head check did not cover regression (validate exited 0, trial 0 failed)."""
+    from conftest import study_dict, write_study
+
+    ckpt = _checkpoint_with_head(tmp_path, 3)  # an NLI-style classifier; regression needs one output
+    rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
+    (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
+    study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {},
+                              "task": "regression"}, study={"objective": {"metric": "pearson"}},
+                       data={"source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
+                             "text_fields": ["text"], "label_field": "score", "split": {"validation": 0.3}})
+    code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
+    assert code == 2 and "head has 3 outputs but model.task regression needs 1 here" in out, out
+    assert "study.yaml:" in out  # located in the study file
 
 
 def _rows(n: int, offset: int = 0) -> dict[str, list]:
@@ -143,3 +161,19 @@ def test_a_directory_that_is_not_a_saved_dataset_exits_2(tmp_path, monkeypatch, 
         code, out = run_cli(["validate", str(_disk_study(tmp_path, where))], monkeypatch, capsys)
         assert code == 2 and f"data.source.path = '{tmp_path / where}'" in out and expected in out, out
         assert "Traceback" not in out
+
+
+def test_a_head_of_another_kind_and_size_is_found_from_the_checkpoint_shapes(tmp_path, monkeypatch,
+                                                                             capsys) -> None:
+    """A token-classification checkpoint (9 tags) for 5-topic classification: its config names no sequence
+    head, but its `classifier` tensors have 9 rows; loading would fail in trial 0."""
+    from conftest import study_dict, write_study
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    ckpt = tmp_path / "ner-ckpt"
+    BertForTokenClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, num_labels=9)).save_pretrained(ckpt)
+    AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(ckpt)
+    study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
+    code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
+    assert code == 2 and "head has 9 outputs but model.task classification needs 5 here" in out, out

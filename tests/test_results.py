@@ -71,7 +71,8 @@ def test_a_trial_that_predicts_one_class_is_flagged(tmp_path: Path, monkeypatch)
     assert any("WARNING" in line and "single class" in line for line in summary_lines(spec, study))
 
 
-def test_export_of_a_trial_pruned_trial_says_so(tmp_path: Path, caplog) -> None:
+def test_export_of_a_trial_pruned_trial_says_so(tmp_path: Path, caplog, monkeypatch) -> None:
+    monkeypatch.setattr(logging.getLogger("adalora_search"), "propagate", True)  # a CLI test may have turned it off
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
     spec = load_spec(path)
     url = f"sqlite:///{tmp_path / 't.db'}"

@@ -25,7 +25,8 @@ from adalora_search.train.data import load_splits
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.modeling import load_tokenizer
 from adalora_search.train.tasks import TASKS, get_task
-from adalora_search.train.tasks.causal_lm import chat_tokens, fit, normalize, text_scores
+from adalora_search.train.tasks.causal_lm import normalize, text_scores
+from adalora_search.train.tasks.lm_rows import chat_tokens
 from adalora_search.train.tasks.token_classification import align_labels
 
 
@@ -61,8 +62,8 @@ def test_response_only_loss_equals_cross_entropy_by_hand(llama: Path) -> None:
     total, count = 0.0, 0
     run.model.eval()
     with torch.no_grad():
-        for prompt, response in zip(raw["prompt"], raw["response"]):
-            p = tokenizer(prompt)["input_ids"]
+        for headline, response in zip(raw["prompt:headline"], raw["response"]):
+            p = tokenizer(f"Headline: {headline}\nTopic:")["input_ids"]
             r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             logits = run.model(input_ids=torch.tensor([p + r])).logits[0]
             total += float(torch.nn.functional.cross_entropy(logits[len(p) - 1:-1], torch.tensor(r), reduction="sum"))
@@ -88,13 +89,6 @@ def load_spec_model(directory: Path):  # noqa: ANN201 - a ModelSpec
     from adalora_search.study.spec import ModelSpec
 
     return ModelSpec(name_or_path=str(directory), task="causal_lm")
-
-
-def test_truncation_cuts_the_prompt_start_and_drops_rows_whose_response_does_not_fit() -> None:
-    ids, mask = list(range(10)), [False] * 6 + [True] * 4
-    assert fit(ids, mask, 6, 7) == (ids[3:], mask[3:], 3)  # the start of the prompt is cut
-    assert fit(ids, mask, 6, 3) is None  # the response alone is longer than max_length
-    assert fit(ids, mask, 6, 10) == (ids, mask, 6)
 
 
 def test_generation_metrics_are_normalised_exact_match_and_rouge_l() -> None:
@@ -215,11 +209,12 @@ CHATS = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assist
     ("no_form", "causal_lm needs response_field"),
     ("unused_field", "data.label_field"),
     ("empty_responses", "every response of the train split is empty"),
-    ("responses_too_long", "every response of the train split is longer than max_length"),
+    ("responses_too_long", "no row of the train split fits in max_length tokens"),
     ("no_chat_template", "the tokenizer has no chat template"),
     ("metric_of_another_task", "not a causal_lm metric"),
     ("generation_metric_on_plain_text", "plain text has none"),
     ("max_length_above_positions", "data.max_length = 512"),
+    ("generation_on_plain_text", "plain text has no responses to generate"),
     ("pruning_on_a_metric_of_the_end", "generation metrics are computed after training only; prune on eval_loss"),
 ])
 def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tmp_path: Path, monkeypatch,
@@ -242,6 +237,8 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
                                             "data": {"prompt_template": None, "response_field": None,
                                                      "text_fields": ["body"]}},
         "max_length_above_positions": {"data": {"max_length": 512}},
+        "generation_on_plain_text": {"data": {"prompt_template": None, "response_field": None, "text_fields": ["body"]},
+                                     "training": {"generation": {"max_new_tokens": 4}}},
         "pruning_on_a_metric_of_the_end": {"study": {"objective": {"metric": "exact_match"},
                                                      "pruning_metric": "exact_match"}},
     }[case]
@@ -331,4 +328,4 @@ def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeyp
                       data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
                             "text_fields": ["tokens"], "label_field": "ner"})
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
-    assert code == 0 and "repeated rows removed (data.deduplicate): train 30" in out
+    assert code == 0 and "rows that repeat an earlier row, removed (data.deduplicate): train 30 of 60" in out

@@ -109,3 +109,22 @@ def test_a_bad_mlflow_store_is_a_user_error() -> None:
     uri = "sqlite:////proc/adalora-search-mlflow/mlruns.db"  # /proc refuses new files to every user, root too
     with pytest.raises(UserError, match="tracking.mlflow.tracking_uri"):
         Tracker(TrackingSpec.model_validate({"mlflow": {"enabled": True, "tracking_uri": uri}}), "t")
+
+
+def test_a_deleted_mlflow_experiment_is_restored_with_a_line_saying_so(tmp_path: Path, caplog,
+                                                                      monkeypatch) -> None:
+    """Issue #21 item 7: the restore happened silently."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    from adalora_search.search.tracking import _experiment
+
+    monkeypatch.setattr(logging.getLogger("adalora_search"), "propagate", True)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("t"))
+    with caplog.at_level(logging.WARNING):
+        _, experiment_id = _experiment(uri, "t")
+    assert client.get_experiment(experiment_id).lifecycle_stage == "active"
+    assert "MLflow experiment 't'" in caplog.text and "had been deleted; restored it" in caplog.text

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import yaml
 
+from adalora_search import files
 from adalora_search.errors import UserError
 from adalora_search.results.model_card import model_card
 from adalora_search.search import artifacts, ranking
@@ -64,6 +65,8 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
             raise UserError(f"--trial = {number}: no such trial in study {study.study_name!r}")
         trial = found[0]
     record = TrialRecord.of(trial)
+    for note in record.warnings:
+        _log.warning("trial %d: WARNING: %s", trial.number, note)
     if record.state != optuna.trial.TrialState.COMPLETE:
         _log.warning("trial %d is %s at step %s of %s: its allocation is where rank pruning had got to, not "
                      "AdaLoRA's final one (rank_config.json records this)", trial.number, trial.state.name,
@@ -95,6 +98,7 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_name
         "trainable_params": record.trainable_params,
         "total_steps": record.total_steps, "params": trial.params, "config": cfg.model_dump(mode="json"),
         "complete": trial.state == optuna.trial.TrialState.COMPLETE, "steps_trained": record.steps,
+        "data_content": (study.user_attrs.get("fingerprint_sections") or {}).get("data", {}).get("content"),
     }
 
 
@@ -123,17 +127,15 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None, forc
     if out.exists() and not force:
         raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
     parent = out.resolve().parent
-    try:
+    with files.writing(out):  # a full disk, a read-only folder...: exit 2 naming --out, nothing left behind
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
-    except OSError as exc:
-        raise UserError(f"--out = {str(out)!r}: cannot write there ({exc.strerror}); "
-                        "choose a writable directory") from None
-    try:
-        _write(study, trial, tmp, parent / out.name)
-        _swap(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write(study, trial, tmp, parent / out.name)
+            files.default_modes(tmp)
+            _swap(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -155,9 +157,11 @@ def base_model(cfg: TrialConfig, label_names: list[str] | None, tmp: Path, final
 
 
 def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, final: Path) -> None:
-    cfg = TrialConfig.model_validate(TrialRecord.of(trial).config)
+    record = TrialRecord.of(trial)
+    cfg = TrialConfig.model_validate(record.config)
     task = get_task(cfg.model.task)
-    labels = load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names
+    labels = (record.label_names if record.has_label_names  # as trained, even if the data changed since
+              else load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names)
     base = base_model(cfg, labels, tmp / "base", final / "base")
     data = rank_config(study, trial, labels, base)
     (tmp / "rank_config.json").write_text(json.dumps(data, indent=2))

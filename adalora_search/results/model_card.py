@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from huggingface_hub import ModelCard, ModelCardData
 
+from adalora_search.search.record import TrialRecord
 from adalora_search.train.assets import GGUF_MODELS, MODELS
 from adalora_search.train.tasks import get_task
 
@@ -73,6 +74,7 @@ def _result(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: dict[str
     names = [m for m in get_task(data["task"]).metrics if m in final]
     out += ["", "| metric | validation | test |", "|---|---|---|"]
     out += [f"| {m} | {final[m]:.4f} | {f'{test[m]:.4f}' if m in test else '-'} |" for m in names]
+    out += [f"\n**Warning:** {note}" for note in TrialRecord.of(trial).warnings]
     params = data.get("trainable_params") or {}
     if params:
         out += ["", f"Trainable parameters: {params.get('initial', 0):,} at the start, {params.get('final', 0):,} "

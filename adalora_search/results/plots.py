@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import FrozenTrial  # noqa: E402
 
+from adalora_search import files  # noqa: E402
 from adalora_search.search.record import TrialRecord  # noqa: E402
 
 
@@ -144,7 +146,10 @@ def _optuna_plot() -> Iterator[None]:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
+    """The figure as a PNG at ``path``, written whole (``files.write_bytes``)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
+    files.write_bytes(path, buffer.getvalue())
     return path

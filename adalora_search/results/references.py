@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 
 from adalora_search.results.export import lora_patterns
+from adalora_search.search import diagnostics
 from adalora_search.search.objective import TRIAL_ERRORS
 from adalora_search.search.record import TrialRecord
 from adalora_search.search.runner import best_trial
@@ -49,8 +50,11 @@ def train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
         test = run.evaluate("test", final=True) if "test" in data.splits else None
     except TRIAL_ERRORS as exc:
         return {"failure": f"{type(exc).__name__}: {exc}", "learning_rate": cfg.training.learning_rate}
+    final = run.result.metrics.get("final") or {}
+    chance = run.task.chance_note(final, data.splits["validation"], data.label_names) if final else None
     return {"metrics": {**run.result.metrics, "test": test}, "trainable_params": run.result.trainable_params,
-            "timing": run.result.timing, "learning_rate": cfg.training.learning_rate}
+            "timing": run.result.timing, "learning_rate": cfg.training.learning_rate,
+            "warnings": [chance] if chance else []}
 
 
 def pick_best(results: list[dict[str, Any]], task: Task) -> dict[str, Any]:
@@ -151,7 +155,7 @@ def _fmt(value: float | None) -> str:
 
 
 def finish_study(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> list[str]:
-    """References (once), then the summary lines ``run`` prints."""
+    """References (once), then the summary lines ``run`` prints, and what the results cannot be trusted for."""
     if spec.study.references:
         run_references(spec, study, data)
-    return summary_lines(spec, study)
+    return summary_lines(spec, study) + diagnostics.study_notes(study)

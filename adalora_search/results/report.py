@@ -14,12 +14,29 @@ import jinja2
 import optuna
 import pandas as pd
 
+from adalora_search import files
+from adalora_search.errors import UserError
 from adalora_search.results import plots, tables
+from adalora_search.search import diagnostics
+from adalora_search.search.record import TrialRecord
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
-    """CSV and Markdown tables, PNG plots and one self-contained HTML page in ``out``; returns the page."""
-    out.mkdir(parents=True, exist_ok=True)
+    """CSV and Markdown tables, PNG plots and one self-contained HTML page in ``out``; returns the page.
+
+    Each file is written whole (``files``). Raises ``UserError`` when ``out`` cannot be written.
+    """
+    created = not out.exists()
+    files.make_dir(out)
+    try:
+        return _write(study, out, top_k)
+    except UserError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing partial left: not even the empty folder this call made
+        raise
+
+
+def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     metric = tables.metric_name(study)
     trials = tables.trials_table(study)
     allocations = tables.allocations_table(study)
@@ -34,12 +51,12 @@ def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
         "references": tables.references_table(study),
     }
     for name, frame in frames.items():
-        frame.to_csv(out / f"{name}.csv")
+        files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
-    gains = _gains(trials, best, metric)
-    (out / "report.md").write_text(_markdown(study, frames, figures, gains, metric))
+    gains = _gains(trials, best, metric, study.user_attrs.get("references") or {}) + diagnostics.study_notes(study)
+    files.write_text(out / "report.md", _markdown(study, frames, figures, gains, metric))
     page = out / "report.html"
-    page.write_text(_html(study, frames, figures, gains, metric))
+    files.write_text(page, _html(study, frames, figures, gains, metric))
     return page
 
 
@@ -65,7 +82,7 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
     return figs
 
 
-def _gains(trials: pd.DataFrame, best, metric: str) -> list[str]:
+def _gains(trials: pd.DataFrame, best, metric: str, references: dict) -> list[str]:
     """Sentences on the best trial's gain over each baseline, on test when stored, else validation."""
     if best is None or trials.empty:
         return ["No completed trial yet."]
@@ -75,6 +92,9 @@ def _gains(trials: pd.DataFrame, best, metric: str) -> list[str]:
     best_value = trials.loc[best.number, col]
     out = [f"Best trial {best.number}: {label} {metric} {best_value:.4f}, "
            f"{100 * (trials.loc[best.number, 'params_share_final'] or 0):.2f}% of the parameters trainable."]
+    out += [f"WARNING (best trial {best.number}): {note}" for note in TrialRecord.of(best).warnings]
+    out += [f"WARNING (reference {kind}): {note}" for kind, ref in references.items() for note in ref.get("warnings")
+            or []]
     for number, row in trials[(trials["baseline"] != "") & (trials["state"] == "COMPLETE")].iterrows():
         if number == best.number:
             out.append(f"The best trial is baseline '{row['baseline']}': the search found nothing better yet.")

@@ -22,6 +22,7 @@ from adalora_search.results.export import lora_patterns
 from adalora_search.results.references import pick_best, train_reference
 from adalora_search.study.space import LoraKnobs, TrialConfig
 from adalora_search.study.spec import LORA_LEARNING_RATES
+from adalora_search.train import sources
 from adalora_search.train.data import load_tokenized
 from adalora_search.train.modeling import load_tokenizer
 from adalora_search.train.tasks import get_task
@@ -69,8 +70,10 @@ def retrain(export_dir: Path, given: list[float] | None = None) -> list[str]:
         lines.append(f"learning rates tried (validation {task.main_metric}): " + ", ".join(
             f"{t['learning_rate']:g} -> " + (f"{t['validation']:.4f}" if t["validation"] is not None else "failed")
             for t in best["tried"]))
-    final = (best.get("metrics") or {}).get("final") or {}
-    note = task.chance_note(final, tokens.splits["validation"], tokens.label_names) if final else None
+    if data.get("data_content") not in (None, sources.content_identity(cfg.data.source)):
+        lines.append("WARNING: the data files changed since the study ran (their content differs from what the "
+                     "trial trained on): the trial's figures above are not comparable with this run")
+    note = (best.get("warnings") or [None])[0]  # train_reference's chance_note
     if note or "failure" in best:
         lines.append(f"WARNING: the exported LoRA at learning rate {best['learning_rate']:g}: "
                      f"{note or best['failure']}; try other rates with --learning-rate")

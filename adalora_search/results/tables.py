@@ -118,7 +118,8 @@ def references_table(study: optuna.Study) -> pd.DataFrame:
         rows.append({"reference": kind, "of_trial": ref.get("of_trial"),
                      f"final_{metric}": (metrics.get("final") or {}).get(metric),
                      f"test_{metric}": (metrics.get("test") or {}).get(metric),
-                     "params_final": params.get("final"), "failure": ref.get("failure", "")})
+                     "params_final": params.get("final"), "failure": ref.get("failure", ""),
+                     "warnings": " | ".join(ref.get("warnings") or [])})
     return pd.DataFrame(rows)
 
 

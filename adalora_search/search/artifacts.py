@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta, upload_artifact
@@ -74,7 +76,31 @@ def open_store(location: str, field: str = "study.artifact_store", create: bool 
         except OSError as exc:
             raise UserError(f"{field} = {location!r}: cannot create the directory ({exc.strerror}); "
                             "choose a writable directory") from None
-    return FileSystemArtifactStore(location)
+    return AtomicFileSystemArtifactStore(location)
+
+
+class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
+    """Optuna's directory store, writing each artifact under a temporary name and renaming it into place:
+    a full disk leaves no partial artifact behind.
+    """
+
+    def __init__(self, base_path: str | Path) -> None:
+        super().__init__(base_path)
+        self._root = Path(base_path)
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Store ``content_body`` as ``artifact_id``, whole or not at all (raises the ``OSError``)."""
+        if Path(artifact_id).name != artifact_id:
+            raise ValueError(f"Invalid artifact_id: {artifact_id}")
+        fd, tmp = tempfile.mkstemp(dir=self._root, prefix=f".{artifact_id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+            os.replace(tmp, self._root / artifact_id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def adapter_meta(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> list:
@@ -93,7 +119,8 @@ def keep_adapter(trial: optuna.Trial, save: Callable[[str], None], value: float,
 
     ``save(directory)`` writes the adapter (PEFT ``save_pretrained``); ``value`` is this trial's
     objective value, ``direction`` "maximize" or "minimize"; ties go to the earlier trial, as in
-    Optuna. Raises ``UserError`` when the store at ``location`` cannot be written.
+    Optuna. Raises whatever the store raised when the adapter cannot be written there (the trial's
+    ``adapter_store`` then reads None); the caller keeps the trained result regardless.
     """
     study = trial.study
     trials = study.get_trials(deepcopy=False)
@@ -124,14 +151,14 @@ def _upload(trial: optuna.Trial, save: Callable[[str], None], store, location: s
     trial.set_user_attr(STORE_ATTR, location)  # before the upload: a record without a file is then explained
     with tempfile.TemporaryDirectory(prefix="adalora-adapter-") as tmp:
         directory, archive = Path(tmp) / "adapter", Path(tmp) / ADAPTER_FILE
-        save(str(directory))
-        with tarfile.open(archive, "w:gz") as tar:
-            tar.add(directory, arcname=".")
         try:
+            save(str(directory))
+            with tarfile.open(archive, "w:gz") as tar:
+                tar.add(directory, arcname=".")
             upload_artifact(artifact_store=store, file_path=str(archive), study_or_trial=trial)
-        except OSError as exc:
-            raise UserError(f"study.artifact_store = {location!r}: cannot write the adapter of trial "
-                            f"{trial.number} there ({exc}); choose a writable store") from None
+        except BaseException:
+            trial.set_user_attr(STORE_ATTR, None)  # no adapter went to the store
+            raise
 
 
 def restore_adapter(study: optuna.Study, trial: FrozenTrial, dest: Path) -> bool:

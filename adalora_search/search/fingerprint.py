@@ -23,6 +23,7 @@ from adalora_search.errors import UserError
 from adalora_search.study.data_sources import DiskSource, FilesSource
 from adalora_search.study.space import KNOBS, knob
 from adalora_search.study.spec import StudySpec
+from adalora_search.train import sources
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def sections(spec: StudySpec) -> dict[str, Any]:
         data["source"]["paths"] = {k: Path(v).name for k, v in spec.data.source.paths.items()}
     if isinstance(spec.data.source, DiskSource):
         data["source"]["path"] = Path(spec.data.source.path).name
+    if (content := sources.content_identity(spec.data.source)) is not None:  # the files' content, not their path
+        data["content"] = content
     space = {path: _dump(knob(spec, path)) for path in KNOBS}
     space["adalora.schedule.unit"] = spec.adalora.schedule.unit
     space["objectives"] = [{"metric": o.metric, "direction": o.resolved_direction} for o in spec.study.objectives]
@@ -60,14 +63,22 @@ def hashes(readable: dict[str, Any]) -> dict[str, str]:
 def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log=_log.info) -> None:
     """Record the fingerprint on a study that has none; refuse (or warn, if allowed) when it differs."""
     readable = sections(spec)
-    current = hashes(readable)
     stored = study.user_attrs.get("fingerprint")
     if stored is None:  # a new study, or one created before fingerprints existed
-        study.set_user_attr("fingerprint", current)
+        study.set_user_attr("fingerprint", hashes(readable))
         study.set_user_attr("fingerprint_sections", readable)
         return
+    if "content" not in study.user_attrs.get("fingerprint_sections", {}).get("data", {"content": None}):
+        readable["data"].pop("content", None)  # a study from before content was recorded: compare the rest
+    current = hashes(readable)
     changed = [name for name in current if stored.get(name) != current[name]]
     if not changed:
+        return
+    if not _has_results(study):  # only failed trials: nothing to mix, the edited file takes over
+        study.set_user_attr("fingerprint", hashes(sections(spec)))
+        study.set_user_attr("fingerprint_sections", sections(spec))
+        log(f"study {spec.study.name!r}: the study file changed ({', '.join(changed)}); the stored study holds no "
+            "result yet (only failed trials), so it goes on with the edited file")
         return
     details = _differences(study.user_attrs.get("fingerprint_sections", {}), readable, changed)
     message = (f"study.name = {spec.study.name!r}: the stored study was created from a different study file; "
@@ -75,6 +86,13 @@ def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log
     if not allow_changed:
         raise UserError(message)
     log(f"WARNING (--allow-changed-study): {message}")
+
+
+def _has_results(study: optuna.Study) -> bool:
+    """Whether the study holds a trial whose results a new trial could be mixed with (not only failures)."""
+    return any(t.state != optuna.trial.TrialState.FAIL and not (t.state == optuna.trial.TrialState.WAITING
+                                                                  and t.user_attrs.get("baseline"))
+               for t in study.get_trials(deepcopy=False))
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], changed: list[str], limit: int = 4) -> str:

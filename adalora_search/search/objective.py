@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from adalora_search import files
 from adalora_search.errors import TrialFailure
 from adalora_search.search import artifacts
 from adalora_search.search.tracking import Tracker, TrialTracking
@@ -73,8 +74,8 @@ class Objective:
             run.train(self._on_eval(trial, cfg, run, tracked))
             if "test" in self.data.splits:
                 run.result.metrics["test"] = run.evaluate("test", final=True)
-            self._keep_adapter(trial, run)
-            self._warn(trial, run)
+            kept = self._keep_adapter(trial, run)
+            self._warn(trial, run, [] if kept is None else [kept])
             return self._values(run)
         except TRIAL_ERRORS as exc:
             trial.set_user_attr("failure", {"type": type(exc).__name__, "message": str(exc)[:2000]})
@@ -107,13 +108,12 @@ class Objective:
 
         return on_eval
 
-    def _warn(self, trial: optuna.Trial, run: TrialRun) -> None:
+    def _warn(self, trial: optuna.Trial, run: TrialRun, notes: list[str]) -> None:
         """Results a user can misread are stored and printed with the trial, never left silent."""
         final = run.result.metrics.get("final") or {}
-        notes = []
-        if final.get("predicted_classes") == 1:
-            notes.append("predicts a single class for every validation example (MCC 0): the model ignores its "
-                         "input; lower the learning rate or train longer")
+        chance = run.task.chance_note(final, self.data.splits["validation"], self.data.label_names) if final else None
+        if chance is not None:
+            notes.append(chance)
         if notes:
             trial.set_user_attr("warnings", notes)
             for note in notes:
@@ -131,6 +131,7 @@ class Objective:
     def _write_attrs(self, trial: optuna.Trial, run: TrialRun | None, seconds: float) -> None:
         attrs: dict[str, Any] = run.result.as_attrs() if run is not None else {"timing": {}}
         attrs["timing"]["wall_s"] = round(seconds, 3)
+        attrs["label_names"] = self.data.label_names  # what its head's ids mean (export reads it, not the data)
         if run is not None:
             attrs["total_steps"] = run.total_steps
             attrs["method"] = run.cfg.method
@@ -139,12 +140,23 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, json.loads(json.dumps(value)))
 
-    def _keep_adapter(self, trial: optuna.Trial, run: TrialRun) -> None:
-        """Upload this adapter to the artifact store if it is among the top-k; remove those it pushes out."""
+    def _keep_adapter(self, trial: optuna.Trial, run: TrialRun) -> str | None:
+        """Upload this adapter to the artifact store if it is among the top-k; remove those it pushes out.
+
+        A side effect: when it fails (a full disk, an unreachable bucket) the trained result is kept and the
+        failure is returned as a warning (also in the user attr ``adapter_failure``), never raised.
+        """
         k = self.spec.study.keep_top_k_adapters
         if not k or self.artifact_store is None or len(self.spec.study.objectives) > 1:  # Pareto: no top-k
-            return
+            return None
         value = self._values(run)
         assert isinstance(value, float)
-        artifacts.keep_adapter(trial, run.save_adapter, value, k, self.spec.study.objectives[0].resolved_direction,
-                               self.artifact_store)
+        try:
+            artifacts.keep_adapter(trial, run.save_adapter, value, k,
+                                   self.spec.study.objectives[0].resolved_direction, self.artifact_store)
+        except Exception as exc:  # noqa: BLE001 - any failure of the upload leaves the trained trial COMPLETE
+            reason = files.reason(exc)
+            trial.set_user_attr("adapter_failure", reason)
+            return (f"its adapter could not be kept in the artifact store {self.artifact_store} ({reason}); the "
+                    "trial's results are stored, but export has no adapter/ for it")
+        return None

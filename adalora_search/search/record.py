@@ -24,6 +24,7 @@ class TrialRecord:
     metrics: dict[str, dict[str, float]]  # "final" / "best" (validation) and "test" -> metric -> value
     rank_allocation: dict[str, int]  # adapted module -> final rank
     budget_curve: list[list[int]]  # [[optimizer step, total rank], ...]
+    history: list[dict[str, float]]  # every validation pass: step, the task's metrics, train_loss, budget
     trainable_params: dict[str, int]  # initial, final (after rank pruning), model_total
     timing: dict[str, Any]  # seconds, tokens/s, peak memory, device, steps
     total_steps: int | None
@@ -31,9 +32,12 @@ class TrialRecord:
     failure: dict[str, str] | None = None  # type, message
     warnings: list[str] = field(default_factory=list)
     adapter_store: str | None = None  # the artifact store its kept adapter was uploaded to (search/artifacts.py)
+    adapter_failure: str | None = None  # why its adapter could not be kept (the trial itself is complete)
     dropped_adapters: list[int] = field(default_factory=list)  # trials whose adapters it pushed out of the top-k
     adapter_dir: str | None = None  # studies from before artifact stores: a local directory
     worker: str | None = None
+    label_names: list[str] | None = None  # class or tag names in id order, as the trial trained them
+    has_label_names: bool = False  # label_names was stored (studies from before it was are read from the data)
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -42,11 +46,13 @@ class TrialRecord:
             number=trial.number, state=trial.state, values=trial.values, params=dict(trial.params),
             config=a.get("config"), metrics={k: v for k, v in (a.get("metrics") or {}).items() if v},
             rank_allocation=dict(a.get("rank_allocation") or {}), budget_curve=list(a.get("budget_curve") or []),
+            history=list(a.get("history") or []),
             trainable_params=dict(a.get("trainable_params") or {}), timing=dict(a.get("timing") or {}),
             total_steps=a.get("total_steps"), baseline=a.get("baseline"), failure=a.get("failure"),
             warnings=list(a.get("warnings") or []), adapter_store=a.get("adapter_store"),
+            adapter_failure=a.get("adapter_failure"),
             dropped_adapters=list(a.get("dropped_adapters") or []), adapter_dir=a.get("adapter_dir"),
-            worker=a.get("worker"),
+            worker=a.get("worker"), label_names=a.get("label_names"), has_label_names="label_names" in a,
         )
 
     def metric(self, which: str, name: str) -> float | None:

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from adalora_search.errors import Interrupted, RepeatedFailure, UserError
-from adalora_search.search import fingerprint, progress, ranking
+from adalora_search.search import diagnostics, fingerprint, progress, ranking
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
 from adalora_search.search.record import TrialRecord
@@ -175,14 +175,18 @@ def grid_done(study: optuna.Study, counts: dict[TrialState, int] | None = None) 
 
 
 def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, log=_log.info,
-         data: TokenizedData | None = None, allow_changed: bool = False) -> int:
+         data: TokenizedData | None = None, allow_changed: bool = False, study: optuna.Study | None = None) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here.
+
+    ``data`` and ``study``: already loaded and opened by the caller (else done here).
 
     Raises ``RepeatedFailure`` (exit code 2) once the study's last ``max_consecutive_failures``
     finished trials all failed, and re-raises a ``UserError`` from a trial after marking it FAIL.
     """
     data = data if data is not None else prepare_data(spec)
-    study = open_study(spec, url, allow_changed, log)
+    study = study if study is not None else open_study(spec, url, allow_changed, log)
+    if study.user_attrs.get(diagnostics.DATA_NOTES) != data.notes():
+        study.set_user_attr(diagnostics.DATA_NOTES, data.notes())
     objective = Objective(spec, data, artifact_store, log)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0

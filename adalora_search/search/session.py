@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from adalora_search.errors import UserError
-from adalora_search.search import artifacts
+from adalora_search.search import artifacts, diagnostics
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.record import TrialRecord
 from adalora_search.search.runner import (
@@ -23,7 +23,7 @@ from adalora_search.search.runner import (
     work,
 )
 from adalora_search.search.workers import spawn_workers, worker_slots
-from adalora_search.study.loader import load_spec
+from adalora_search.study.loader import load_spec, located
 from adalora_search.study.spec import StudySpec
 from adalora_search.train.data import TokenizedData
 
@@ -62,28 +62,42 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     spec = load_spec(study_file)
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
-    data = prepare_data(spec)  # data and model problems are reported before any storage is touched
-    check_model(spec, data)
+    data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {len(study.trials)} trials stored")
+    for note in data.notes():
+        _log.info(f"data: {note}")
     if len(slots) > 1 or slots[0] is not None:
         code = spawn_workers(study_file, url, budget, slots, allow_changed)
         if code != 0:
             raise UserError(f"a worker exited with code {code} (its message is above); the study stopped before "
                             "the reference runs; fix the cause and `run` again to resume")
     else:
-        work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed)
+        work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed, study=study)
     return [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
             f"export: adalora-search export {study_file} --out DIR"]
 
 
 def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, int]]:
     """Inspect the model (meta device) and refuse what would fail every trial; returns its Linears."""
-    from adalora_search.train import modeling
+    from adalora_search.train import model_checks, modeling
 
     linears, config = modeling.inspect(spec.model, data.label_names)
-    modeling.check_model(spec, linears, config, data.label_names)
+    model_checks.check_model(spec, linears, config, data.label_names)
     return linears
+
+
+def check_inputs(spec: StudySpec, study_file: str) -> tuple[TokenizedData, dict[str, tuple[int, int]]]:
+    """Load the data and inspect the model (what ``validate`` and ``run`` do before trial 0).
+
+    Raises:
+        UserError: the data or the model cannot be used; problems located at their line of ``study_file``.
+    """
+    try:
+        data = prepare_data(spec)
+        return data, check_model(spec, data)
+    except UserError as exc:
+        raise located(exc, study_file) from None
 
 
 def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
@@ -133,6 +147,10 @@ def status_lines(study: optuna.Study) -> list[str]:
         lines.append(f"  budget: total rank {record.total_rank}, "
                      f"trainable params {params.get('initial')} -> {params.get('final')}")
         lines += [f"  WARNING: {note}" for note in record.warnings]
+    lines += diagnostics.study_notes(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (failure := TrialRecord.of(t).adapter_failure) is not None and t.number != getattr(best, "number", None):
+            lines.append(f"WARNING: trial {t.number}'s adapter was not kept ({failure}); its results are stored")
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, "
                      f"last step {t.last_step}, worker {TrialRecord.of(t).worker or '?'}")
@@ -161,9 +179,12 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
         record = TrialRecord.of(t)
         rows.append({"number": t.number, "state": t.state.name, "values": t.values, "steps": record.steps,
                      "total_steps": record.total_steps, "trainable_params": record.trainable_params,
-                     "failure": record.failure, "baseline": record.baseline, "worker": record.worker})
+                     "failure": record.failure, "adapter_failure": record.adapter_failure,
+                     "baseline": record.baseline, "worker": record.worker})
     data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
-            "objectives": study.user_attrs.get("objectives"), "counts": counts, "best": best_row, "trials": rows}
+            "objectives": study.user_attrs.get("objectives"), "counts": counts, "best": best_row,
+            "data_notes": study.user_attrs.get(diagnostics.DATA_NOTES) or [],
+            "warnings": diagnostics.constant_objectives(study), "trials": rows}
     return _finite(data)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,7 +86,15 @@ def mask(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> RDBStorage:
-    """An RDBStorage with heartbeats; a killed worker's trial is failed and re-queued."""
+    """An RDBStorage with heartbeats; a killed worker's trial is failed and re-queued.
+
+    Workers started at the same instant on an empty database would race to create Optuna's tables
+    (optuna/optuna#1092): the creation runs under a lock (a PostgreSQL advisory lock, a MySQL named
+    lock, the SQLite file lock), and an "already exists" error is retried.
+
+    Raises:
+        UserError: the URL is malformed, the server cannot be reached, or the driver is missing.
+    """
     check_url(url)
     parsed = make_url(url)
     engine_kwargs: dict = {}
@@ -97,44 +106,80 @@ def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> 
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": _connect_timeout(parsed.get_backend_name())}
-    try:
-        return RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-            grace_period=heartbeat_interval * 2,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:200].replace(parsed.password or "\0", "***")
-        raise UserError(f"study.storage = {mask(url)!r}: cannot open the storage ({type(exc).__name__}: "
-                        f"{reason}); check that the server runs and the URL is right") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with named_lock(url, "schema"):
+                return RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                    grace_period=heartbeat_interval * 2,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            if _already_exists(exc) and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))  # another process created the tables meanwhile: open them
+                continue
+            raise _storage_error(url, exc) from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_ATTEMPTS = 5
+
+
+def _already_exists(exc: BaseException) -> bool:
+    """The "already exists" family: a concurrent creation of the same table, type, index or version row."""
+    text = str(exc).lower()
+    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                            sqlalchemy.exc.OperationalError)) and (
+        "already exists" in text or "duplicate" in text or "unique constraint" in text)
+
+
+def _storage_error(url: str, exc: BaseException) -> UserError:
+    """A clear error: the connection hint only for connection failures."""
+    parsed = make_url(url)
+    reason = str(exc).splitlines()[0][:200].replace(parsed.password or "\0", "***")
+    if isinstance(exc, ImportError):
+        hint = f"install the database driver for {parsed.drivername} (e.g. pip install psycopg[binary])"
+    elif isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) and not _already_exists(exc):
+        hint = "check that the server runs and the URL is right"
+    else:
+        hint = "run the command again; if it repeats, check the database (another program may use these tables)"
+    return UserError(f"study.storage = {mask(url)!r}: cannot open the storage ({type(exc).__name__}: {reason}); "
+                     f"{hint}")
 
 
 def _connect_timeout(backend: str) -> dict:
     return {"connect_timeout": 10} if backend in ("postgresql", "mysql") else {}
 
 
+def claim_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """Serialise 'count the trials, then ask for one' across workers sharing this storage (``named_lock``)."""
+    return named_lock(url, "claim")
+
+
 @contextlib.contextmanager
-def claim_lock(url: str) -> Iterator[None]:
-    """Serialise 'count the trials, then ask for one' across workers sharing this storage.
+def named_lock(url: str, name: str) -> Iterator[None]:
+    """A lock held across processes (and machines) sharing the storage at ``url``.
 
     SQLite: a ``filelock.FileLock`` on ``<database>.lock`` beside the database (an OS lock, released
-    when a worker dies; the file stays); PostgreSQL: an advisory lock.
+    when a process dies; the file stays; never nested); PostgreSQL: an advisory lock; MySQL: a named
+    lock (``GET_LOCK``); other backends: none (best effort).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
+    key = zlib.crc32(f"adalora-search-{name}".encode())
     if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
         with FileLock(f"{parsed.database}.lock"):
             yield
-    elif backend == "postgresql":
-        engine = _lock_engine(url)
-        key = zlib.crc32(b"adalora-search-claim")
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+    elif backend in ("postgresql", "mysql"):
+        lock, unlock = (("SELECT pg_advisory_lock(%d)", "SELECT pg_advisory_unlock(%d)") if backend == "postgresql"
+                        else ("SELECT GET_LOCK('adalora-search-%d', 600)", "SELECT RELEASE_LOCK('adalora-search-%d')"))
+        with _lock_engine(url).connect() as conn:
+            conn.execute(sqlalchemy.text(lock % key))
             try:
                 yield
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    else:  # other backends: best effort (n_trials may be exceeded by concurrently claimed trials)
+                conn.execute(sqlalchemy.text(unlock % key))
+    else:
         yield
 
 
@@ -143,7 +188,8 @@ _ENGINES: dict[str, sqlalchemy.Engine] = {}
 
 def _lock_engine(url: str) -> sqlalchemy.Engine:
     if url not in _ENGINES:
-        _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                 connect_args=_connect_timeout(make_url(url).get_backend_name()))
     return _ENGINES[url]
 
 

@@ -211,6 +211,9 @@ def _experiment(uri: str, name: str) -> tuple[Any, str]:
                     raise
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+            _log.warning(f"MLflow experiment {name!r} (id {experiment.experiment_id}) had been deleted; restored it "
+                         "to log this study's runs there (delete it for good with `mlflow gc`, or name another "
+                         "study, to start afresh)")
         return client, experiment.experiment_id
     except Exception as exc:  # noqa: BLE001 - whatever the store raises, the user fixes the URI or the server
         reason = str(exc).splitlines()[0][:200] if str(exc) else ""

@@ -35,14 +35,7 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
 def _data(data: TokenizedData) -> list[str]:
     sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
     lines = [f"data: {sizes} rows"]
-    repeated = {k: v for k, v in data.duplicates.items() if v}
-    if repeated:
-        lines.append("  repeated rows removed (data.deduplicate): "
-                     + ", ".join(f"{k} {v}" for k, v in repeated.items()))
-    dropped = {k: v for k, v in data.dropped.items() if v}
-    if dropped:
-        lines.append("  rows dropped (response longer than data.max_length): "
-                     + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    lines += [f"  {note}" for note in data.notes()]
     labels = data.splits["train"].columns["labels"]
     if data.label_names is not None and labels and not isinstance(labels[0], list):
         counts = Counter(labels)

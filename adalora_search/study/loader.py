@@ -87,9 +87,27 @@ def load_spec(path: str | Path) -> StudySpec:
                             f"small (limit {MAX_BYTES // 2**20} MB); check that this is the right file",
                             source=str(path))
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read study file {path}: {exc}; check the path") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
+                        "UTF-8); a study file is YAML text, check that this is the right file",
+                        source=str(path)) from None
+    except OSError as exc:
+        raise UserError(f"cannot read study file {path}: {exc.strerror or exc}; check the path") from None
     return resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
+
+
+def located(error: UserError, path: str | Path) -> UserError:
+    """``error`` with its problems placed at their line of the study file ``path`` (for problems found
+    after loading: data, model, platform); the error itself when it has no problems or the file is unreadable.
+    """
+    if not error.problems or error.source is not None:
+        return error
+    try:
+        lines = _line_index(StudyLoader(Path(path).read_text(encoding="utf-8")).get_single_node())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return error
+    return UserError(error.message, [p if p.line is not None else _with_line(p, lines) for p in error.problems],
+                     str(path))
 
 
 def parse_spec(text: str, source: str = "<string>") -> StudySpec:
@@ -102,7 +120,7 @@ def parse_spec(text: str, source: str = "<string>") -> StudySpec:
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as exc:
-        problems = [_from_pydantic(err, data, lines) for err in exc.errors()]
+        problems = [_from_pydantic(err, data, lines) for err in _without_other_branches(exc.errors(), data)]
         raise UserError(f"{source}: {len(problems)} problem(s) in the study file", problems, source) from None
     problems = [_with_line(p, lines) for p in rules.check(spec)]
     if problems:
@@ -124,6 +142,8 @@ def _safe_yaml(text: str, source: str) -> tuple[dict[str, Any], Any]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         detail = str(getattr(exc, "problem", None) or exc)
+        if "'\\t'" in detail or "\t" in detail:
+            detail += "; indent with spaces, not tabs (YAML does not allow tabs for indentation)"
         if "python/" in str(exc):
             detail = "python YAML tags are refused (study files are plain data); remove the !!python tag"
         raise UserError(f"{source}: not valid YAML", [Problem("", None, detail, line)], source) from None
@@ -221,7 +241,7 @@ def _union_tags() -> frozenset[str]:
 
 def _is_tag(part: Any) -> bool:
     """Pydantic's names for union branches in an error location (not keys of the study file)."""
-    return isinstance(part, str) and (part.startswith(("function-", "Choices[")) or part[:1].isupper()
+    return isinstance(part, str) and (part.startswith(("function-", "Choices[", "list[", "dict[")) or part[:1].isupper()
                                       or part in _union_tags())
 
 
@@ -230,6 +250,21 @@ def _render(path: tuple[Any, ...]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _without_other_branches(errors: list[Any], data: Any) -> list[Any]:
+    """Drop a union's "should be a valid list" error when the value is a mapping whose own errors are shown
+    (``objective: {metric, direction}`` or a list of them): one problem, said once.
+    """
+    paths = [_data_path(tuple(e["loc"]), data) for e in errors]
+    return [e for e, path in zip(errors, paths)
+            if not (e["type"] == "list_type" and isinstance(e.get("input"), dict)
+                    and any(o is not e and other[:len(path)] == path for o, other in zip(errors, paths)))]
+
+
+# constraints of the spec written as patterns, said in words
+_PATTERNS = {r"^[A-Za-z0-9_.\-]+$": "use only letters, digits and _ . - (no spaces, slashes or other signs), "
+                                     "e.g. bbc_news-v2"}
 
 
 def _from_pydantic(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], int]) -> Problem:
@@ -242,6 +277,8 @@ def _from_pydantic(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], 
         message = f"unknown key; {hint}allowed here: {', '.join(allowed)}"
     elif err["type"] == "missing":
         message = "required field is missing; add it"
+    elif err["type"] == "string_pattern_mismatch":
+        message = _PATTERNS.get(err.get("ctx", {}).get("pattern"), message)
     line = _nearest_line(path, lines)
     return Problem(_render(path), err.get("input") if err["type"] != "missing" else None, message, line)
 

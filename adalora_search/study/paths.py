@@ -32,9 +32,22 @@ def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     return spec.model_copy(update={"data": data})
 
 
+def sqlite_beside(url: str, base: Path) -> str:
+    """A SQLite URL with a relative file (``sqlite:///trials.db``) made absolute against ``base``.
+
+    Other URLs (servers, in-memory, absolute files, text that is no URL) are returned as written.
+    """
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.startswith("sqlite") or not rest or rest.startswith(("/", ":memory:")):
+        return url
+    database, query = rest.partition("?")[::2]
+    return f"{scheme}:///{os.path.normpath(base / database)}" + (f"?{query}" if query else "")
+
+
 def _resolve_outputs(spec: StudySpec, base: Path) -> StudySpec:
-    """The artifact store, the MLflow store (a sqlite file or a directory) and the TensorBoard log
-    directory: relative paths are relative to the study file; URLs of servers stay as written.
+    """The study storage (a SQLite file), the artifact store, the MLflow store (a sqlite file or a directory)
+    and the TensorBoard log directory: relative paths are relative to the study file; URLs of servers stay
+    as written. (``--storage`` on the command line is relative to the working directory, as SQLAlchemy reads it.)
     """
     def local(value: str) -> str:
         return value if len(urlparse(value).scheme) > 1 or Path(value).is_absolute() else os.path.normpath(base / value)
@@ -42,10 +55,10 @@ def _resolve_outputs(spec: StudySpec, base: Path) -> StudySpec:
     study = spec.study
     if study.artifact_store:
         study = study.model_copy(update={"artifact_store": local(study.artifact_store)})
+    if study.storage:
+        study = study.model_copy(update={"storage": sqlite_beside(study.storage, base)})
     mlflow, board = spec.tracking.mlflow, spec.tracking.tensorboard
-    uri = mlflow.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{os.path.normpath(base / uri.removeprefix('sqlite:///'))}"
+    uri = sqlite_beside(mlflow.tracking_uri, base)
     tracking = spec.tracking.model_copy(update={
         "mlflow": mlflow.model_copy(update={"tracking_uri": local(uri)}),
         "tensorboard": board.model_copy(update={"log_dir": local(board.log_dir)})})

@@ -36,7 +36,7 @@ def check(spec: StudySpec) -> list[Problem]:
     problems += _bounds(spec)
     problems += _study(spec)
     problems += get_task(spec.model.task).check_data(spec.data)
-    problems += get_task(spec.model.task).check_training(spec.training)
+    problems += get_task(spec.model.task).check_training(spec.training, spec.data)
     problems += _baselines(spec)
     return problems
 
@@ -53,10 +53,23 @@ def _ranks(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem
 
 
 def check_total_steps(spec: StudySpec, total: int) -> list[Problem]:
-    """The schedule rule once the data fixes the number of optimizer steps (epochs-based runs)."""
-    if spec.adalora.schedule.unit != "steps":
-        return []
-    return _schedule(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora.schedule", total)
+    """The schedule rules once the data fixes the number of optimizer steps (epochs-based runs)."""
+    c = {p: corners(knob(spec, p)) for p in KNOBS}
+    out = _schedule(spec, c, "adalora.schedule", total) if spec.adalora.schedule.unit == "steps" else []
+    return out or _first_scores(spec, c, total)
+
+
+def _first_scores(spec: StudySpec, c: dict[str, list[Any]], total: int) -> list[Problem]:
+    """PEFT's final allocation (at step total - t_final) ranks importance scores gathered on the steps before
+    it: with none (t_final = total - 1, t_init 0) its allocator raises a KeyError in every trial.
+    """
+    worst = max(c["adalora.schedule.t_final"])
+    steps = int(worst * total) if spec.adalora.schedule.unit == "fraction" else int(worst)
+    if total - steps < 2:
+        return [Problem("adalora.schedule.t_final", worst, f"leaves {total - steps} of the run's {total} optimizer "
+                        "steps before the final allocation; AdaLoRA needs at least 2 (importance scores are "
+                        "gathered on the steps before it); lower t_final or train longer")]
+    return []
 
 
 def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int | None = None) -> list[Problem]:
@@ -73,6 +86,8 @@ def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int |
     if total is not None and worst >= total:
         out.append(Problem(where, worst, f"t_init + t_final must be < the run's {total} optimizer steps for every "
                            "sample, so that a budgeting phase is left; lower t_init/t_final or train longer"))
+    elif total is not None:
+        out += _first_scores(spec, c, total)
     return out
 
 
@@ -114,6 +129,9 @@ def _study(spec: StudySpec) -> list[Problem]:
                            "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
                            "or use one objective and cap trainable parameters with a target_r range"))
     task = get_task(spec.model.task)
+    if spec.model.chat_template is not None and not task.generates:
+        out.append(Problem("model.chat_template", spec.model.chat_template[:40],
+                           f"model.task {spec.model.task} renders no chat; remove model.chat_template"))
     for i, objective in enumerate(objectives):
         where = f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric"
         out += _metric(spec, task, where, objective.metric, {*task.metrics, "trainable_params"})

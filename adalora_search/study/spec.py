@@ -49,6 +49,9 @@ class ModelSpec(Frozen):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         default=None, description="transformers' attention kernel; default: the model's own choice; "
                                   "flash_attention_2 needs CUDA and the flash-attn package")
+    chat_template: str | None = Field(
+        default=None, min_length=1, description="causal_lm: a Jinja chat template used instead of the tokenizer's "
+        "(in training, generation and the export), e.g. one with {% generation %} blocks around the replies")
 
 
 # ---------------------------------------------------------------- data
@@ -76,8 +79,8 @@ class SplitNames(Frozen):
 
 
 # fields of DataSpec that only some tasks read (a task refuses the ones it does not use)
-TASK_DATA_FIELDS = {"text_fields", "label_field", "prompt_field", "prompt_template", "response_field",
-                    "messages_field", "use_chat_template", "drop_blank_labels"}
+TASK_DATA_FIELDS = {"text_fields", "label_field", "label_names", "prompt_field", "prompt_template", "response_field",
+                    "messages_field", "system_turn", "use_chat_template", "drop_blank_labels"}
 
 
 class DataSpec(Frozen):
@@ -90,11 +93,17 @@ class DataSpec(Frozen):
         description="classification/regression: one field, or two for sentence pairs; token_classification: "
                     "the column of word lists; causal_lm: one plain-text column")
     label_field: str = Field(default="label", description="class, score or tag-list column")
+    label_names: list[str] | None = Field(
+        default=None, min_length=1, description="names of integer labels or tags in id order (0, 1, ...), for data "
+        "that stores ids without ClassLabel names, e.g. [O, B-PER, I-PER, B-LOC]")
     prompt_field: str | None = Field(default=None, description="causal_lm: the prompt column")
     prompt_template: str | None = Field(
         default=None, description="causal_lm: a prompt built from columns, e.g. 'Headline: {headline}\nTopic:'")
     response_field: str | None = Field(default=None, description="causal_lm: what the model learns to write")
     messages_field: str | None = Field(default=None, description="causal_lm: a column of chat turns {role, content}")
+    system_turn: Literal["keep", "merge", "drop"] = Field(
+        default="keep", description="causal_lm chats: keep system turns, merge their text into the first user turn "
+        "(for chat templates that refuse a system role), or drop them")
     use_chat_template: bool = Field(
         default=False, description="causal_lm: render prompt/response as a user and an assistant turn")
     split: SplitSpec | None = Field(default=None, description="carve validation (and test) rows out of the train "

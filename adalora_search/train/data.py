@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from adalora_search import files
 from adalora_search.errors import UserError
 from adalora_search.study.spec import DataSpec
 from adalora_search.train import sources
@@ -62,9 +63,34 @@ class TokenizedData:
     splits: dict[str, Split]
     label_names: list[str] | None  # class or tag names in id order; None for regression and causal_lm
     pad_token_id: int
-    dropped: dict[str, int] = field(default_factory=dict)  # rows dropped per split (response > max_length)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> reason -> rows left out
+    truncated: dict[str, int] = field(default_factory=dict)  # rows cut to max_length, per split
     duplicates: dict[str, int] = field(default_factory=dict)  # repeated rows removed per source split
+    source_rows: dict[str, int] = field(default_factory=dict)  # rows per source split before dedupe
+    truncation: str = ""  # how the task truncates a row (Task.truncation)
     tokenizer: Any = field(default=None, compare=False)  # for decoding generations
+
+    def notes(self) -> list[str]:
+        """What loading did to the rows: repeats removed, rows left out (by reason), rows truncated.
+
+        The same sentences go to ``validate``, the run's log and the study (``status``, the report).
+        """
+        def per_split(counts: dict[str, int], totals: dict[str, int]) -> str:
+            return ", ".join(f"{split} {n}" + (f" of {totals[split]}" if split in totals else "")
+                             for split, n in counts.items() if n)
+
+        notes = []
+        if any(self.duplicates.values()):
+            notes.append("rows that repeat an earlier row, removed (data.deduplicate): "
+                         f"{per_split(self.duplicates, self.source_rows)}")
+        for reason in sorted({reason for counts in self.dropped.values() for reason in counts}):
+            counts = {split: self.dropped[split].get(reason, 0) for split in self.dropped}
+            notes.append(f"rows left out ({reason}): {per_split(counts, {})}")
+        if any(self.truncated.values()):
+            sizes = {split: len(rows) for split, rows in self.splits.items()}
+            notes.append(f"rows longer than data.max_length, truncated: {per_split(self.truncated, sizes)} "
+                         f"({self.truncation})")
+        return notes
 
     @property
     def num_labels(self) -> int:
@@ -89,47 +115,64 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
     meta = json.loads((directory / "meta.json").read_text())
     stored = _datasets().load_from_disk(str(directory / "splits"))
     splits = {name: Split({c: list(stored[name][c]) for c in stored[name].column_names}) for name in stored}
-    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta.get("dropped", {}),
-                         meta.get("duplicates", {}), tokenizer)
+    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta["dropped"], meta["truncated"],
+                         meta["duplicates"], meta["source_rows"], meta["truncation"], tokenizer)
 
 
 def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    """What the tokenized splits depend on: the data spec, the task, the tokenizer's content (not its
+    path) and the source's content (local files by hash), so an edited file is never read from the cache.
+    """
     identity = {
         "spec": spec.model_dump(mode="json"),
         "task": task.name,
-        "tokenizer": type(tokenizer).__name__,
-        "vocab": len(tokenizer),
-        "vocab_sha": hashlib.sha256(vocab).hexdigest(),
-        "lowercase": tokenizer("A")["input_ids"],
-        "chat_template": str(getattr(tokenizer, "chat_template", None)),
-        "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
-        "version": 3,
+        "tokenizer": tokenizer_identity(tokenizer),
+        "source_content": sources.content_identity(spec.source),
+        "version": 4,
     }
-    if (content := sources.content_identity(spec.source)) is not None:  # e.g. a directory saved again
-        identity["source_content"] = content
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's content: its whole serialised pipeline (fast tokenizers) or vocabulary, chat template
+    and special tokens, hashed.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pipeline = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return {
+        "class": type(tokenizer).__name__,
+        "pipeline_sha": hashlib.sha256(pipeline.encode()).hexdigest(),
+        "lowercase": tokenizer("A")["input_ids"],
+        "chat_template": str(getattr(tokenizer, "chat_template", None)),
+        "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+    }
+
+
 def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) -> None:
-    duplicates: dict[str, int] = {}
-    raw = load_splits(spec, task, duplicates)
-    label_names = task.label_names(raw["train"].to_dict())
-    tokenized, dropped = {}, {}
+    counts: dict[str, dict[str, int]] = {"duplicates": {}, "source_rows": {}}
+    raw = load_splits(spec, task, counts)
+    label_names = task.label_names(raw["train"].to_dict(), spec)
+    tokenized, dropped, truncated = {}, {}, {}
     for name, ds in raw.items():
-        columns, dropped[name] = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)
-        tokenized[name] = _datasets().Dataset.from_dict(columns)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
-    _datasets().DatasetDict(tokenized).save_to_disk(str(tmp / "splits"))
+        encoded = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)
+        tokenized[name] = _datasets().Dataset.from_dict(encoded.columns)
+        dropped[name], truncated[name] = encoded.dropped, encoded.truncated
     meta = {"label_names": label_names, "pad_token_id": pad_id(tokenizer), "dropped": dropped,
-            "duplicates": duplicates,
+            "truncated": truncated, **counts, "truncation": task.truncation(spec),
             "sizes": {k: len(v) for k, v in tokenized.items()}}
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    try:
-        os.replace(tmp, directory)  # atomic: another worker may have won the race
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with files.writing(directory, "the data cache ($ADALORA_SEARCH_CACHE)"):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
+        try:
+            _datasets().DatasetDict(tokenized).save_to_disk(str(tmp / "splits"))
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.replace(tmp, directory)  # atomic
+            except OSError:
+                if not (directory / "meta.json").exists():  # not another worker that won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -140,8 +183,12 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def load_splits(spec: DataSpec, task: Task, duplicates: dict[str, int] | None = None) -> dict[str, datasets.Dataset]:
+def load_splits(spec: DataSpec, task: Task,
+                counts: dict[str, dict[str, int]] | None = None) -> dict[str, datasets.Dataset]:
     """The raw train/validation(/test) splits, with the columns ``task.select`` makes.
+
+    ``counts``, when given, receives per source split ``source_rows`` (rows read) and ``duplicates``
+    (repeated rows removed), what ``validate`` reports.
 
     Raises:
         UserError: a missing split or column, unusable rows, an empty split after dedupe and caps.
@@ -154,10 +201,12 @@ def load_splits(spec: DataSpec, task: Task, duplicates: dict[str, int] | None = 
                         "name the training split")
     _check_columns(task.columns(spec), source)
     source = {k: _select(v, spec, task, k) for k, v in source.items() if k in SPLITS}
+    if counts is not None:
+        counts["source_rows"].update({k: len(v) for k, v in source.items()})
     if spec.deduplicate:
         deduped = {k: _dedupe(v, task) for k, v in source.items()}
-        if duplicates is not None:  # what validate reports: rows dropped as repeats, per source split
-            duplicates.update({k: len(source[k]) - len(v) for k, v in deduped.items()})
+        if counts is not None:
+            counts["duplicates"].update({k: len(source[k]) - len(v) for k, v in deduped.items()})
         source = deduped
     if spec.split is not None:
         source = _carve(source["train"], spec, task)

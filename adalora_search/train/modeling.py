@@ -16,9 +16,9 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from adalora_search.errors import Problem, UserError
+from adalora_search.errors import UserError
 from adalora_search.study.space import TrialConfig
-from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec, StudySpec
+from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec
 from adalora_search.train import allocator, memory
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
@@ -26,13 +26,20 @@ from adalora_search.train.tasks import get_task
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
-    """The model's tokenizer (packaged names resolved); ``UserError`` when it cannot be loaded."""
+    """The model's tokenizer (packaged names resolved), with ``model.chat_template`` when the study gives one.
+
+    Raises:
+        UserError: the tokenizer cannot be loaded.
+    """
     path = resolve_model(spec.name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load its tokenizer ({exc}); "
                         "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
+    if spec.chat_template is not None:  # the study's template replaces the tokenizer's everywhere
+        tokenizer.chat_template = spec.chat_template
+    return tokenizer
 
 
 def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
@@ -214,56 +221,6 @@ def meta_model(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[t
 def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
     """True when the targeted modules are transformers ``Conv1D`` (GPT-2): PEFT needs ``fan_in_fan_out``."""
     return any(isinstance(m, Conv1D) and targeted(n, targets) for n, m in model.named_modules())
-
-
-def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,
-                label_names: list[str] | None = None) -> None:
-    """What would make every trial fail, found before trial 0; raises ``UserError`` listing it all."""
-    from adalora_search.study.distributions import corners
-
-    problems = []
-    for targets in corners(spec.adalora.target_modules):
-        if not matching(linears, list(targets)):
-            names = sorted({n.rsplit(".", 1)[-1] for n in linears if not n.startswith(HEADS)})
-            problems.append(Problem("adalora.target_modules", targets, f"matches no Linear or Conv1D module of "
-                                    f"{spec.model.name_or_path}; its module names end in {names}"))
-    positions = max_positions(config)
-    if positions is not None and spec.data.max_length > positions:
-        problems.append(Problem("data.max_length", spec.data.max_length,
-                                f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}"))
-    problems += _head_problems(spec, label_names)
-    problems += memory.platform_problems(spec)
-    if problems:
-        raise UserError(f"{len(problems)} problem(s) with the model", problems)
-
-
-def max_positions(config: Any) -> int | None:
-    """How many tokens the model's absolute position embeddings cover (None: no such limit)."""
-    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2/v3: relative positions only
-        return None
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _head_problems(spec: StudySpec, label_names: list[str] | None) -> list[Problem]:
-    """A pretrained checkpoint with a trained head of another size fails to load; say so up front."""
-    if spec.model.init != "pretrained" or label_names is None or spec.model.ignore_mismatched_sizes:
-        return []
-    try:
-        stored = AutoConfig.from_pretrained(resolve_model(spec.model.name_or_path),
-                                            trust_remote_code=spec.model.trust_remote_code)
-    except (OSError, ValueError):
-        return []
-    head = get_task(spec.model.task).auto_class.removeprefix("AutoModel")
-    has_head = any(a.endswith(head) for a in getattr(stored, "architectures", None) or [])
-    if not has_head or stored.num_labels == len(label_names):
-        return []
-    return [Problem("model.ignore_mismatched_sizes", False,
-                    f"the checkpoint's {head} head has {stored.num_labels} labels but the data has "
-                    f"{len(label_names)}; set model.ignore_mismatched_sizes: true to train a new head")]
 
 
 HEADS = ("classifier", "score", "lm_head")  # task heads: trained in full or frozen, never adapted

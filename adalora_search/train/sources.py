@@ -6,6 +6,7 @@ the train/validation/test splits from what they return, then selects, dedupes, s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,10 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
     if src.delimiter is not None and src.format != "csv":
         raise UserError(f"data.source.delimiter = {src.delimiter!r}: only csv files have a delimiter; remove it")
     options = {"delimiter": src.delimiter} if src.delimiter is not None else {}
-    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), **options))
+    # datasets keys its own cache of a local file by its mtime alone: read the files again (this runs only when
+    # the tokenized cache, keyed by the files' content, has no entry)
+    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), download_mode="force_redownload",
+                                         **options))
 
 
 def _load_saved(src: DiskSource) -> dict[str, datasets.Dataset]:
@@ -84,11 +88,41 @@ def _load_saved(src: DiskSource) -> dict[str, datasets.Dataset]:
 
 
 def content_identity(src: Source) -> Any:
-    """What the tokenized-data cache key adds for ``src`` beyond the spec: a saved directory's fingerprints.
+    """What the data's content is, beyond the spec: local files by SHA-256 (by split), a saved directory
+    by its splits' fingerprints; None for packaged and Hub sources (a package version or a revision names them).
 
-    None for other sources (their cache follows the spec alone).
+    The tokenized-data cache key and the study fingerprint include it, so an edited file is read again
+    and a stored study refuses to mix trials on the old and the new data.
     """
-    return _saved_fingerprints(Path(src.path)) if isinstance(src, DiskSource) else None
+    if isinstance(src, DiskSource):
+        return _saved_fingerprints(Path(src.path))
+    if isinstance(src, FilesSource):
+        return {split: file_digest(Path(path)) for split, path in src.paths.items()}
+    return None
+
+
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, size, mtime, ctime, inode) -> digest
+
+
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of a file, or of a directory's files in name order (None when the path does not exist).
+
+    Hashed once per process while the file's size, mtime, ctime and inode stay the same (any write changes
+    the ctime, which no tool can set back); reading is what loading the data does anyway.
+    """
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        parts = [f"{p.relative_to(path)}:{file_digest(p)}" for p in files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        if key not in _DIGESTS:
+            with path.open("rb") as f:
+                _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+        return _DIGESTS[key]
+    except OSError:
+        return None
 
 
 def _saved_fingerprints(path: Path) -> dict[str, str | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adalora_search.train.tasks.base import Direction, EvalContext, Task
+from adalora_search.train.tasks.base import Direction, Encoded, EvalContext, Task
 from adalora_search.train.tasks.causal_lm import CausalLM
 from adalora_search.train.tasks.sequence_classification import (
     Regression,
@@ -23,4 +23,4 @@ def get_task(name: str) -> Task:
         raise KeyError(f"model.task must be one of {sorted(TASKS)}, but got {name!r}") from None
 
 
-__all__ = ["TASKS", "Direction", "EvalContext", "Task", "get_task"]
+__all__ = ["TASKS", "Direction", "Encoded", "EvalContext", "Task", "get_task"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from adalora_search.errors import Problem
+from adalora_search.errors import Problem, UserError
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +24,18 @@ if TYPE_CHECKING:
 
 Direction = Literal["maximize", "minimize"]
 Rows = dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One split's token columns (``input_ids``, ``labels``, ...), with what encoding left out or cut.
+
+    ``dropped``: rows left out, by reason (e.g. empty text); ``truncated``: rows cut to ``max_length``.
+    """
+
+    columns: Rows
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
 
 
 @dataclass
@@ -63,8 +75,8 @@ class Task(ABC):
 
     generates: ClassVar[bool] = False  # greedy generation (training.generation) means something
 
-    def check_training(self, training: TrainingSpec) -> list[Problem]:
-        """Training fields this task does not use, written in the study file."""
+    def check_training(self, training: TrainingSpec, data: DataSpec) -> list[Problem]:
+        """Training fields this task does not use with this data, written in the study file."""
         if "generation" in training.model_fields_set and not self.generates:
             return [Problem("training.generation", training.generation.model_dump(),
                             f"model.task {self.name} generates no text; remove training.generation")]
@@ -82,18 +94,22 @@ class Task(ABC):
         ``features`` are the source split's ``datasets.Features`` (class names of int labels).
         """
 
+    def truncation(self, data: DataSpec) -> str:
+        """What happens to a row longer than ``data.max_length`` (validate and the study say it)."""
+        return "the end of the text is cut"
+
     def check_metric(self, data: DataSpec, metric: str) -> str | None:
         """Why ``metric`` cannot be optimised with this data, or None."""
         return None
 
-    def label_names(self, train: Rows) -> list[str] | None:
-        """Class or tag names in id order (None for tasks without classes)."""
+    def label_names(self, train: Rows, data: DataSpec) -> list[str] | None:
+        """Class or tag names in id order (None for tasks without classes): ``data.label_names`` when given."""
         return None
 
     @abstractmethod
     def encode(self, rows: Rows, data: DataSpec, tokenizer: Any, label_names: list[str] | None,
-               split: str) -> tuple[Rows, int]:
-        """Token columns of one split (``input_ids``, ``labels``, ...) and the number of rows dropped."""
+               split: str) -> Encoded:
+        """Token columns of one split (``input_ids``, ``labels``, ...), rows dropped and truncated."""
 
     def dedupe_key(self, rows: Rows, i: int) -> Any:
         """What makes two rows duplicates (by default every column but the label)."""
@@ -136,6 +152,25 @@ def label_config(label_names: list[str] | None) -> dict[str, Any]:
         return {}
     return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
             "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
+def id_names(feature: Any, data: DataSpec) -> list[str] | None:
+    """Names of integer labels: the source's ``ClassLabel`` names, else ``data.label_names``, else None."""
+    return getattr(feature, "names", None) or data.label_names
+
+
+def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> Any:
+    """An integer label or tag as its name (``id_names``); other values unchanged.
+
+    Raises:
+        UserError: an id outside the names.
+    """
+    if names is None or isinstance(value, bool) or not isinstance(value, int):
+        return value
+    if not 0 <= value < len(names):
+        raise UserError(f"data.label_names = {names[:10]}: the {split} split has label id {value}, but only ids "
+                        f"0..{len(names) - 1} are named; name every id in order")
+    return names[value]
 
 
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:

@@ -6,15 +6,18 @@ Three row forms (``data``):
   loss is on the response tokens only (plus EOS); with ``use_chat_template: true`` the pair is
   rendered as a user turn and an assistant turn with the tokenizer's chat template;
 - ``messages_field``: a list of ``{role, content}`` rendered with the chat template, the loss on
-  assistant turns only (the end-of-turn marker included, so the model learns to stop);
+  assistant turns only (the end-of-turn marker included, so the model learns to stop), each
+  reply's span checked against the whole rendering (``lm_rows``); ``data.system_turn`` keeps,
+  merges or drops system turns for templates that refuse them;
 - ``text_fields: [text]``: plain text, the loss on every token.
 
-``input_ids`` and ``labels``: [n_tokens] per row, -100 where no loss is taken. Truncation keeps
-the response: when a row is longer than ``max_length``, the **start of the prompt** is cut (the
-tokens next to the response are kept); rows whose response alone is longer are dropped and
-counted. Evaluation: ``eval_loss`` (mean cross-entropy per response token) and ``perplexity``
-(its exponential); with references, greedy generation from the prompt on a capped sample gives
-``exact_match`` (SQuAD-style normalised) and ``rouge_l`` (``rouge_score``'s F-measure).
+``input_ids`` and ``labels``: [n_tokens] per row, -100 where no loss is taken. A row longer than
+``max_length`` keeps its template and its response: the oldest exchanges of a chat are dropped,
+then the prompt's text is cut from its start (``lm_rows``); rows that do not fit even so are
+dropped. Both are counted (``validate``). Evaluation: ``eval_loss`` (mean cross-entropy per
+response token) and ``perplexity`` (its exponential); with references, greedy generation from the
+prompt on a capped sample gives ``exact_match`` (SQuAD-style normalised) and ``rouge_l``
+(``rouge_score``'s F-measure).
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import string
 from typing import Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, used_fields
+from adalora_search.train.tasks import lm_rows
+from adalora_search.train.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
 
 IGNORE = -100
 GENERATION_METRICS = ("exact_match", "rouge_l")
+PROMPT = "prompt:"  # column prefix of the prompt template's columns (kept apart until encoding)
+DROPPED_TOO_LONG = "longer than data.max_length with the prompt text cut to nothing"
 
 
 class CausalLM(Task):
@@ -46,7 +52,7 @@ class CausalLM(Task):
     # ---------------------------------------------------------------- checks
     def check_data(self, data: Any) -> list[Problem]:
         form = _form(data)
-        wanted = {"plain": {"text_fields"}, "messages": {"messages_field"},
+        wanted = {"plain": {"text_fields"}, "messages": {"messages_field", "system_turn"},
                   "pair": {"prompt_field", "prompt_template", "response_field", "use_chat_template"}}
         problems = used_fields(data, wanted.get(form, set()), self.name)
         if form is None:
@@ -58,6 +64,19 @@ class CausalLM(Task):
         elif form == "plain" and len(data.text_fields) != 1:
             problems.append(Problem("data.text_fields", data.text_fields, "plain-text causal_lm reads one field"))
         return problems
+
+    def check_training(self, training: Any, data: Any) -> list[Problem]:
+        if "generation" in training.model_fields_set and _form(data) == "plain":
+            return [Problem("training.generation", training.generation.model_dump(),
+                            "plain text has no responses to generate and compare; remove training.generation")]
+        return []
+
+    def truncation(self, data: Any) -> str:
+        return {"plain": "the end of the text is cut",
+                "messages": "the oldest exchanges are dropped, then the longest prompt turn is cut from its start; "
+                            "the chat template's markers and the answered reply are kept"}.get(
+            _form(data), "the prompt's longest column is cut from its start; the template's own text, the chat "
+                         "markers and the response are kept")
 
     def check_metric(self, data: Any, metric: str) -> str | None:
         if metric in GENERATION_METRICS and _form(data) == "plain":
@@ -80,53 +99,74 @@ class CausalLM(Task):
         if form == "plain":
             return {"text": _texts(rows[data.text_fields[0]])}
         if form == "messages":
-            return {"messages": [_messages(m, data.messages_field, split, i) for i, m in
-                                 enumerate(rows[data.messages_field])]}
-        prompts = (_texts(rows[data.prompt_field]) if data.prompt_field else
-                   [data.prompt_template.format_map({c: rows[c][i] for c in _placeholders(data.prompt_template)})
-                    for i in range(len(rows[data.response_field]))])
+            return {"messages": [lm_rows.system_turns(_messages(m, data.messages_field, split, i), data.system_turn)
+                                 for i, m in enumerate(rows[data.messages_field])]}
         responses = _texts(rows[data.response_field])
         if not any(r.strip() for r in responses):
             raise UserError(f"data.response_field = {data.response_field!r}: every response of the {split} split "
                             "is empty; point response_field at the column the model should learn to write")
-        return {"prompt": prompts, "response": responses}
+        # the prompt's columns, kept apart so that truncation shortens their text, never the template's own
+        return {**{PROMPT + c: _texts(rows[c]) for c in _placeholders(_template(data))}, "response": responses}
 
     def dedupe_key(self, rows: Rows, i: int) -> Any:
         return tuple(str(rows[c][i]) for c in rows)
 
-    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None,
-               split: str) -> tuple[Rows, int]:
+    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
+        if ("messages" in rows or data.use_chat_template) and not getattr(tokenizer, "chat_template", None):
+            raise UserError("data.messages_field / data.use_chat_template: the tokenizer has no chat template; give "
+                            "model.chat_template, use prompt_field + response_field without use_chat_template, "
+                            "or a chat model")
         out: Rows = {"input_ids": [], "labels": [], "prompt_ids": [], "reference": []}
-        dropped = 0
-        for i in range(len(next(iter(rows.values())))):
-            fitted = fit(*self._tokens(rows, i, data, tokenizer), data.max_length)
+        n = len(next(iter(rows.values())))
+        dropped, truncated, failures = 0, 0, []
+        for i in range(n):
+            try:
+                fitted = self._fit(rows, i, data, tokenizer)
+            except lm_rows.RowError as exc:
+                failures.append((i, exc))
+                continue
             if fitted is None:
                 dropped += 1
                 continue
-            ids, mask, start = fitted
-            out["input_ids"].append(ids)
-            out["labels"].append([t if m else IGNORE for t, m in zip(ids, mask)])
-            out["prompt_ids"].append(ids[:start])
+            truncated += fitted.truncated
+            out["input_ids"].append(fitted.ids)
+            out["labels"].append([t if m else IGNORE for t, m in zip(fitted.ids, fitted.mask)])
+            out["prompt_ids"].append(fitted.ids[:fitted.start])
             out["reference"].append(self._reference(rows, i))
+        if failures:
+            raise _template_failure(failures, rows, n, split, tokenizer)
         if not out["input_ids"]:
-            raise UserError(f"data.max_length = {data.max_length}: every response of the {split} split is longer "
-                            "than max_length tokens (rows are dropped, never cut in the response); raise max_length")
-        return out, dropped
+            raise UserError(f"data.max_length = {data.max_length}: no row of the {split} split fits in max_length "
+                            "tokens, even with its prompt text cut to nothing (the response and the chat "
+                            "template's fixed text are never cut); raise max_length")
+        return Encoded(out, {DROPPED_TOO_LONG: dropped} if dropped else {}, truncated)
 
-    def _tokens(self, rows: Rows, i: int, data: Any, tokenizer: Any) -> tuple[list[int], list[bool], int]:
-        """Token ids, the loss mask, and where the last response starts (what generation continues)."""
+    def _fit(self, rows: Rows, i: int, data: Any, tokenizer: Any) -> lm_rows.Fitted | None:
+        """One row's tokens within ``data.max_length`` (see ``lm_rows``); None when it cannot fit."""
         if "text" in rows:
-            ids = tokenizer(rows["text"][i], truncation=True, max_length=data.max_length - 1)["input_ids"]
-            ids += _eos(tokenizer)
-            return ids, [True] * len(ids), len(ids)
+            eos = _eos(tokenizer)  # plain text: the end of a long text is cut, by the tokenizer (special tokens kept)
+            ids = tokenizer(rows["text"][i], truncation=True, max_length=data.max_length - len(eos))["input_ids"]
+            cut = len(tokenizer(rows["text"][i])["input_ids"]) > len(ids)
+            return lm_rows.Fitted(ids + eos, [True] * (len(ids) + len(eos)), len(ids) + len(eos), cut)
         if "messages" in rows:
-            return chat_tokens(tokenizer, rows["messages"][i])
-        if data.use_chat_template:
-            return chat_tokens(tokenizer, [{"role": "user", "content": rows["prompt"][i]},
-                                           {"role": "assistant", "content": rows["response"][i]}])
-        prompt = tokenizer(rows["prompt"][i])["input_ids"]
-        response = tokenizer(rows["response"][i], add_special_tokens=False)["input_ids"] + _eos(tokenizer)
-        return prompt + response, [False] * len(prompt) + [True] * len(response), len(prompt)
+            return lm_rows.fit_chat(tokenizer, rows["messages"][i], data.max_length)
+        template, response = _template(data), rows["response"][i]
+
+        def build(values: dict[Any, str]) -> lm_rows.Tokens:
+            prompt = template.format_map(values)
+            if data.use_chat_template:
+                return lm_rows.chat_tokens(tokenizer, [{"role": "user", "content": prompt},
+                                                       {"role": "assistant", "content": response}])
+            ids = tokenizer(prompt)["input_ids"]
+            reply = tokenizer(response, add_special_tokens=False)["input_ids"] + _eos(tokenizer)
+            return ids + reply, [False] * len(ids) + [True] * len(reply), len(ids)
+
+        values = {c: rows[PROMPT + c][i] for c in _placeholders(template)}
+        shortened = lm_rows.shorten(build, values, data.max_length, tokenizer)
+        if shortened is None:
+            return None
+        (ids, mask, start), cut = shortened
+        return lm_rows.Fitted(ids, mask, start, cut)
 
     def _reference(self, rows: Rows, i: int) -> str:
         if "messages" in rows:
@@ -181,39 +221,6 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
-def fit(ids: list[int], mask: list[bool], start: int,
-        max_length: int) -> tuple[list[int], list[bool], int] | None:
-    """Cut the start of the prompt until the row fits; None when the last response alone does not fit."""
-    if len(ids) <= max_length:
-        return ids, mask, start
-    if len(ids) - start > max_length:
-        return None
-    cut = len(ids) - max_length
-    return ids[cut:], mask[cut:], start - cut
-
-
-def chat_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[bool], int]:
-    """Token ids of a rendered chat, True on assistant-turn tokens, and where the last reply starts.
-
-    An assistant span is the text between the chat rendered with ``add_generation_prompt=True``
-    before that turn and the chat rendered up to that turn; token offsets map spans to tokens.
-    """
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError("data.messages_field / data.use_chat_template: the tokenizer has no chat template; use "
-                        "prompt_field + response_field without use_chat_template, or a chat model")
-
-    def render(turns: list[dict[str, str]], generation_prompt: bool = False) -> str:
-        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
-
-    spans = [(len(render(messages[:i], True)), len(render(messages[: i + 1])))
-             for i, turn in enumerate(messages) if turn["role"] == "assistant"]
-    encoded = tokenizer(render(messages), add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [a for a, _ in encoded["offset_mapping"]]
-    mask = [any(s <= a < e for s, e in spans) for a in offsets]
-    start = next((j for j, a in enumerate(offsets) if a >= spans[-1][0]), len(offsets))
-    return list(encoded["input_ids"]), mask, start
-
-
 def _form(data: Any) -> str | None:
     if data.messages_field:
         return "messages"
@@ -252,7 +259,22 @@ def _pair_problems(data: Any) -> list[Problem]:
 
 
 def _placeholders(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    return list(dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name))
+
+
+def _template(data: Any) -> str:
+    """The prompt as a template: ``prompt_template``, or ``{prompt_field}``."""
+    return data.prompt_template if data.prompt_template is not None else "{" + data.prompt_field + "}"
+
+
+def _template_failure(failures: list[tuple[int, lm_rows.RowError]], rows: Rows, n: int, split: str,
+                      tokenizer: Any) -> UserError:
+    """One error for every row the chat template failed on: how many, the first row, the template's message."""
+    i, exc = failures[0]
+    shown = str(rows["messages"][i] if "messages" in rows else {c.removeprefix(PROMPT): v[i] for c, v in rows.items()})
+    shown = shown[:160] + ("..." if len(shown) > 160 else "")
+    return UserError(f"model.name_or_path = {tokenizer.name_or_path!r}: its chat template failed on {len(failures)} "
+                     f"of {n} rows of the {split} split; first, row {i} ({shown}): {exc}; {exc.fix}")
 
 
 def _texts(values: list[Any]) -> list[str]:
@@ -269,6 +291,8 @@ def _messages(value: Any, field: str, split: str, row: int) -> list[dict[str, st
         problem = "is not a non-empty list of turns"
     elif not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in value):
         problem = "has a turn without both 'role' and 'content'"
+    elif any(isinstance(m["content"], list) for m in value):
+        problem = "has a turn whose content is a list of parts, not text; join the text parts into one string"
     elif not all(isinstance(m["content"], str) and isinstance(m["role"], str) for m in value):
         problem = "has a turn whose role or content is not text (null or a number)"
     elif not any(m["role"] == "assistant" for m in value):

@@ -12,7 +12,17 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, label_config, used_fields
+from adalora_search.train.tasks.base import (
+    Direction,
+    Encoded,
+    EvalContext,
+    Rows,
+    Task,
+    id_names,
+    label_config,
+    named,
+    used_fields,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +45,7 @@ class SequenceClassification(Task):
     stratify = True
 
     def check_data(self, data: Any) -> list[Problem]:
-        problems = used_fields(data, {"text_fields", "label_field", "drop_blank_labels"}, self.name)
+        problems = used_fields(data, {"text_fields", "label_field", "label_names", "drop_blank_labels"}, self.name)
         if not data.text_fields:
             problems.append(Problem("data.text_fields", None, f"model.task {self.name} needs one text field, "
                                     "or two for sentence pairs, e.g. text_fields: [sentence]"))
@@ -50,33 +60,38 @@ class SequenceClassification(Task):
         if not any(text.strip() for texts in out.values() for text in texts):
             raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
                             "(nothing left to tokenize); point text_fields at a column that holds text")
-        out["label"] = self._labels(rows[data.label_field], data)
+        feature = features[data.label_field] if features is not None and data.label_field in features else None
+        out["label"] = self._labels(rows[data.label_field], data, id_names(feature, data), split)
         return out
 
-    def _labels(self, labels: list[Any], data: Any) -> list[Any]:
-        return labels
+    def _labels(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
+        return [named(v, names, data, split) for v in labels]
 
-    def label_names(self, train: Rows) -> list[str] | None:
-        return sorted({str(v) for v in train["label"]})
+    def label_names(self, train: Rows, data: Any) -> list[str] | None:
+        return list(data.label_names) if data.label_names else sorted({str(v) for v in train["label"]})
 
-    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None,
-               split: str) -> tuple[Rows, int]:
-        encoded = tokenizer(*[rows[f] for f in data.text_fields], truncation=True, max_length=data.max_length)
-        if all(len(ids) <= 2 for ids in encoded["input_ids"]):
-            raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
-                            "(nothing left after tokenization); point text_fields at a column that holds text")
+    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
+        empty = [i for i in range(len(rows["label"])) if not any(rows[f][i].strip() for f in data.text_fields)]
+        if empty:  # nothing to learn from: left out and counted (validate shows it)
+            keep = sorted(set(range(len(rows["label"]))) - set(empty))
+            rows = {column: [values[i] for i in keep] for column, values in rows.items()}
+        texts = [rows[f] for f in data.text_fields]
+        encoded = tokenizer(*texts, truncation=True, max_length=data.max_length)
+        full = tokenizer(*texts)["input_ids"]
         out: Rows = {"input_ids": encoded["input_ids"]}
         if len(data.text_fields) == 2 and "token_type_ids" in encoded:
             out["token_type_ids"] = encoded["token_type_ids"]
         out["labels"] = self._label_ids(rows["label"], data, label_names, split)
-        return out, 0
+        return Encoded(out, {"empty text": len(empty)} if empty else {},
+                       sum(len(ids) > data.max_length for ids in full))
 
     def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
         assert names is not None
         unknown = sorted({str(v) for v in labels} - set(names))
         if unknown:
+            where = "are not in data.label_names" if data.label_names else "never occur in train"
             raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has labels {unknown[:5]} "
-                            f"that never occur in train ({names[:10]}); fix the data or the split")
+                            f"that {where} ({names[:10]}); fix the data, the split or the names")
         index = {name: i for i, name in enumerate(names)}
         return [index[str(v)] for v in labels]
 
@@ -107,18 +122,25 @@ class SequenceClassification(Task):
         return logits.argmax(-1)
 
     def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
-        """Accuracy within ``CHANCE_MARGIN`` of 1/classes, equal to the majority class's share, or one class
-        predicted for every row.
+        """Which way the scores say the run learned nothing: one class predicted for every row, accuracy equal
+        to the majority class's share, or within ``CHANCE_MARGIN`` of 1/classes.
         """
         accuracy = scores.get("accuracy")
         if accuracy is None or not label_names or not len(split):
             return None
-        majority = max(Counter(split.columns["labels"]).values()) / len(split)
+        counts = Counter(split.columns["labels"])
+        majority = max(counts.values()) / len(split)
         uniform = 1 / len(label_names)
-        if (accuracy <= uniform + CHANCE_MARGIN or math.isclose(accuracy, majority, abs_tol=1e-9)
-                or scores.get("predicted_classes") == 1):
+        if scores.get("predicted_classes") == 1:
+            return (f"predicts a single class for every validation example (accuracy {accuracy:.4f}, MCC 0): the "
+                    "model ignores its input; lower the learning rate or train longer")
+        if math.isclose(accuracy, majority, abs_tol=1e-9):
+            name = label_names[max(counts, key=counts.get)]
+            return (f"validation accuracy {accuracy:.4f} equals the majority class's share ({name!r}, "
+                    f"{majority:.4f}): no better than always answering that class")
+        if accuracy <= uniform + CHANCE_MARGIN:
             return (f"validation accuracy {accuracy:.4f} is at chance level (1/{len(label_names)} classes = "
-                    f"{uniform:.4f}, majority class {majority:.4f}): the run learned nothing")
+                    f"{uniform:.4f}): the run learned nothing")
         return None
 
     def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -142,14 +164,21 @@ class Regression(SequenceClassification):
     main_metric = "pearson"
     stratify = False
 
-    def _labels(self, labels: list[Any], data: Any) -> list[Any]:
+    def check_data(self, data: Any) -> list[Problem]:
+        problems = super().check_data(data)
+        if data.label_names is not None:
+            problems.append(Problem("data.label_names", data.label_names, "regression labels are scores, not "
+                                    "classes; remove data.label_names"))
+        return problems
+
+    def _labels(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
         try:
             return [float(v) for v in labels]
         except (TypeError, ValueError):
             raise UserError(f"data.label_field = {data.label_field!r}: model.task is regression but labels "
                             f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
 
-    def label_names(self, train: Rows) -> list[str] | None:
+    def label_names(self, train: Rows, data: Any) -> list[str] | None:
         return None
 
     def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:

@@ -1,20 +1,36 @@
 """Token classification (``model.task: token_classification``), e.g. named entities.
 
 Rows: ``text_fields: [tokens]`` names a column holding a list of words per row, ``label_field``
-a list of tags (names, or ints with ``ClassLabel`` names) of the same length. ``input_ids``:
-[n_tokens]; ``labels``: [n_tokens], the word's tag id on its first sub-token and -100 on the
-other sub-tokens and special tokens (as in transformers' token-classification example).
+a list of tags of the same length: names, or integer ids named by the source's ``ClassLabel``
+feature or by ``data.label_names`` (ids with no names are refused). Tags must be entity tags that
+seqeval reads: ``O`` or a ``B-``/``I-``/``E-``/``S-``/``L-``/``U-`` prefix and a type (IOB1, IOB2,
+IOE, IOBES, BILOU; BILOU's ``L-``/``U-`` are scored as IOBES's ``E-``/``S-``), with at least one
+entity in train; anything else would make entity F1 constantly 0. ``input_ids``: [n_tokens];
+``labels``: [n_tokens], the word's tag id on its first sub-token and -100 on the other sub-tokens
+and special tokens (as in transformers' token-classification example).
 Entity-level precision, recall and F1 come from ``seqeval``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
-from adalora_search.train.tasks.base import Direction, EvalContext, Rows, Task, label_config, used_fields
+from adalora_search.train.tasks.base import (
+    Direction,
+    Encoded,
+    EvalContext,
+    Rows,
+    Task,
+    id_names,
+    label_config,
+    named,
+    used_fields,
+)
 
 IGNORE = -100
+ENTITY_TAG = re.compile(r"^(O|[BIESLU](-.+)?)$")  # what seqeval reads as a chunk tag (prefix form)
 
 
 class TokenClassification(Task):
@@ -28,11 +44,14 @@ class TokenClassification(Task):
     main_metric = "f1"
 
     def check_data(self, data: Any) -> list[Problem]:
-        problems = used_fields(data, {"text_fields", "label_field"}, self.name)
+        problems = used_fields(data, {"text_fields", "label_field", "label_names"}, self.name)
         if not data.text_fields or len(data.text_fields) != 1:
             problems.append(Problem("data.text_fields", data.text_fields, "token_classification reads one column "
                                     "holding a list of words per row, e.g. text_fields: [tokens]"))
         return problems
+
+    def truncation(self, data: Any) -> str:
+        return "words past the limit get no label and are not scored"
 
     def columns(self, data: Any) -> list[tuple[str, str]]:
         return [("text_fields", data.text_fields[0]), ("label_field", data.label_field)]
@@ -40,7 +59,7 @@ class TokenClassification(Task):
     def select(self, rows: Rows, data: Any, split: str, features: Any = None) -> Rows:
         words, tags = rows[data.text_fields[0]], rows[data.label_field]
         feature = features[data.label_field] if features is not None and data.label_field in features else None
-        names = getattr(getattr(feature, "feature", None), "names", None)  # Sequence(ClassLabel): ids -> names
+        names = id_names(getattr(feature, "feature", None), data)  # List(ClassLabel) names, else data.label_names
         for i, (w, t) in enumerate(zip(words, tags)):
             if not isinstance(w, list) or not isinstance(t, list) or len(w) != len(t):
                 raise UserError(f"data.text_fields = {data.text_fields}: row {i} of the {split} split must hold "
@@ -52,31 +71,42 @@ class TokenClassification(Task):
             if any(x is None or (isinstance(x, str) and not x.strip()) for x in t):
                 raise UserError(f"data.label_field = {data.label_field!r}: row {i} of the {split} split has a blank "
                                 f"tag: {str(t)[:80]}; give every word a tag (e.g. O)")
-        return {"tokens": [[str(x) for x in w] for w in words],
-                "label": [[names[x] if names else str(x) for x in t] for t in tags]}
+        if names is None and any(isinstance(x, int) for t in tags for x in t):
+            raise UserError(f"data.label_field = {data.label_field!r}: the {split} split stores tags as integer ids "
+                            f"(e.g. {tags[0][:8]}) and the data names none of them (no ClassLabel feature); list the "
+                            "names in id order with data.label_names, e.g. [O, B-PER, I-PER, B-LOC, I-LOC]")
+        labels = [[str(named(x, names, data, split)) for x in t] for t in tags]
+        _check_scheme(labels, data, split)
+        return {"tokens": [[str(x) for x in w] for w in words], "label": labels}
 
     def dedupe_key(self, rows: Rows, i: int) -> Any:
         return tuple(rows["tokens"][i])
 
-    def label_names(self, train: Rows) -> list[str] | None:
-        return sorted({str(tag) for tags in train["label"] for tag in tags})
+    def label_names(self, train: Rows, data: Any) -> list[str] | None:
+        names = list(data.label_names) if data.label_names else sorted({tag for tags in train["label"] for tag in tags})
+        if all(tag == "O" for tags in train["label"] for tag in tags):
+            raise UserError(f"data.label_field = {data.label_field!r}: every tag of the train split is O (no entity), "
+                            "so entity F1, precision and recall are 0 for every trial; check the tags")
+        return names
 
-    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None,
-               split: str) -> tuple[Rows, int]:
+    def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
         if not getattr(tokenizer, "is_fast", False):
             raise UserError("model.name_or_path: token_classification needs a fast tokenizer (word alignment); "
                             "use a model that ships tokenizer.json")
         assert label_names is not None
         index = {name: i for i, name in enumerate(label_names)}
         encoded = tokenizer(rows["tokens"], is_split_into_words=True, truncation=True, max_length=data.max_length)
-        labels = []
+        labels, truncated = [], 0
+        where = "are not in data.label_names" if data.label_names else "never occur in train"
         for row, names in enumerate(rows["label"]):
             unknown = sorted(set(names) - set(index))
             if unknown:
                 raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has tags {unknown[:5]} "
-                                f"that never occur in train ({label_names[:10]}); fix the data or the split")
-            labels.append(align_labels(encoded.word_ids(row), [index[n] for n in names]))
-        return {"input_ids": encoded["input_ids"], "labels": labels}, 0
+                                f"that {where} ({label_names[:10]}); fix the data, the split or the names")
+            word_ids = encoded.word_ids(row)
+            truncated += len({w for w in word_ids if w is not None}) < len(names)  # words cut at max_length
+            labels.append(align_labels(word_ids, [index[n] for n in names]))
+        return Encoded({"input_ids": encoded["input_ids"], "labels": labels}, {}, truncated)
 
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
         return label_config(label_names)
@@ -85,7 +115,7 @@ class TokenClassification(Task):
         import torch
         from seqeval.metrics import f1_score, precision_score, recall_score
 
-        names = ctx.label_names or []
+        names = [_seqeval_tag(name) for name in ctx.label_names or []]
         true, pred, loss, n = [], [], 0.0, 0
         for batch in ctx.batches():
             target = batch.pop("labels")
@@ -111,3 +141,20 @@ def align_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
         out.append(IGNORE if word is None or word == previous else tags[word])
         previous = word
     return out
+
+
+def _check_scheme(labels: list[list[str]], data: Any, split: str) -> None:
+    """Refuse tags seqeval does not read as entity tags (it would score every trial's F1 as 0)."""
+    bad = sorted({tag for tags in labels for tag in tags if not ENTITY_TAG.match(tag)})
+    if not bad:
+        return
+    hint = ("; they look like ids: store them as integers and name them in id order with data.label_names"
+            if all(tag.isdigit() for tag in bad) else "")
+    raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has tags {bad[:6]} that are not "
+                    "entity tags seqeval reads (O, or B-, I-, E-, S-, L-, U- and a type, as in IOB2, IOBES or "
+                    f"BILOU: B-PER, I-LOC){hint}")
+
+
+def _seqeval_tag(tag: str) -> str:
+    """BILOU's last/unit tags as IOBES's end/single ones, which seqeval's default mode reads."""
+    return {"L": "E", "U": "S"}.get(tag[:1], tag[:1]) + tag[1:] if tag[:1] in "LU" else tag

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,18 @@ import click
 from adalora_search.errors import Interrupted, UserError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Command(click.Command):
+    """A command whose line in ``--help``'s list is its whole first sentence, never cut with "..."."""
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or (self.help or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="adalora-search")
 @click.option("-q", "--quiet", is_flag=True, help="warnings and errors only")
 @click.option("-v", "--verbose", is_flag=True, help="debug messages, and transformers' warnings")
@@ -45,20 +57,32 @@ def _configure_logging(level: int) -> None:
 
     Done here, not at import: a program that imports adalora_search keeps its own logging.
     """
-    root = logging.getLogger("adalora_search")
+    import optuna
+
+    optuna.logging.disable_default_handler()  # Optuna's own lines ("A new study created") in our format
     _HANDLER.setFormatter(logging.Formatter("%(message)s"))
-    if _HANDLER not in root.handlers:
-        root.addHandler(_HANDLER)
-    root.setLevel(level)
-    root.propagate = False  # printed once, by this handler, whatever a library does to the root logger
+    for name in ("adalora_search", "optuna"):
+        logger = logging.getLogger(name)
+        if _HANDLER not in logger.handlers:
+            logger.addHandler(_HANDLER)
+        logger.setLevel(level)
+        logger.propagate = False  # printed once, by this handler, whatever a library does to the root logger
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    """The command line shows our progress, not transformers' load reports (about the new head) or bars."""
-    from transformers.utils import logging as hf_logging
+    """The command line shows our progress, not transformers' load reports (about the new head) or bars.
 
-    hf_logging.set_verbosity_warning() if verbose else hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    Through the variables transformers and huggingface_hub read when they are first imported, so a command
+    that never trains (status, report) does not import them; set in place if they already are.
+    """
+    level = "warning" if verbose else "error"
+    os.environ["TRANSFORMERS_VERBOSITY"] = level
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(getattr(hf_logging, level.upper()))
+        hf_logging.disable_progress_bar()
 
 
 @cli.command()
@@ -142,7 +166,8 @@ def _study_options(f):
 @click.option("--json", "as_json", is_flag=True, help="machine-readable: counts, best trial, one row per trial")
 def status(study_file, storage, study_name, as_json: bool) -> None:
     """Trial counts, best trial and running trials of a study."""
-    from adalora_search.search.session import locate, status_data, status_lines
+    from adalora_search.search.session import locate
+    from adalora_search.search.status import status_data, status_lines
 
     study = locate(study_file, storage, study_name)
     if as_json:
@@ -158,10 +183,11 @@ def status(study_file, storage, study_name, as_json: bool) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
 def report(study_file, storage, study_name, out, top_k: int) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
-    from adalora_search.results.report import write_report
     from adalora_search.search.session import locate
 
-    study = locate(study_file, storage, study_name)
+    study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
+    from adalora_search.results.report import write_report
+
     directory = Path(out or f"{study.study_name}_report")
     page = write_report(study, directory, top_k)
     click.echo(f"report written: {page}")
@@ -169,19 +195,30 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
 
 @cli.command()
 @_study_options
-@click.option("--out", type=click.Path(), required=True, help="export directory")
+@click.option("--out", type=click.Path(), help="export directory")
 @click.option("--trial", "trial_number", type=int, help="trial number (default: the best trial)")
 @click.option("--force", is_flag=True, help="replace an existing export")
 @click.option("--pick", type=click.Choice(["metric", "params"]), default="metric",
               help="Pareto studies: the front's best metric, or its fewest trainable parameters")
-def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str) -> None:
-    """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs."""
-    from adalora_search.results.export import export_trial
+@click.option("--relocate", type=click.Path(file_okay=False), metavar="EXPORT_DIR",
+              help="after moving or copying an export: point its configs at its own base/ (nothing else is done)")
+def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str, relocate) -> None:
+    """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs, and its kept adapter."""
+    if relocate:
+        from adalora_search.results.export import relocate as relocate_export
+
+        for line in relocate_export(Path(relocate)):
+            click.echo(line)
+        return
+    if not out:
+        raise UserError("--out: name the export directory (or --relocate EXPORT_DIR to repoint a moved export)")
     from adalora_search.search.session import locate
 
-    study = locate(study_file, storage, study_name)
-    path = export_trial(study, Path(out), trial_number, force, pick)
-    click.echo(f"export written: {path}")
+    study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
+    from adalora_search.results.export import describe_export, export_trial
+
+    for line in describe_export(export_trial(study, Path(out), trial_number, force, pick)):
+        click.echo(line)
 
 
 @cli.command()
@@ -221,4 +258,6 @@ def main() -> None:
 
 
 def _interrupted(exc: KeyboardInterrupt) -> str:
+    if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "retrain":  # nothing stored to resume
+        return "interrupted; nothing of this retrain was kept; run `adalora-search retrain` again"
     return exc.message() if isinstance(exc, Interrupted) else Interrupted().message()

@@ -38,6 +38,20 @@ class UserError(Exception):
         return "\n".join(lines)
 
 
+class DataRowError(UserError):
+    """A ``UserError`` about one row of a source split; ``{row}`` in the message becomes where that row is
+    (``reviews.csv line 5``, once the data loader knows the file; else ``row 4 of the train split``).
+    """
+
+    def __init__(self, row: int, message: str, split: str):
+        super().__init__(message.replace("{row}", f"row {row + 1} of the {split} split (counting from 1)"))
+        self.row, self.template = row, message
+
+    def at(self, where: str) -> UserError:
+        """The same error, the row named by ``where``."""
+        return UserError(self.template.replace("{row}", where))
+
+
 class TrialFailure(Exception):
     """A trial could not finish (NaN loss, out of memory, bad sample): recorded, the study goes on."""
 

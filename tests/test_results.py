@@ -17,10 +17,9 @@ from optuna.trial import TrialState, create_trial
 from adalora_search.errors import UserError
 from adalora_search.results import tables
 from adalora_search.results.export import export_trial, pick_trial
-from adalora_search.results.references import summary_lines
 from adalora_search.search import ranking
 from adalora_search.search.runner import Budget, work
-from adalora_search.search.session import status_lines
+from adalora_search.search.status import status_lines, summary_lines
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.train.tasks.sequence_classification import SequenceClassification
 
@@ -68,7 +67,7 @@ def test_a_trial_that_predicts_one_class_is_flagged(tmp_path: Path, monkeypatch)
     work(spec, url, Budget(1, None), tmp_path / "artifacts", log=lambda _: None)
     study = optuna.load_study(study_name="t", storage=url)
     assert "single class" in study.trials[0].user_attrs["warnings"][0]
-    assert any("WARNING" in line and "single class" in line for line in summary_lines(spec, study))
+    assert any("WARNING" in line and "single class" in line for line in summary_lines(study))
 
 
 def test_export_of_a_trial_pruned_trial_says_so(tmp_path: Path, caplog, monkeypatch) -> None:

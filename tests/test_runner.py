@@ -186,7 +186,8 @@ def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url
 
 def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
     from adalora_search.errors import UserError
-    from adalora_search.search.session import locate, status_lines
+    from adalora_search.search.session import locate
+    from adalora_search.search.status import status_lines
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -195,8 +196,9 @@ def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
     assert not (tmp_path / "study.db").exists()  # reading never creates storage
     run_session(str(path), None, None, None, 1, [])
     lines = status_lines(locate(None, url, "t"))
-    assert lines[0] == "study t: 1 complete"
-    assert lines[1].startswith("best trial 0")
+    assert lines[0].startswith("study t: 1 complete | elapsed ") and lines[0].endswith("~0.0 min left")
+    assert lines[1].split() == ["run", "val", "accuracy", "test", "accuracy", "trainable"]  # the run's summary
+    assert lines[2].startswith("best trial 0 ") and "best trial 0: no searched knob" in lines
     with pytest.raises(UserError, match="no such study"):
         locate(None, url, "other")
 

@@ -14,6 +14,5 @@ __getattr__, __all__ = exports(
         "export_trial": "export",
         "retrain": "retrain",
         "run_references": "references",
-        "summary_lines": "references",
     },
 )

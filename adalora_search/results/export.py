@@ -24,7 +24,7 @@ import yaml
 
 from adalora_search import files
 from adalora_search.errors import UserError
-from adalora_search.results.model_card import model_card
+from adalora_search.results.model_card import model_card, peft_class
 from adalora_search.search import artifacts, ranking
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.space import TrialConfig
@@ -179,9 +179,65 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
         stored = json.loads(path.read_text())  # the training machine's path -> the exported base
         path.write_text(json.dumps({**stored, "base_model_name_or_path": base, "task_type": task.peft_task_type},
                                    indent=2, sort_keys=True))
+        modeling.load_tokenizer(cfg.model).save_pretrained(str(tmp / "adapter"))  # beside it, chat template too
     card = model_card(study, trial, data, final, has_adapter)
-    for directory in (tmp, tmp / "lora", *([tmp / "adapter"] if has_adapter else [])):
+    for directory in (tmp, *([tmp / "adapter"] if has_adapter else [])):
         (directory / "README.md").write_text(card)
+    for directory in (tmp / "lora", tmp / "adalora"):
+        (directory / "README.md").write_text(CONFIG_ONLY.format(name=directory.name) + card)
+
+
+CONFIG_ONLY = """# `{name}/`: a configuration to train with, not a trained adapter
+
+This folder holds `adapter_config.json` only, no weights: loading it with PEFT's `AutoPeftModel...`
+fails. Train it with `adalora-search retrain EXPORT_DIR` (fixed-rank LoRA with the trial's final
+ranks), or with PEFT: `get_peft_model(base_model, PeftConfig.from_pretrained("{name}"))`. The trained
+adapter of the trial, when the study kept it, is `adapter/`.
+
+"""
+
+
+def describe_export(out: Path) -> list[str]:
+    """What ``export`` prints after writing ``out``: what each folder is, and when there is no adapter."""
+    data = json.loads((out / "rank_config.json").read_text())
+    lines = [f"export written: {out}"]
+    if (out / "adapter").is_dir():
+        lines.append(f"  adapter/: trial {data['trial']}'s trained adapter and tokenizer: "
+                     f"{peft_class(data['task'])}.from_pretrained({str(out / 'adapter')!r})")
+    else:
+        lines.append(f"  no adapter/: the study kept no trained adapter for trial {data['trial']} "
+                     "(study.keep_top_k_adapters: 0, or it was pushed out of the top k); `adalora-search retrain "
+                     f"{out}` trains the exported LoRA")
+    lines.append("  lora/, adalora/: configurations to train with (retrain), not trained adapters")
+    if str(out.resolve()) not in str(data.get("base_model_name_or_path")) and (out / "base").is_dir():
+        lines.append(f"  base/: moved since export; run `adalora-search export --relocate {out}`")
+    return lines
+
+
+def relocate(out: Path) -> list[str]:
+    """Point every config of a moved or copied export at its own ``base/`` (``export --relocate DIR``).
+
+    PEFT's ``AutoPeftModel...from_pretrained`` loads ``base_model_name_or_path`` as written: an export whose
+    base is its ``base/`` folder names that folder by its absolute path, which a move breaks.
+
+    Raises:
+        UserError: ``out`` holds no export.
+    """
+    path = out / "rank_config.json"
+    if not path.is_file():
+        raise UserError(f"--relocate = {str(out)!r}: no rank_config.json there; name an export directory")
+    data = json.loads(path.read_text())
+    old = str(data.get("base_model_name_or_path"))
+    if not (out / "base").is_dir() or Path(old).name != "base":
+        return [f"{out}: the base model is {old!r}, not a folder of the export: nothing to relocate"]
+    new = str((out / "base").resolve())
+    old_out, new_out = str(Path(old).parent), str(out.resolve())
+    changed = []
+    for file in [path, out / "rank_config.yaml", *out.glob("*/adapter_config.json"), *out.glob("**/README.md")]:
+        if file.is_file() and old_out in (text := file.read_text()):
+            files.write_text(file, text.replace(old_out, new_out), "--relocate")
+            changed.append(str(file.relative_to(out)))
+    return [f"{out}: base_model_name_or_path -> {new} in {len(changed)} files ({', '.join(changed)})"]
 
 
 def _swap(tmp: Path, out: Path) -> None:

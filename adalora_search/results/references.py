@@ -18,6 +18,7 @@ from adalora_search.search import diagnostics
 from adalora_search.search.objective import TRIAL_ERRORS
 from adalora_search.search.record import TrialRecord
 from adalora_search.search.runner import best_trial
+from adalora_search.search.status import summary_lines
 from adalora_search.study.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.study.spec import Reference, StudySpec
 from adalora_search.train.data import TokenizedData
@@ -104,58 +105,8 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     return stored
 
 
-def summary_lines(spec: StudySpec, study: optuna.Study) -> list[str]:
-    """Best trial vs baselines vs references, on validation and (when present) test."""
-    best = best_trial(study)
-    if best is None:
-        return ["no completed trial yet"]
-    task = get_task(spec.model.task)
-    objective = spec.study.objectives[0].metric
-    metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
-                                  task.main_metric]))
-    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    rows = [(f"best trial {best.number}", _attrs(TrialRecord.of(best)))]
-    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records if r.baseline is not None]
-    rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
-    head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
-    lines = [f"{'run':40s}{head} {'trainable':>10s}"]
-    best_test = _score(rows[0][1], "test", metrics[0])
-    for label, attrs in rows:
-        cells = "".join(f" {_fmt(_score(attrs, 'final', m)):>16s} {_fmt(_score(attrs, 'test', m)):>16s}"
-                        for m in metrics)
-        share = attrs.get("trainable_params", {})
-        frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
-        test = _score(attrs, "test", metrics[0])
-        gain = "" if label.startswith("best") or test is None or best_test is None else \
-            f"  (best trial {_gain(metrics[0], best_test, test)})"
-        lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
-        lines += [f"  WARNING: {note}" for note in attrs.get("warnings", [])]
-    return lines
-
-
-def _attrs(record: TrialRecord) -> dict[str, Any]:
-    """A trial's row in the shape references are stored in (metrics, trainable_params, warnings)."""
-    return {"metrics": record.metrics, "trainable_params": record.trainable_params, "warnings": record.warnings}
-
-
-def _gain(metric: str, best: float, other: float) -> str:
-    """Points for scores in [0, 1]; a plain difference for losses and perplexity."""
-    if metric in ("eval_loss", "perplexity"):  # lower is better: say which way, not a signed delta
-        return f"{abs(best - other):.3f} {'lower' if best < other else 'higher'} {metric}"
-    return f"{100 * (best - other):+.1f} pt"
-
-
-def _score(attrs: dict[str, Any], which: str, metric: str) -> float | None:
-    value = (attrs.get("metrics", {}) or {}).get(which) or {}
-    return value.get(metric)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def finish_study(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> list[str]:
     """References (once), then the summary lines ``run`` prints, and what the results cannot be trusted for."""
     if spec.study.references:
         run_references(spec, study, data)
-    return summary_lines(spec, study) + diagnostics.study_notes(study)
+    return summary_lines(study) + diagnostics.study_notes(study)

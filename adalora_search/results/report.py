@@ -53,7 +53,11 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
-    gains = _gains(trials, best, metric, study.user_attrs.get("references") or {}) + diagnostics.study_notes(study)
+    gains = [*_gains(trials, best, metric, study.user_attrs.get("references") or {}),
+             *budget_sentences(frames["allocation_best"], best), *diagnostics.study_notes(study)]
+    if "Parameter importances" not in figures and best is not None:
+        gains.append("Parameter importances are left out: too few completed trials (or searched knobs) for "
+                     "Optuna's evaluator to tell the knobs apart.")
     files.write_text(out / "report.md", _markdown(study, frames, figures, gains, metric))
     page = out / "report.html"
     files.write_text(page, _html(study, frames, figures, gains, metric))
@@ -63,12 +67,12 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
 def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, Path]:
     figs: dict[str, Path] = {}
     if best is not None:
-        figs["Final ranks of the best trial (layer x module type)"] = plots.heatmap(
+        figs["Final ranks of the best trial (layer x module)"] = plots.heatmap(
             frames["allocation_best"], f"Trial {best.number}: final rank per matrix", out / "heatmap_best.png")
         figs[f"Mean rank share over the top {len(top)} trials"] = plots.heatmap(
             100 * frames["allocation_topk_share"], f"Top-{len(top)} trials: % of the budget",
             out / "heatmap_topk.png", fmt="{:.1f}", label="% of total rank")
-        figs["Budget schedule of the top trials"] = plots.budget_curves(top, out / "budget_curves.png")
+        figs["Budget schedule of the top trials"] = plots.budget_curves(top, metric, out / "budget_curves.png")
     if not trials.empty and f"final_{metric}" in trials:
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize,
@@ -104,12 +108,45 @@ def _gains(trials: pd.DataFrame, best, metric: str, references: dict) -> list[st
     return out
 
 
+def budget_sentences(table: pd.DataFrame, best) -> list[str]:
+    """Two sentences on where the best trial's rank budget went: the modules and the layers holding the
+    largest and smallest shares (``table``: layer x module ranks).
+    """
+    if best is None or table.empty or not table.to_numpy(dtype=float).any():
+        return []
+    total = float(table.sum().sum())
+    by_module = (table.sum(axis=0) / total).sort_values(ascending=False)
+    by_layer = (table.sum(axis=1) / total).sort_values(ascending=False)
+
+    def shares(series: pd.Series) -> str:
+        named = [(_layer(k) if series.index.name == "layer" else k, f"{100 * v:.0f} %") for k, v in series.items()]
+        if len(named) <= 3:
+            return ", ".join(f"{k} {v}" for k, v in named)
+        return (f"{named[0][0]} ({named[0][1]}) and {named[1][0]} ({named[1][1]}) hold the most, "
+                f"{named[-1][0]} the least ({named[-1][1]})")
+
+    return [f"Where the budget went: the best trial ({best.number}) kept {total:.0f} singular triplets; by matrix, "
+            f"{shares(by_module)}.",
+            f"By layer, {shares(by_layer)} (an even spread would give each of the {len(by_layer)} layers "
+            f"{100 / len(by_layer):.0f} %)."]
+
+
+def _layer(index: int) -> str:
+    return "the pooler" if index == -1 else f"layer {index}"
+
+
+REFERENCES_PENDING = ("_No reference run is stored yet: `run` trains the study's references (`study.references`: "
+                      "uniform LoRA, full fine-tuning, zero-shot) once its last trial has finished._\n")
+
+
 def _markdown(study, frames, figures, gains, metric) -> str:
     parts = [f"# Study `{study.study_name}`\n", *[f"- {g}" for g in gains], ""]
     for title, path in figures.items():
         parts.append(f"## {title}\n\n![{title}]({path.name})\n")
     for name, frame in frames.items():
-        if name != "allocations":
+        if name == "references" and frame.empty:
+            parts.append(f"## {name}\n\n{REFERENCES_PENDING}")
+        elif name != "allocations":
             parts.append(f"## {name}\n\n{tables.to_markdown(frame)}")
     parts.append("The long `allocations.csv` table lists every trial x module rank.\n")
     return "\n".join(parts)

@@ -35,6 +35,14 @@ def module_type(name: str) -> str:
     return ".".join(name.split(".")[-2:])
 
 
+def module_name(name: str) -> str:
+    """The model's own name of the module within its block (``self_attn.q_proj``, ``attention.self.query``),
+    the heatmaps' column; the name's last two parts outside the blocks (``pooler.dense``).
+    """
+    match = re.search(r"(?:layer|layers|h|block|blocks)\.\d+\.(.+)$", name)
+    return match.group(1) if match else ".".join(name.split(".")[-2:])
+
+
 def layer_index(name: str) -> int:
     """Transformer block index parsed from the name; -1 for modules outside the blocks (pooler)."""
     match = re.search(r"(?:layer|layers|h|block|blocks)\.(\d+)\.", name)
@@ -84,8 +92,10 @@ def allocations_table(study: optuna.Study) -> pd.DataFrame:
         total = record.total_rank or 1
         for name, rank in record.rank_allocation.items():
             rows.append({"trial": t.number, "state": t.state.name, "module": name, "layer": layer_index(name),
-                         "module_type": module_type(name), "rank": rank, "rank_share": rank / total})
-    return pd.DataFrame(rows, columns=["trial", "state", "module", "layer", "module_type", "rank", "rank_share"])
+                         "module_type": module_type(name), "module_name": module_name(name), "rank": rank,
+                         "rank_share": rank / total})
+    return pd.DataFrame(rows, columns=["trial", "state", "module", "layer", "module_type", "module_name", "rank",
+                                       "rank_share"])
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -94,17 +104,21 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> pd.DataFrame:
-    """Layer x module type, averaged over those of ``trials`` that adapted each cell.
+    """Layer x module (the model's own names, in block order: query, key, value, attention output, FFN),
+    averaged over those of ``trials`` that adapted each cell.
 
-    A cell is the sum over its modules (e.g. a layer's query) of ``value`` (rank, or rank_share to
-    compare budgets). NaN: no trial adapted it; 0: adapted, and every triplet pruned away.
+    A cell is ``value`` of that module (rank, or rank_share to compare budgets), summed over its modules
+    when names repeat. NaN: no trial adapted it; 0: adapted, and every triplet pruned away.
     """
     subset = allocations[allocations["trial"].isin(trials)]
     if subset.empty:
         return pd.DataFrame()
-    per_trial = subset.groupby(["trial", "layer", "module_type"])[value].sum()
-    table = per_trial.groupby(["layer", "module_type"]).mean().unstack("module_type")
-    ordered = [c for c in TYPE_ORDER if c in table.columns] + [c for c in table.columns if c not in TYPE_ORDER]
+    column = "module_name" if "module_name" in subset else "module_type"
+    per_trial = subset.groupby(["trial", "layer", column])[value].sum()
+    table = per_trial.groupby(["layer", column]).mean().unstack(column)
+    kinds = dict(zip(subset[column], subset["module_type"]))
+    rank = {kind: i for i, kind in enumerate(TYPE_ORDER)}
+    ordered = sorted(table.columns, key=lambda c: (rank.get(kinds.get(c), len(rank)), str(c)))
     return table[ordered].sort_index()
 
 

@@ -16,6 +16,8 @@ __getattr__, __all__ = exports(
         "prepare_data": "runner",
         "run_session": "session",
         "locate": "session",
+        "status_lines": "status",
+        "summary_lines": "status",
         "TrialRecord": "record",
         "ranked": "ranking",
         "best": "ranking",

@@ -71,6 +71,8 @@ class Objective:
         tracked = self.tracker.start(trial, cfg)
         try:
             run = TrialRun(cfg, self.data)
+            trial.set_user_attr("total_steps", run.total_steps)  # status shows a running trial's progress
+            trial.set_user_attr("trainable_params", dict(run.result.trainable_params))
             run.train(self._on_eval(trial, cfg, run, tracked))
             if "test" in self.data.splits:
                 run.result.metrics["test"] = run.evaluate("test", final=True)
@@ -100,6 +102,7 @@ class Objective:
             self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
                      f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
             tracked.log(step, scores)
+            trial.set_user_attr("last_eval_step", step)
             if len(objectives) > 1 or pruning not in scores:
                 return
             trial.report(sign * scores[pruning], step)

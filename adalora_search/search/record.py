@@ -36,6 +36,7 @@ class TrialRecord:
     dropped_adapters: list[int] = field(default_factory=list)  # trials whose adapters it pushed out of the top-k
     adapter_dir: str | None = None  # studies from before artifact stores: a local directory
     worker: str | None = None
+    last_eval_step: int | None = None  # a running trial: the optimizer step of its last evaluation
     label_names: list[str] | None = None  # class or tag names in id order, as the trial trained them
     has_label_names: bool = False  # label_names was stored (studies from before it was are read from the data)
 
@@ -52,7 +53,8 @@ class TrialRecord:
             warnings=list(a.get("warnings") or []), adapter_store=a.get("adapter_store"),
             adapter_failure=a.get("adapter_failure"),
             dropped_adapters=list(a.get("dropped_adapters") or []), adapter_dir=a.get("adapter_dir"),
-            worker=a.get("worker"), label_names=a.get("label_names"), has_label_names="label_names" in a,
+            worker=a.get("worker"), last_eval_step=a.get("last_eval_step"), label_names=a.get("label_names"),
+            has_label_names="label_names" in a,
         )
 
     def metric(self, which: str, name: str) -> float | None:
@@ -61,8 +63,10 @@ class TrialRecord:
 
     @property
     def steps(self) -> int | None:
-        """Optimizer steps actually trained (fewer than ``total_steps`` for a trial-pruned trial)."""
-        return self.timing.get("steps")
+        """Optimizer steps actually trained (fewer than ``total_steps`` for a trial-pruned trial; a running
+        trial: at its last evaluation).
+        """
+        return self.timing.get("steps", self.last_eval_step)
 
     @property
     def total_rank(self) -> int:

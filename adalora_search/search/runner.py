@@ -187,6 +187,7 @@ def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, 
     study = study if study is not None else open_study(spec, url, allow_changed, log)
     if study.user_attrs.get(diagnostics.DATA_NOTES) != data.notes():
         study.set_user_attr(diagnostics.DATA_NOTES, data.notes())
+    study.set_user_attr("budget", {"n_trials": budget.n_trials, "timeout": budget.timeout})  # status's estimate
     objective = Objective(spec, data, artifact_store, log)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0

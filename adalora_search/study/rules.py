@@ -140,7 +140,7 @@ def _study(spec: StudySpec) -> list[Problem]:
         for path, dist in searched_knobs(spec):
             if not isinstance(dist, Choices):
                 out.append(Problem(path, dist.model_dump(), "the grid sampler needs {choices: [...]} here"))
-    if spec.study.keep_top_k_adapters and len(objectives) > 1:
+    if "keep_top_k_adapters" in spec.study.model_fields_set and spec.study.keep_top_k_adapters and len(objectives) > 1:
         out.append(Problem("study.keep_top_k_adapters", spec.study.keep_top_k_adapters,
                            "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
                            "retrain the exported Pareto trial you pick"))

@@ -31,7 +31,7 @@ class ModelSpec(Frozen):
 
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
     task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
-        default="classification", description="a task of the registry in adalora_search/tasks")
+        default="classification", description="a task of the registry in adalora_search/train/tasks")
     init: Literal["pretrained", "random"] = Field(
         default="pretrained", description="pretrained: the checkpoint's weights; random: built from the "
                                           "(overridden) config, for tests and smoke runs"

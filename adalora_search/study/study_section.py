@@ -114,7 +114,9 @@ class StudySection(Frozen):
     max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
     max_consecutive_failures: int = Field(
         default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
-    keep_top_k_adapters: int = Field(default=0, ge=0, description="save the adapters of the k best trials")
+    keep_top_k_adapters: int = Field(
+        default=1, ge=0, description="keep the trained adapters of the k best trials in the artifact store (export "
+        "brings the kept one of the trial it exports); 0: keep none. A multi-objective study keeps none")
     artifact_store: str | None = Field(
         default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
         "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")

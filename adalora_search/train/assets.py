@@ -6,14 +6,21 @@ of the code sees a local directory (or a Hub id, passed through untouched) and a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import logging
 import os
+import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from adalora_search.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import datasets
@@ -29,13 +36,40 @@ GGUF_MODELS: dict[str, tuple[str, str, str]] = {
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A packaged model name -> its directory; a local path or Hub id is returned as given."""
+    """A packaged model name -> its directory; a local path or Hub id is returned as given (for a Hub id,
+    ``offline_unless_reachable`` first).
+    """
     if name_or_path in MODELS:
         package, sub, requirement = MODELS[name_or_path]
         return str(_package_dir(package, requirement) / sub)
     if name_or_path in GGUF_MODELS:
         return str(_converted(name_or_path))
+    if not Path(name_or_path).exists():
+        offline_unless_reachable()
     return name_or_path
+
+
+@functools.cache
+def offline_unless_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub cannot be reached from here: huggingface_hub, transformers and datasets
+    are then put in offline mode (cached files only), once and quietly, instead of retrying every request
+    (about 50 s of "Retrying in 8s" lines before the same error).
+    """
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return True
+    url = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return False
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        hub.HF_HUB_OFFLINE = True
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+        _log.info(f"{hub.ENDPOINT} cannot be reached: Hub models and datasets are read from the local cache only")
+        return True
 
 
 def _package_dir(package: str, requirement: str) -> Path:

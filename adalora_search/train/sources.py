@@ -6,7 +6,9 @@ the train/validation/test splits from what they return, then selects, dedupes, s
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ def load(src: Source) -> dict[str, datasets.Dataset]:
         if isinstance(src, PackagedSource):
             return dict(assets.load_packaged(src.name))
         if isinstance(src, HubSource):
+            assets.offline_unless_reachable()
             return dict(_datasets().load_dataset(src.path, src.name, revision=src.revision))
         if isinstance(src, DiskSource):
             return _load_saved(src)
@@ -134,3 +137,28 @@ def _saved_fingerprints(path: Path) -> dict[str, str | None]:
         except (OSError, ValueError):
             out[str(state.parent.relative_to(path))] = None
     return out
+
+
+def row_location(src: Source, split: str, row: int) -> str | None:
+    """Where row ``row`` (0-based, in file order) of a local data file is: ``reviews.csv line 5``; None for
+    other sources (the caller names the row by number).
+    """
+    path = Path(src.paths[split]) if isinstance(src, FilesSource) and split in src.paths else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            if src.format == "jsonl":
+                lines = (n for n, text in enumerate(f, 1) if text.strip())
+                return f"{path.name} line {next(itertools.islice(lines, row, None))}"
+            if src.format == "csv":
+                reader = csv.reader(f, delimiter=src.delimiter or ",")
+                next(reader)  # the header
+                for i in itertools.count():
+                    start = reader.line_num + 1  # a record may span lines (a quoted line break)
+                    next(reader)
+                    if i == row:
+                        return f"{path.name} line {start}"
+    except (OSError, StopIteration, UnicodeDecodeError, csv.Error):
+        return None
+    return f"{path.name} record {row + 1}"

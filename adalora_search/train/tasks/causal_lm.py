@@ -27,7 +27,7 @@ import re
 import string
 from typing import Any, ClassVar
 
-from adalora_search.errors import Problem, UserError
+from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.train.tasks import lm_rows
 from adalora_search.train.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
 
@@ -299,6 +299,5 @@ def _messages(value: Any, field: str, split: str, row: int) -> list[dict[str, st
         problem = f"has no turn with role 'assistant' (roles: {sorted({m['role'] for m in value})})"
     else:
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise UserError(f"data.messages_field = {field!r}: row {row} of the {split} split {problem}: "
-                    f"{str(value)[:120]}; each row must be a list of {{role, content}} turns with text content "
-                    "and at least one 'assistant' turn")
+    raise DataRowError(row, f"data.messages_field = {field!r}: {{row}} {problem}: {str(value)[:120]}; each row must "
+                       "be a list of {role, content} turns with text content and at least one 'assistant' turn", split)

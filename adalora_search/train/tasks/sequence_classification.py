@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from adalora_search.errors import Problem, UserError
+from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.train.tasks.base import (
     Direction,
     Encoded,
@@ -213,8 +213,9 @@ def _without_blank_labels(rows: Rows, data: Any, split: str) -> Rows:
     if not blank:
         return rows
     if not data.drop_blank_labels:
-        raise UserError(f"data.label_field = {data.label_field!r}: {len(blank)} row(s) of the {split} split have a "
-                        f"blank label (e.g. row {blank[0]}); fill them, or set data.drop_blank_labels: true")
+        raise DataRowError(blank[0], f"data.label_field = {data.label_field!r}: {len(blank)} row(s) of the {split} "
+                           "split have a blank label (the first: {row}); fill them, or set data.drop_blank_labels: "
+                           "true", split)
     keep = sorted(set(range(len(labels))) - set(blank))
     return {column: [values[i] for i in keep] for column, values in rows.items()}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
-from adalora_search.errors import Problem, UserError
+from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.train.tasks.base import (
     Direction,
     Encoded,
@@ -62,15 +62,15 @@ class TokenClassification(Task):
         names = id_names(getattr(feature, "feature", None), data)  # List(ClassLabel) names, else data.label_names
         for i, (w, t) in enumerate(zip(words, tags)):
             if not isinstance(w, list) or not isinstance(t, list) or len(w) != len(t):
-                raise UserError(f"data.text_fields = {data.text_fields}: row {i} of the {split} split must hold "
-                                f"a list of words and data.label_field {data.label_field!r} a list of tags of the "
-                                f"same length; got {str(w)[:60]!r} and {str(t)[:60]!r}")
+                raise DataRowError(i, f"data.text_fields = {data.text_fields}: {{row}} must hold a list of words and "
+                                   f"data.label_field {data.label_field!r} a list of tags of the same length; got "
+                                   f"{str(w)[:60]!r} and {str(t)[:60]!r}", split)
             if not w:
-                raise UserError(f"data.text_fields = {data.text_fields}: row {i} of the {split} split has no words; "
-                                "drop empty rows from the data")
+                raise DataRowError(i, f"data.text_fields = {data.text_fields}: {{row}} has no words; drop empty rows "
+                                   "from the data", split)
             if any(x is None or (isinstance(x, str) and not x.strip()) for x in t):
-                raise UserError(f"data.label_field = {data.label_field!r}: row {i} of the {split} split has a blank "
-                                f"tag: {str(t)[:80]}; give every word a tag (e.g. O)")
+                raise DataRowError(i, f"data.label_field = {data.label_field!r}: {{row}} has a blank tag: "
+                                   f"{str(t)[:80]}; give every word a tag (e.g. O)", split)
         if names is None and any(isinstance(x, int) for t in tags for x in t):
             raise UserError(f"data.label_field = {data.label_field!r}: the {split} split stores tags as integer ids "
                             f"(e.g. {tags[0][:8]}) and the data names none of them (no ClassLabel feature); list the "

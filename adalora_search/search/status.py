@@ -1,0 +1,174 @@
+"""What ``status`` and the end of ``run`` show of a stored study, read from storage alone (no torch).
+
+``summary_lines``: the best trial, the baselines and the references side by side (validation and
+test); ``status_lines``: that table, the counts and progress with an estimate of the time left, the
+best trial's knobs and budget, running trials and every warning; ``status_data``: the same for
+programs (``status --json``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from adalora_search.search import diagnostics, ranking
+from adalora_search.search.record import TrialRecord
+from adalora_search.train.tasks import TASKS
+
+BUDGET = "budget"  # study user attr: the last run's {n_trials, timeout}, for the estimate of the time left
+
+
+def summary_lines(study: optuna.Study) -> list[str]:
+    """Best trial vs baselines vs references, on validation and (when present) test: the table ``run`` ends
+    with and ``status`` shows (read from the study's attrs alone).
+    """
+    best = ranking.best(study)
+    if best is None:
+        return ["no completed trial yet"]
+    task = TASKS[study.user_attrs.get("task", "classification")]
+    objective = (study.user_attrs.get("objectives") or [{"metric": task.main_metric}])[0]["metric"]
+    metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
+                                  task.main_metric]))
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    rows = [(f"best trial {best.number}", _attrs(TrialRecord.of(best)))]
+    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records if r.baseline is not None]
+    rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
+    head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
+    lines = [f"{'run':40s}{head} {'trainable':>10s}"]
+    best_test = _score(rows[0][1], "test", metrics[0])
+    for label, attrs in rows:
+        cells = "".join(f" {_fmt(_score(attrs, 'final', m)):>16s} {_fmt(_score(attrs, 'test', m)):>16s}"
+                        for m in metrics)
+        share = attrs.get("trainable_params", {})
+        frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
+        test = _score(attrs, "test", metrics[0])
+        gain = "" if label.startswith("best") or test is None or best_test is None else \
+            f"  (best trial {_gain(metrics[0], best_test, test)})"
+        lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
+        lines += [f"  WARNING: {note}" for note in attrs.get("warnings", [])]
+    return lines
+
+
+def _attrs(record: TrialRecord) -> dict[str, Any]:
+    """A trial's row in the shape references are stored in (metrics, trainable_params, warnings)."""
+    return {"metrics": record.metrics, "trainable_params": record.trainable_params, "warnings": record.warnings}
+
+
+def _gain(metric: str, best: float, other: float) -> str:
+    """Points for scores in [0, 1]; a plain difference for losses and perplexity."""
+    if metric in ("eval_loss", "perplexity"):  # lower is better: say which way, not a signed delta
+        return f"{abs(best - other):.3f} {'lower' if best < other else 'higher'} {metric}"
+    return f"{100 * (best - other):+.1f} pt"
+
+
+def _score(attrs: dict[str, Any], which: str, metric: str) -> float | None:
+    value = (attrs.get("metrics", {}) or {}).get(which) or {}
+    return value.get(metric)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def status_lines(study: optuna.Study) -> list[str]:
+    """What ``status`` prints: counts and progress, the summary table, the best trial's knobs and budget,
+    running trials, and every warning.
+    """
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    lines = [f"study {study.study_name}: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+                                               or "no trial yet")]
+    if (left := progress(study)) is not None:
+        lines[0] += f" | {left}"
+    best = ranking.best(study)
+    if best is not None:
+        lines += summary_lines(study)
+        record = TrialRecord.of(best)
+        params = record.trainable_params
+        knobs = ", ".join(f"{k.split('.')[-1]} {_value(v)}" for k, v in sorted(best.params.items()))
+        lines.append(f"best trial {best.number}: {knobs or 'no searched knob'}")
+        lines.append(f"  budget: total rank {record.total_rank}, trainable params {params.get('initial', 0):,} at "
+                     f"the start -> {params.get('final', 0):,} after rank pruning")
+    lines += diagnostics.study_notes(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (failure := TrialRecord.of(t).adapter_failure) is not None and t.number != getattr(best, "number", None):
+            lines.append(f"WARNING: trial {t.number}'s adapter was not kept ({failure}); its results are stored")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = TrialRecord.of(t)
+        lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, step {record.steps or 0} of "
+                     f"{record.total_steps or '?'}, worker {record.worker or '?'}")
+    return lines
+
+
+def progress(study: optuna.Study, now: float | None = None) -> str | None:
+    """``elapsed 3.1 min, ~6.2 min left``: the time left from the optimizer steps done so far (finished trials
+    and the running ones' last evaluation) against the steps of ``n_trials`` trials; None before a first
+    evaluation or without an ``n_trials`` budget. Trial pruning ends trials early, so this is an upper bound.
+    """
+    n_trials = (study.user_attrs.get(BUDGET) or {}).get("n_trials")
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    records = [TrialRecord.of(t) for t in trials]
+    done = sum(r.steps or 0 for r in records if r.state in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                            TrialState.RUNNING))
+    planned = [r.total_steps for r in records if r.total_steps]
+    if not n_trials or not done or not planned:
+        return None
+    elapsed = (now or time.time()) - min(t.datetime_start.timestamp() for t in trials)
+    finished = sum(r.state in (TrialState.COMPLETE, TrialState.PRUNED) for r in records)
+    running = [r for r in records if r.state == TrialState.RUNNING]
+    still = max(n_trials - finished - len(running), 0) * sum(planned) / len(planned)
+    left_steps = still + sum((r.total_steps or 0) - (r.steps or 0) for r in running)
+    return f"elapsed {elapsed / 60:.1f} min, ~{elapsed / done * left_steps / 60:.1f} min left"
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def status_data(study: optuna.Study) -> dict[str, Any]:
+    """What ``status --json`` prints: the study's name, trial counts by state, the best trial, one row per trial.
+
+    States are Optuna's names (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``); ``values``
+    are the objective values (null until a trial completes); ``steps`` the optimizer steps trained (a
+    running trial: at its last evaluation); ``trainable_params`` has ``initial``, ``final`` (after rank
+    pruning) and ``model_total`` (a running trial: from its start); ``failure`` is ``{type, message}`` for a
+    failed trial; ``progress`` the time left (``progress``). Non-finite numbers are written as null.
+    """
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    best = ranking.best(study)
+    best_row = None
+    if best is not None:
+        record = TrialRecord.of(best)
+        best_row = {"number": best.number, "values": best.values, "params": best.params,
+                    "metrics": record.metrics.get("final", {}), "trainable_params": record.trainable_params,
+                    "baseline": record.baseline, "warnings": record.warnings}
+    data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
+            "objectives": study.user_attrs.get("objectives"), "counts": counts, "progress": progress(study),
+            "best": best_row, "data_notes": study.user_attrs.get(diagnostics.DATA_NOTES) or [],
+            "warnings": diagnostics.constant_objectives(study), "trials": [_row(t) for t in trials]}
+    return _finite(data)
+
+
+def _row(t: FrozenTrial) -> dict[str, Any]:
+    record = TrialRecord.of(t)
+    return {"number": t.number, "state": t.state.name, "values": t.values, "steps": record.steps,
+            "total_steps": record.total_steps, "trainable_params": record.trainable_params,
+            "failure": record.failure, "adapter_failure": record.adapter_failure, "baseline": record.baseline,
+            "worker": record.worker}
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None, so that it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -90,7 +90,8 @@ def _quiet_libraries(verbose: bool) -> None:
 @click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
 def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     """Check study files completely and summarise their search space."""
-    from adalora_search.search.session import check_inputs
+    from adalora_search.search import storage as storage_mod
+    from adalora_search.search.session import check_inputs, storage_url
     from adalora_search.study import describe
     from adalora_search.study.loader import load_spec
 
@@ -98,6 +99,7 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     for path in study_files:
         try:
             spec = load_spec(path)
+            storage_mod.check_reachable_here(storage_url(spec, path, None))
             linears, data = None, None
             if not no_data:
                 data, linears = check_inputs(spec, path)

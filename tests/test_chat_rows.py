@@ -132,6 +132,16 @@ def test_truncation_keeps_the_template_structure_and_the_response(model_dir: Pat
     assert code == 0 and "rows longer than data.max_length, truncated: train 30 of 30, validation 10 of 10" in out
 
 
+def test_merged_system_text_survives_truncation(model_dir: Path) -> None:
+    tokenizer = _tokenizer(model_dir, STRICT_SYSTEM)
+    chat = [{"role": "system", "content": "answer in one word"},
+            {"role": "user", "content": "first " * 30 + "question"}, {"role": "assistant", "content": "alpha"}]
+    fitted = lm_rows.fit_chat(tokenizer, chat, 20, "merge")
+    text = tokenizer.decode(fitted.ids)
+    assert fitted.truncated and text.startswith("< user > answer in one word first") and len(fitted.ids) <= 20
+    assert text.endswith("question [SEP] < assistant > alpha [SEP]")
+
+
 def test_a_chat_too_long_loses_its_oldest_exchanges_first(model_dir: Path) -> None:
     tokenizer = _tokenizer(model_dir, DEFAULT_SYSTEM)
     chat = [{"role": "user", "content": "first question about boats"}, {"role": "assistant", "content": "alpha"},
@@ -163,12 +173,20 @@ def test_a_template_that_rewrites_history_is_refused_unless_it_marks_replies(mod
     assert tokenizer.decode(ids[:start]).endswith("second question [SEP] < assistant >")
 
 
-def test_a_template_without_generation_prompt_keeps_the_header_out_of_the_loss(model_dir: Path) -> None:
+@pytest.mark.parametrize("reply", ["yes", "a", "s", "assistant"])  # also text that occurs in the turn's header
+def test_a_template_without_generation_prompt_keeps_the_header_out_of_the_loss(model_dir: Path, reply: str) -> None:
     tokenizer = _tokenizer(model_dir, NO_GENERATION_PROMPT)
-    chat = [{"role": "user", "content": "say yes"}, {"role": "assistant", "content": "yes"}]
+    chat = [{"role": "user", "content": "say it"}, {"role": "assistant", "content": reply}]
     ids, mask, start = lm_rows.chat_tokens(tokenizer, chat)
-    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == "yes [SEP]"  # the reply and its end marker
-    assert tokenizer.decode(ids[:start]) == "< user > say yes [SEP] < assistant >"  # generation starts after it
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == f"{reply} [SEP]"  # the reply and its end marker
+    assert tokenizer.decode(ids[:start]) == "< user > say it [SEP] < assistant >"  # generation starts after it
+
+
+def test_a_template_that_changes_the_reply_is_refused_saying_so(model_dir: Path) -> None:
+    upper = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] | upper }} [SEP] {% endfor %}" + GEN_PROMPT
+    chat = [{"role": "user", "content": "say yes"}, {"role": "assistant", "content": "yes"}]
+    with pytest.raises(lm_rows.RowError, match="changes or leaves out the text of assistant turn 1"):
+        lm_rows.chat_tokens(_tokenizer(model_dir, upper), chat)
 
 
 def test_message_content_given_as_parts_is_described_as_such(model_dir: Path, tmp_path: Path, monkeypatch,

@@ -272,6 +272,8 @@ def test_an_artifact_store_that_fills_up_keeps_the_trained_trial(tmp_path: Path,
     assert list((tmp_path / "t_artifacts").iterdir()) == []  # no partial artifact
     code, out = run_cli(["status", str(path)], monkeypatch, capsys)
     assert code == 0 and "WARNING: its adapter could not be kept in the artifact store" in out, out
+    code, out = run_cli(["export", str(path), "--out", str(tmp_path / "e")], monkeypatch, capsys)
+    assert code == 0 and "adapter could not be kept when it trained" in out and "no adapter/" in out, out
 
 
 # ---------------------------------------------------------------- item 8: results that learned nothing are said
@@ -304,3 +306,75 @@ def test_rows_with_empty_text_are_left_out_and_counted(tmp_path: Path, monkeypat
     assert sum(left_out.values()) == 1  # six empty cells: five removed first as repeats of the first one
     assert code == 0 and "rows left out (empty text): " in out and "rows that repeat an earlier row" in out
     assert all(len(ids) > 2 for split in data.splits.values() for ids in split.columns["input_ids"])
+
+
+@pytest.mark.parametrize("target", [".", "reviews.csv", "precious"])
+def test_export_force_replaces_only_an_earlier_export(target: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--out . --force` was a traceback; `--force` replaced the study's data file or any folder."""
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1, "keep_top_k_adapters": 0}))
+    assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0
+    (tmp_path / "reviews.csv").write_text("text,label\n")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "important.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, out = run_cli(["export", "study.yaml", "--out", target, "--force"], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in out and ("holds the working directory" in out or "is a file" in out
+                                                     or "not an export" in out), out
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert run_cli(["export", "study.yaml", "--out", "e"], monkeypatch, capsys)[0] == 0
+    assert run_cli(["export", "study.yaml", "--out", "e", "--force"], monkeypatch, capsys)[0] == 0  # an export
+
+
+def test_out_under_a_file_says_a_file_is_in_the_way(tmp_path: Path, monkeypatch, capsys) -> None:
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1, "keep_top_k_adapters": 0}))
+    assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0
+    (tmp_path / "reviews.csv").write_text("a file")
+    for command in ("export", "report"):
+        code, out = run_cli([command, str(path), "--out", str(tmp_path / "reviews.csv" / "sub" / "x")], monkeypatch,
+                            capsys)
+        assert code == 2 and ("a part of the path is a file, not a folder" in out) and "free space" not in out, out
+
+
+def _saved(tmp_path: Path, names: list[str]) -> Path:
+    import datasets
+
+    rows = {"text": [f"review number {i} was {'good' if i % 3 else 'bad'}" for i in range(60)],
+            "label": [i % 3 for i in range(60)]}
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    study = study_dict(study={"n_trials": 1}, data={"source": {"type": "disk", "path": "saved"},
+                                                    "text_fields": ["text"], "max_train_samples": None,
+                                                    "max_eval_samples": None})
+    return write_study(tmp_path, study)
+
+
+def test_classlabel_names_keep_their_id_order_and_an_edit_of_them_is_seen(tmp_path: Path) -> None:
+    path = _saved(tmp_path, ["neg", "pos", "mixed"])
+    assert prepare_data(load_spec(path)).label_names == ["neg", "pos", "mixed"]  # the dataset's ids, not sorted
+    info = tmp_path / "saved" / "dataset_info.json"
+    meta = json.loads(info.read_text())
+    meta["features"]["label"]["names"] = ["bad", "good", "so-so"]
+    info.write_text(json.dumps(meta, indent=2))
+    assert prepare_data(load_spec(path)).label_names == ["bad", "good", "so-so"]  # not the cached old names
+
+
+def test_a_validation_split_without_entities_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    train = [{"tokens": ["ann", "met", f"w{i}"], "ner": ["B-PER", "O", "O"]} for i in range(40)]
+    validation = [{"tokens": ["it", "rained", f"w{i}"], "ner": ["O", "O", "O"]} for i in range(10)]
+    for name, rows in (("train", train), ("validation", validation)):
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    study = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
+                       data={"source": {"type": "files", "format": "jsonl",
+                                        "paths": {"train": "train.jsonl", "validation": "validation.jsonl"}},
+                             "text_fields": ["tokens"], "label_field": "ner", "split": None})
+    code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
+    assert code == 2 and "the validation split has no entity" in out, out
+
+
+def test_validate_checks_the_storage_as_run_would(tmp_path: Path, monkeypatch, capsys) -> None:
+    for url, expect in (("sqlite:///nosuch/x.db", "nosuch does not exist"),
+                        ("SQLITE:///x.db", "is not a database SQLAlchemy can open here")):
+        path = write_study(tmp_path, study_dict(study={"storage": url}))
+        code, out = run_cli(["validate", "--no-data", str(path)], monkeypatch, capsys)
+        assert code == 2 and expect in out, out

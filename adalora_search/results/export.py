@@ -124,19 +124,37 @@ def export_trial(study: optuna.Study, out: Path, number: int | None = None, forc
             study's model or data cannot be loaded.
     """
     trial = pick_trial(study, number, pick)
-    if out.exists() and not force:
-        raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
-    parent = out.resolve().parent
+    target = out.resolve()
+    _check_replaceable(out, target, force)
     with files.writing(out):  # a full disk, a read-only folder...: exit 2 naming --out, nothing left behind
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
         try:
-            _write(study, trial, tmp, parent / out.name)
+            _write(study, trial, tmp, target)
             files.default_modes(tmp)
-            _swap(tmp, out)
+            _swap(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_replaceable(out: Path, target: Path, force: bool) -> None:
+    """``--out`` may be new, or (with ``--force``) an earlier export; never a file, another folder, or a folder
+    holding the working directory.
+
+    Raises:
+        UserError: naming ``--out`` and what is there.
+    """
+    if not target.exists():
+        return
+    if not force:
+        raise UserError(f"--out = {str(out)!r} already exists; pass --force to replace it")
+    if Path.cwd() == target or target in Path.cwd().parents:
+        raise UserError(f"--out = {str(out)!r} holds the working directory; name a folder of its own for the export")
+    if not (target.is_dir() and (target / "rank_config.json").is_file()):
+        what = "a file" if not target.is_dir() else "a folder that is not an export (it has no rank_config.json)"
+        raise UserError(f"--out = {str(out)!r} is {what}; --force replaces only an earlier export, so choose "
+                        "another path")
 
 
 def base_model(cfg: TrialConfig, label_names: list[str] | None, tmp: Path, final: Path) -> str:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jinja2
@@ -24,16 +27,25 @@ from adalora_search.search.record import TrialRecord
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
     """CSV and Markdown tables, PNG plots and one self-contained HTML page in ``out``; returns the page.
 
-    Each file is written whole (``files``). Raises ``UserError`` when ``out`` cannot be written.
+    The whole report is written into a temporary folder beside ``out`` first, then its files are renamed
+    into ``out``: a full disk leaves the previous report as it was, never a mix of old and new files.
+    Raises ``UserError`` when ``out`` cannot be written (naming ``out``'s path).
     """
     created = not out.exists()
     files.make_dir(out)
+    with files.writing(out):
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        return _write(study, out, top_k)
-    except UserError:
+        page = _write(study, staging, top_k)
+        for written in sorted(staging.iterdir()):
+            os.replace(written, out / written.name)  # renames: no space needed, nothing half written
+        return out / page.name
+    except UserError as exc:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing partial left: not even the empty folder this call made
-        raise
+        raise UserError(str(exc).replace(str(staging), str(out))) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write(study: optuna.Study, out: Path, top_k: int) -> Path:

@@ -171,6 +171,10 @@ def restore_adapter(study: optuna.Study, trial: FrozenTrial, dest: Path) -> bool
     metas = adapter_meta(study, trial)
     if not metas:
         return _legacy_copy(trial, dest)
+    if (failure := TrialRecord.of(trial).adapter_failure) is not None:  # Optuna recorded it before the write failed
+        _log.warning("trial %d's adapter could not be kept when it trained (%s); adapter/ is not exported",
+                     trial.number, failure)
+        return False
     pusher = dropped_by(study.get_trials(deepcopy=False)).get(trial.number)
     if pusher is not None:
         _log.warning("trial %d's adapter was removed from the artifact store when trial %d pushed it out of the "

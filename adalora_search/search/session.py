@@ -58,6 +58,7 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
     spec = load_spec(study_file)
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
+    storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {stored_line(study)}")

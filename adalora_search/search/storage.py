@@ -75,6 +75,28 @@ def check_url(url: str, field: str = "study.storage") -> None:
         raise UserError(f"{field} = {mask(url)!r}: {problem}")
 
 
+def check_reachable_here(url: str, field: str = "study.storage") -> None:
+    """What ``validate`` can check of a storage without opening it: a database SQLAlchemy knows (a driver
+    installed) and, for SQLite, an existing folder for the file.
+
+    Raises:
+        UserError: naming ``field`` and the fix.
+    """
+    check_url(url, field)
+    parsed = make_url(url)
+    try:
+        parsed.get_dialect()
+    except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
+        raise UserError(f"{field} = {mask(url)!r}: {parsed.drivername!r} is not a database SQLAlchemy can open here "
+                        f"({type(exc).__name__}); write sqlite:///FILE or postgresql://USER@HOST/DB (lower case), "
+                        "and install the driver (pip install psycopg[binary] for PostgreSQL)") from None
+    database = parsed.database or ""
+    local = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if local and not Path(database).parent.is_dir():
+        raise UserError(f"{field} = {mask(url)!r}: directory {Path(database).parent} does not exist; create it or "
+                        "change the URL (a relative file is relative to the study file)")
+
+
 def mask(url: str) -> str:
     """The URL with any password replaced by ***, safe to print or store."""
     if ambiguous_password(url):
@@ -98,11 +120,8 @@ def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> 
     check_url(url)
     parsed = make_url(url)
     engine_kwargs: dict = {}
+    check_reachable_here(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:" and not Path(database).parent.exists():
-            raise UserError(f"study.storage = {mask(url)!r}: directory {Path(database).parent} does not exist; "
-                            "create it or change the URL")
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True, "connect_args": _connect_timeout(parsed.get_backend_name())}

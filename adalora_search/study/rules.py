@@ -132,6 +132,8 @@ def _study(spec: StudySpec) -> list[Problem]:
     if spec.model.chat_template is not None and not task.generates:
         out.append(Problem("model.chat_template", spec.model.chat_template[:40],
                            f"model.task {spec.model.task} renders no chat; remove model.chat_template"))
+    elif spec.model.chat_template is not None and (syntax := _jinja_problem(spec.model.chat_template)):
+        out.append(Problem("model.chat_template", spec.model.chat_template[:40], syntax))
     for i, objective in enumerate(objectives):
         where = f"study.objective[{i}].metric" if len(objectives) > 1 else "study.objective.metric"
         out += _metric(spec, task, where, objective.metric, {*task.metrics, "trainable_params"})
@@ -195,3 +197,25 @@ def _baseline_values(spec: StudySpec, values: dict[str, Any], where: str) -> lis
             loc = ".".join(str(x) for x in err["loc"])
             out.append(Problem(f"{where}.params[{loc}]", err.get("input"), err["msg"]))
     return out
+
+
+def _jinja_problem(template: str) -> str | None:
+    """Why ``template`` does not parse as a chat template (Jinja2 with transformers' ``generation`` and loop
+    control tags), or None.
+    """
+    import jinja2
+    import jinja2.ext
+
+    class Generation(jinja2.ext.Extension):
+        tags = {"generation"}  # noqa: RUF012 - jinja2's extension API
+
+        def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    try:
+        jinja2.Environment(extensions=[Generation, jinja2.ext.loopcontrols]).parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        return f"not a Jinja template: {exc.message} (template line {exc.lineno}); fix the template's syntax"
+    return None

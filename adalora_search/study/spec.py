@@ -116,6 +116,14 @@ class DataSpec(Frozen):
     max_eval_samples: int | None = Field(default=None, ge=1, description="at most this many validation rows, and "
                                          "test rows, a random sample (default: all)")
 
+    @field_validator("label_names")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            raise ValueError(f"label names must be distinct (one per id), but {repeated} repeat")
+        return value
+
     @field_validator("source", mode="before", json_schema_input_type=Union[str, Source])
     @classmethod
     def _name_shorthand(cls, value: Any) -> Any:

@@ -145,9 +145,9 @@ def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
 
 
 def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) -> None:
-    counts: dict[str, dict[str, int]] = {"duplicates": {}, "source_rows": {}}
+    counts: dict[str, Any] = {"duplicates": {}, "source_rows": {}}
     raw = splits.load_splits(spec, task, counts)
-    label_names = task.label_names(raw["train"].to_dict(), spec)
+    label_names = task.label_names(raw["train"].to_dict(), spec, counts.pop("class_names"))
     tokenized, dropped, truncated = {}, {}, {}
     for name, ds in raw.items():
         encoded = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)

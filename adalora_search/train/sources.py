@@ -58,6 +58,9 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
     for split, path in src.paths.items():
         if not Path(path).exists():
             raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
+        if Path(path).is_dir():
+            raise UserError(f"data.source.paths.{split} = {path!r}: a folder, not a data file; name the {src.format} "
+                            "file (a folder written by save_to_disk is {type: disk, path})")
         if Path(path).is_file() and not Path(path).read_bytes()[:65536].strip():
             raise UserError(f"data.source.paths.{split} = {path!r}: the file is empty; point it at the data")
     builder = {"jsonl": "json"}.get(src.format, src.format)
@@ -129,13 +132,18 @@ def file_digest(path: Path) -> str | None:
 
 
 def _saved_fingerprints(path: Path) -> dict[str, str | None]:
-    """Each split's content fingerprint, as ``save_to_disk`` wrote it (``state.json``), by relative directory."""
+    """Each split's content fingerprint, as ``save_to_disk`` wrote it (``state.json``), by relative directory,
+    and the SHA-256 of every metadata file (``dataset_info.json`` holds the features, e.g. ClassLabel names,
+    which an edit can change without a new fingerprint).
+    """
     out: dict[str, str | None] = {}
     for state in sorted(path.rglob("state.json")):
         try:
             out[str(state.parent.relative_to(path))] = json.loads(state.read_text()).get("_fingerprint")
         except (OSError, ValueError):
             out[str(state.parent.relative_to(path))] = None
+    for meta in sorted(path.rglob("*.json")):
+        out[str(meta.relative_to(path))] = file_digest(meta)
     return out
 
 

@@ -29,12 +29,12 @@ def _datasets():  # noqa: ANN202 - the module
     return datasets
 
 
-def load_splits(spec: DataSpec, task: Task,
-                counts: dict[str, dict[str, int]] | None = None) -> dict[str, datasets.Dataset]:
+def load_splits(spec: DataSpec, task: Task, counts: dict[str, Any] | None = None) -> dict[str, datasets.Dataset]:
     """The raw train/validation(/test) splits, with the columns ``task.select`` makes.
 
     ``counts``, when given, receives per source split ``source_rows`` (rows read) and ``duplicates``
-    (repeated rows removed), what ``validate`` reports.
+    (repeated rows removed), what ``validate`` reports, and ``class_names``: the label column's
+    ``ClassLabel`` names in id order (None without them).
 
     Raises:
         UserError: a missing split or column, unusable rows, an empty split after dedupe and caps.
@@ -46,9 +46,12 @@ def load_splits(spec: DataSpec, task: Task,
         raise UserError(f"data.splits.train = {spec.splits.train!r}: the source has splits {sorted(loaded)}; "
                         "name the training split")
     _check_columns(task.columns(spec), source)
+    feature = source["train"].features.get(spec.label_field)
+    class_names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
     source = {k: _select(v, spec, task, k) for k, v in source.items() if k in SPLITS}
     if counts is not None:
         counts["source_rows"].update({k: len(v) for k, v in source.items()})
+        counts["class_names"] = class_names
     if spec.deduplicate:
         deduped = {k: _dedupe(v, task) for k, v in source.items()}
         if counts is not None:

@@ -102,8 +102,10 @@ class Task(ABC):
         """Why ``metric`` cannot be optimised with this data, or None."""
         return None
 
-    def label_names(self, train: Rows, data: DataSpec) -> list[str] | None:
-        """Class or tag names in id order (None for tasks without classes): ``data.label_names`` when given."""
+    def label_names(self, train: Rows, data: DataSpec, class_names: list[str] | None = None) -> list[str] | None:
+        """Class or tag names in id order (None for tasks without classes): ``data.label_names`` when given,
+        else the source's ``ClassLabel`` names (``class_names``), else the names found in ``train``, sorted.
+        """
         return None
 
     @abstractmethod

@@ -73,8 +73,8 @@ class CausalLM(Task):
 
     def truncation(self, data: Any) -> str:
         return {"plain": "the end of the text is cut",
-                "messages": "the oldest exchanges are dropped, then the longest prompt turn is cut from its start; "
-                            "the chat template's markers and the answered reply are kept"}.get(
+                "messages": "the oldest exchanges are dropped, then the longest user turn is cut from its start; "
+                            "system turns, the chat template's markers and the answered reply are kept"}.get(
             _form(data), "the prompt's longest column is cut from its start; the template's own text, the chat "
                          "markers and the response are kept")
 
@@ -99,7 +99,7 @@ class CausalLM(Task):
         if form == "plain":
             return {"text": _texts(rows[data.text_fields[0]])}
         if form == "messages":
-            return {"messages": [lm_rows.system_turns(_messages(m, data.messages_field, split, i), data.system_turn)
+            return {"messages": [_messages(m, data.messages_field, split, i)
                                  for i, m in enumerate(rows[data.messages_field])]}
         responses = _texts(rows[data.response_field])
         if not any(r.strip() for r in responses):
@@ -149,7 +149,7 @@ class CausalLM(Task):
             cut = len(tokenizer(rows["text"][i])["input_ids"]) > len(ids)
             return lm_rows.Fitted(ids + eos, [True] * (len(ids) + len(eos)), len(ids) + len(eos), cut)
         if "messages" in rows:
-            return lm_rows.fit_chat(tokenizer, rows["messages"][i], data.max_length)
+            return lm_rows.fit_chat(tokenizer, rows["messages"][i], data.max_length, data.system_turn)
         template, response = _template(data), rows["response"][i]
 
         def build(values: dict[Any, str]) -> lm_rows.Tokens:

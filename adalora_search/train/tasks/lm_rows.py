@@ -10,10 +10,10 @@ renders the whole chat: every span is checked against the full rendering, and ag
 own text. Where the check fails, the template's own ``{% generation %}`` mask is used
 (``apply_chat_template(..., return_assistant_tokens_mask=True)``), else the row is refused.
 
-Truncation never cuts the template's structure (BOS, role markers, the answered turn's header)
-nor the response: the oldest exchanges of a chat are dropped first, then the longest prompt text
-(a template placeholder's value, a user or system turn) loses tokens from its start, and the row
-is rendered again. A row that cannot fit with its prompt text cut to nothing is dropped.
+Truncation never cuts the template's structure (BOS, role markers, the answered turn's header),
+the system turns nor the response: the oldest exchanges of a chat are dropped first, then the
+longest prompt text (a template placeholder's value, a user turn) loses tokens from its start, and
+the row is rendered again. A row that cannot fit with its prompt text cut to nothing is dropped.
 """
 
 from __future__ import annotations
@@ -81,11 +81,18 @@ def chat_tokens(tokenizer: Any, messages: Messages) -> Tokens:
     return list(encoded["input_ids"]), mask, start
 
 
+REPLY = "ADALORASEARCHREPLY"  # stands in for a reply's text: where the template writes it is where it is found
+_MASK_FIX = ("give model.chat_template with {% generation %} blocks around the replies, whose own mask is then used, "
+             "or a template that renders every turn's text unchanged")
+
+
 def _reply_spans(tokenizer: Any, messages: Messages, full: str) -> list[tuple[int, int]]:
     """Character spans of the assistant replies in ``full``: from the reply's text to the end of its turn.
 
-    Text the template puts before a reply that the generation prompt does not (a header of a template
-    that ignores ``add_generation_prompt``, an empty reasoning block) is left to the prompt.
+    The reply's start is where the template writes a stand-in for its text (never a search for the text,
+    which may also occur in the turn's header); text the template puts before a reply that the generation
+    prompt does not (a header of a template that ignores ``add_generation_prompt``, an empty reasoning
+    block) is left to the prompt.
     """
     spans = []
     for i, turn in enumerate(messages):
@@ -93,14 +100,18 @@ def _reply_spans(tokenizer: Any, messages: Messages, full: str) -> list[tuple[in
             continue
         before = render(tokenizer, messages[:i], generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])
-        at = full[len(before):len(through)].find(turn["content"].strip()) if full.startswith(before) else -1
-        if not full.startswith(through) or len(through) <= len(before) or at < 0:
+        if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
             raise RowError(f"the chat template renders the conversation up to assistant turn {i} differently from "
-                           "the whole conversation (it rewrites earlier turns), so the reply's span cannot be "
-                           "taken from prefixes and the loss mask would cover other text",
-                           "give model.chat_template with {% generation %} blocks around the replies, whose own "
-                           "mask is then used, or a template that renders earlier turns unchanged")
-        spans.append((len(before) + at, len(through)))
+                           "the whole conversation (it rewrites earlier turns), so the reply's span cannot be taken "
+                           "from prefixes and the loss mask would cover other text", _MASK_FIX)
+        marked = render(tokenizer, [*messages[:i], {**turn, "content": REPLY}])
+        at = marked.find(REPLY)
+        text = full[at:len(through)] if at >= 0 else ""
+        if at < 0 or not full.startswith(marked[:at]) or not text.startswith((turn["content"],
+                                                                               turn["content"].strip())):
+            raise RowError(f"the chat template changes or leaves out the text of assistant turn {i}, so the loss "
+                           "mask cannot be placed on it", _MASK_FIX)
+        spans.append((at, len(through)))
     return spans
 
 
@@ -153,18 +164,23 @@ def shorten(build: Callable[[dict[Any, str]], Tokens], texts: dict[Any, str], ma
     return tokens, cut
 
 
-def fit_chat(tokenizer: Any, messages: Messages, max_length: int) -> Fitted | None:
-    """A chat row within ``max_length``: oldest exchanges dropped, then prompt turns shortened; None if it cannot."""
-    tokens = chat_tokens(tokenizer, messages)
+def fit_chat(tokenizer: Any, messages: Messages, max_length: int, system_turn: str = "keep") -> Fitted | None:
+    """A chat row within ``max_length``: oldest exchanges dropped, then user turns shortened (system turns are
+    never cut; ``system_turn`` merges or drops them when rendering); None if it cannot fit.
+    """
+    def tokens_of(chat: Messages) -> Tokens:
+        return chat_tokens(tokenizer, system_turns(chat, system_turn))
+
+    tokens = tokens_of(messages)
     dropped = False
     while len(tokens[0]) > max_length and (shorter := _without_oldest_exchange(messages)) is not None:
         messages, dropped = shorter, True
-        tokens = chat_tokens(tokenizer, messages)
+        tokens = tokens_of(messages)
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    texts = {i: m["content"] for i, m in enumerate(messages[:last]) if m["role"] != "assistant"}
+    texts = {i: m["content"] for i, m in enumerate(messages[:last]) if m["role"] == "user"}
 
     def build(values: dict[Any, str]) -> Tokens:
-        return chat_tokens(tokenizer, [{**m, "content": values.get(i, m["content"])} for i, m in enumerate(messages)])
+        return tokens_of([{**m, "content": values.get(i, m["content"])} for i, m in enumerate(messages)])
 
     shortened = shorten(build, texts, max_length, tokenizer, tokens)
     if shortened is None:

@@ -67,8 +67,8 @@ class SequenceClassification(Task):
     def _labels(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
         return [named(v, names, data, split) for v in labels]
 
-    def label_names(self, train: Rows, data: Any) -> list[str] | None:
-        return list(data.label_names) if data.label_names else sorted({str(v) for v in train["label"]})
+    def label_names(self, train: Rows, data: Any, class_names: list[str] | None = None) -> list[str] | None:
+        return list(data.label_names or class_names or sorted({str(v) for v in train["label"]}))
 
     def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
         empty = [i for i in range(len(rows["label"])) if not any(rows[f][i].strip() for f in data.text_fields)]
@@ -178,7 +178,7 @@ class Regression(SequenceClassification):
             raise UserError(f"data.label_field = {data.label_field!r}: model.task is regression but labels "
                             f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
 
-    def label_names(self, train: Rows, data: Any) -> list[str] | None:
+    def label_names(self, train: Rows, data: Any, class_names: list[str] | None = None) -> list[str] | None:
         return None
 
     def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:

@@ -82,8 +82,8 @@ class TokenClassification(Task):
     def dedupe_key(self, rows: Rows, i: int) -> Any:
         return tuple(rows["tokens"][i])
 
-    def label_names(self, train: Rows, data: Any) -> list[str] | None:
-        names = list(data.label_names) if data.label_names else sorted({tag for tags in train["label"] for tag in tags})
+    def label_names(self, train: Rows, data: Any, class_names: list[str] | None = None) -> list[str] | None:
+        names = list(data.label_names or class_names or sorted({tag for tags in train["label"] for tag in tags}))
         if all(tag == "O" for tags in train["label"] for tag in tags):
             raise UserError(f"data.label_field = {data.label_field!r}: every tag of the train split is O (no entity), "
                             "so entity F1, precision and recall are 0 for every trial; check the tags")
@@ -94,6 +94,10 @@ class TokenClassification(Task):
             raise UserError("model.name_or_path: token_classification needs a fast tokenizer (word alignment); "
                             "use a model that ships tokenizer.json")
         assert label_names is not None
+        if split == "validation" and all(tag == "O" for tags in rows["label"] for tag in tags):
+            raise UserError(f"data.label_field = {data.label_field!r}: the validation split has no entity (every tag "
+                            "is O), so entity F1, precision and recall would be 0 for every trial; give it rows with "
+                            "entities (a larger data.split.validation, or another validation split)")
         index = {name: i for i, name in enumerate(label_names)}
         encoded = tokenizer(rows["tokens"], is_split_into_words=True, truncation=True, max_length=data.max_length)
         labels, truncated = [], 0

@@ -121,6 +121,8 @@ def progress(study: optuna.Study, now: float | None = None) -> str | None:
     elapsed = (now or time.time()) - min(t.datetime_start.timestamp() for t in trials)
     finished = sum(r.state in (TrialState.COMPLETE, TrialState.PRUNED) for r in records)
     running = [r for r in records if r.state == TrialState.RUNNING]
+    if finished >= n_trials:
+        return f"all {n_trials} trials finished"
     still = max(n_trials - finished - len(running), 0) * sum(planned) / len(planned)
     left_steps = still + sum((r.total_steps or 0) - (r.steps or 0) for r in running)
     return f"elapsed {elapsed / 60:.1f} min, ~{elapsed / done * left_steps / 60:.1f} min left"

@@ -61,11 +61,12 @@ def _configure_logging(level: int) -> None:
 
     optuna.logging.disable_default_handler()  # Optuna's own lines ("A new study created") in our format
     _HANDLER.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("adalora_search", "optuna"):
+    optuna_level = level if level == logging.DEBUG else max(level, logging.WARNING)  # its info repeats ours: -v
+    for name, at in (("adalora_search", level), ("optuna", optuna_level)):
         logger = logging.getLogger(name)
         if _HANDLER not in logger.handlers:
             logger.addHandler(_HANDLER)
-        logger.setLevel(level)
+        logger.setLevel(at)
         logger.propagate = False  # printed once, by this handler, whatever a library does to the root logger
 
 
@@ -117,9 +118,9 @@ def validate(study_files: tuple[str, ...], no_data: bool) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of the study file (for yaml-language-server)."""
-    from adalora_search.study.spec import StudySpec
+    from adalora_search.study.spec import study_schema
 
-    click.echo(json.dumps(StudySpec.model_json_schema(), indent=2))
+    click.echo(json.dumps(study_schema(), indent=2))
 
 
 def _budget_options(f):
@@ -181,7 +182,8 @@ def status(study_file, storage, study_name, as_json: bool) -> None:
 
 @cli.command()
 @_study_options
-@click.option("--out", type=click.Path(), help="output directory (default: <study>_report)")
+@click.option("--out", type=click.Path(), help="output directory (default: <study name>_report beside the study "
+              "file, or in the working directory with --storage)")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
 def report(study_file, storage, study_name, out, top_k: int) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
@@ -190,14 +192,15 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
     study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
     from adalora_search.results.report import write_report
 
-    directory = Path(out or f"{study.study_name}_report")
+    beside = Path(study_file).resolve().parent if study_file else Path()
+    directory = Path(out) if out else beside / f"{study.study_name}_report"
     page = write_report(study, directory, top_k)
     click.echo(f"report written: {page}")
 
 
 @cli.command()
 @_study_options
-@click.option("--out", type=click.Path(), help="export directory")
+@click.option("--out", type=click.Path(), help="export directory (required, unless --relocate)")
 @click.option("--trial", "trial_number", type=int, help="trial number (default: the best trial)")
 @click.option("--force", is_flag=True, help="replace an existing export")
 @click.option("--pick", type=click.Choice(["metric", "params"]), default="metric",
@@ -207,8 +210,11 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
 def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str, relocate) -> None:
     """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs, and its kept adapter."""
     if relocate:
-        from adalora_search.results.export import relocate as relocate_export
+        from adalora_search.results.exported import relocate as relocate_export
 
+        if study_file or storage or out:
+            raise UserError("--relocate EXPORT_DIR repoints a moved export and takes no study, --storage or --out; "
+                            "run it alone")
         for line in relocate_export(Path(relocate)):
             click.echo(line)
         return
@@ -217,7 +223,8 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
     from adalora_search.search.session import locate
 
     study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
-    from adalora_search.results.export import describe_export, export_trial
+    from adalora_search.results.export import export_trial
+    from adalora_search.results.exported import describe_export
 
     for line in describe_export(export_trial(study, Path(out), trial_number, force, pick)):
         click.echo(line)
@@ -227,7 +234,7 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
 @click.argument("export_dir")
 @click.option("--learning-rate", "learning_rates", type=click.FloatRange(min=0, min_open=True), multiple=True,
               help="LoRA learning rate; repeat to try several (the best on validation is kept). "
-                   "Default: the rate the study's LoRA reference chose, else the best of 3e-4 ... 1e-2")
+                   "Default: the rate the study's LoRA reference chose, else the best of 3e-4, 1e-3, 3e-3 and 1e-2")
 def retrain(export_dir: str, learning_rates: tuple[float, ...]) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
     from adalora_search.results.retrain import retrain as do_retrain
@@ -261,5 +268,6 @@ def main() -> None:
 
 def _interrupted(exc: KeyboardInterrupt) -> str:
     if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "retrain":  # nothing stored to resume
-        return "interrupted; nothing of this retrain was kept; run `adalora-search retrain` again"
+        command = " ".join(["adalora-search", *sys.argv[1:]])
+        return f"interrupted; nothing of this retrain was kept; run `{command}` again"
     return exc.message() if isinstance(exc, Interrupted) else Interrupted().message()

@@ -49,7 +49,7 @@ from adalora_search.study.spec import StudySection
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY, SMOKE = ROOT / "studies" / "bbc_news_minilm.yaml", ROOT / "studies" / "smoke.yaml"
-SAMPLERS = {"tpe": samplers.TPE, "random": samplers.RandomS, "gp": samplers.GP, "qmc": samplers.QMC}
+SAMPLERS = {"tpe": samplers.TPE, "random": samplers.Random, "gp": samplers.GP, "qmc": samplers.QMC}
 PRUNERS = ("median", "percentile", "none", "hyperband", "sha")
 ALIASES = {"random": "random+none"}
 SKIPPED = {

@@ -56,7 +56,10 @@ def test_a_moved_export_loads_after_relocate_with_no_other_argument(finished: Pa
     assert model.config.num_labels == 5
     assert AutoTokenizer.from_pretrained(str(moved / "adapter"))("a headline")["input_ids"]  # the tokenizer beside
     for name in ("lora", "adalora"):
-        assert (moved / name / "README.md").read_text().startswith(f"# `{name}/`: a configuration to train with")
+        card = (moved / name / "README.md").read_text()
+        assert card.startswith("---\n") and f"---\n# `{name}/`: a configuration to train with" in card  # metadata first
+    assert "retrain" in (moved / "lora" / "README.md").read_text().split("## ")[0]
+    assert "update_and_allocate" in (moved / "adalora" / "README.md").read_text().split("## ")[0]
 
 
 def test_an_export_without_a_kept_adapter_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -110,7 +113,7 @@ def test_every_plot_has_a_title_a_true_legend_and_one_style(finished: Path, figu
     assert all("accuracy" in t.get_text() for t in figures["budget_curves.png"].axes[0].get_legend().get_texts())
     page = (tmp_path / "report" / "report.md").read_text()
     assert "Where the budget went: the best trial" in page and "By layer, " in page
-    assert "No reference run is stored yet" in page and "(empty)" not in page.split("## references")[1][:80]
+    assert "This study names no reference run" in page and "(empty)" not in page.split("## references")[1][:80]
 
 
 def test_importances_of_too_few_trials_are_left_out_and_said(tmp_path: Path, figures: dict) -> None:
@@ -144,7 +147,8 @@ def test_status_reads_like_the_run_summary_and_json_fills_a_running_trial(tmp_pa
     run_session(str(path), None, None, None, 1, [])
     at, data, lines = seen[1]  # trial 0, second evaluation: the first one is stored
     [running] = [t for t in data["trials"] if t["state"] == "RUNNING"]
-    assert running["steps"] == 4 and running["total_steps"] == 12 and running["trainable_params"]["initial"] > 0
+    params = running["trainable_params"]
+    assert running["steps"] == 4 and running["total_steps"] == 12 and params["initial"] > params["final"] > 0
     assert "running: trial 0 since " in "\n".join(lines) and ", step 4 of 12," in "\n".join(lines)
     assert "min left" in lines[0] and data["progress"].endswith("min left")  # an estimate before any trial ended
     lines = status_lines(optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}"))
@@ -205,7 +209,11 @@ def test_a_progress_line_is_printed_once_even_with_a_root_handler(tmp_path: Path
     finally:
         logging.getLogger().removeHandler(handler)
     assert code == 0 and out.count("[study t] 1 complete") == 1 and "INFO:adalora_search" not in out
-    assert "A new study created in RDB with name: t" in out and "[I 20" not in out  # Optuna's line, our format
+    assert "A new study created" not in out and "[I 20" not in out  # Optuna's info line repeats ours
+    assert "t' in sqlite:///" in out and "new study" in out
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1, "name": "u"}), "u.yaml")
+    code, out = run_cli(["-v", "run", str(path)], monkeypatch, capsys)
+    assert code == 0 and "A new study created in RDB with name: u" in out and "[I 20" not in out  # our format
 
 
 def test_the_first_line_of_a_run_says_queued_baselines(finished: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -216,7 +224,7 @@ def test_the_first_line_of_a_run_says_queued_baselines(finished: Path, tmp_path:
     from adalora_search.study.loader import load_spec
 
     assert stored_line(open_study(load_spec(path), f"sqlite:///{tmp_path / 'study.db'}")) == \
-        "0 trials stored, 2 baselines queued"
+        "new study, 2 baselines queued (a, b)"
 
 
 def test_heatmaps_use_the_models_own_module_names() -> None:
@@ -250,4 +258,36 @@ def test_an_interrupted_retrain_does_not_say_resume(monkeypatch) -> None:
     from adalora_search import cli
 
     monkeypatch.setattr(sys, "argv", ["adalora-search", "-q", "retrain", "x"])
-    assert "run `adalora-search retrain` again" in cli._interrupted(KeyboardInterrupt())
+    assert "run `adalora-search -q retrain x` again" in cli._interrupted(KeyboardInterrupt())
+
+
+def test_a_report_of_a_running_study_says_its_references_come_later(tmp_path: Path) -> None:
+    from adalora_search.results.report import write_report
+    from adalora_search.search.runner import Budget, work
+    from adalora_search.study.loader import load_spec
+
+    path = write_study(tmp_path, study_dict(study={"n_trials": 1, "references": [{"kind": "lora"}]}))
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    work(load_spec(path), url, Budget(1, None), tmp_path / "store", log=lambda _: None)  # a worker: no references
+    write_report(optuna.load_study(study_name="t", storage=url), tmp_path / "r")
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "Reference runs lora are not stored yet: `run` trains them once the study's last trial" in page
+
+
+def test_a_best_trial_that_is_a_baseline_is_one_row_and_failures_are_listed(tmp_path: Path) -> None:
+    from optuna.trial import TrialState, create_trial
+
+    from adalora_search.search.status import status_lines
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("objectives", [{"metric": "accuracy", "direction": "maximize"}])
+    metrics = {"final": {"accuracy": 0.9}}
+    study.add_trial(create_trial(value=0.9, user_attrs={"baseline": "peft-defaults", "metrics": metrics}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "failure": {"type": "Interrupted", "message": "stopped by SIGINT/SIGTERM"}}))
+    study.enqueue_trial({}, user_attrs={"retried_from": 1})
+    lines = status_lines(study)
+    assert sum(line.startswith(("best trial 0", "baseline peft-defaults")) for line in lines) == 2  # row + knobs
+    assert any(line.startswith("best trial 0 = baseline peft-defaults ") for line in lines)
+    assert "failed: trial 1 (Interrupted: stopped by SIGINT/SIGTERM)" in lines
+    assert "queued: trial 2 (re-run of trial 1)" in lines

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 from adalora_search.study.loader import load_spec
-from adalora_search.study.samplers import TPE, Hyperband, Median, NoPruner, RandomS
+from adalora_search.study.samplers import TPE, Hyperband, Median, NoPruner, Random
 
 sys.path.insert(0, str(REPO / "bench"))
 import search_benchmark as sb  # noqa: E402
@@ -29,7 +29,7 @@ def test_arms_are_schema_default_strategies_with_the_seed():
     assert sb.strategy(spec, "tpe+median", 3, 159).pruner.root == Median()
     assert sb.strategy(spec, "gp", 3, 159).pruner.root == NoPruner()
     random = sb.strategy(spec, "random", 3, 159)
-    assert random.sampler.root == RandomS(seed=3) and random.pruner.root == NoPruner()
+    assert random.sampler.root == Random(seed=3) and random.pruner.root == NoPruner()
     hyperband = sb.strategy(spec, "tpe+hyperband", 3, 159)
     assert hyperband.pruner.root == Hyperband(min_resource=40, max_resource=159)
     study = sb.strategy(spec, "study", 3, 159)  # the file's own, with this seed

@@ -181,7 +181,7 @@ def test_validate_prints_a_summary_of_the_space(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "adalora.init_r" in result.output and "[4, 6]" in result.output
-    assert "query,value: 4 matrices, b(0) 16..24 -> b(T) 8..8" in result.output
+    assert "query,value: 4 matrices, b(0) 16..24 -> b(T) 8;" in result.output
     assert "total optimizer steps per trial: 12" in result.output
 
 

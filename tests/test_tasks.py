@@ -328,4 +328,5 @@ def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeyp
                       data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
                             "text_fields": ["tokens"], "label_field": "ner"})
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
-    assert code == 0 and "rows that repeat an earlier row, removed (data.deduplicate): train 30 of 60" in out
+    assert code == 0 and ("rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
+                          "train 30 of 60 source rows") in out

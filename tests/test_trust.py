@@ -176,7 +176,7 @@ def test_a_relative_sqlite_storage_is_beside_the_study_file(tmp_path: Path, monk
     code, out = run_cli(["status", "case/study.yaml"], monkeypatch, capsys)
     assert code == 0 and "study t: 1 complete" in out
     code, out = run_cli(["run", "case/study.yaml"], monkeypatch, capsys)
-    assert code == 0 and "1 trials stored" in out and "[trial 1]" not in out  # nothing trained again
+    assert code == 0 and "1 trial stored" in out and "[trial 1]" not in out  # nothing trained again
     assert not (tmp_path / "trials.db").exists() and (tmp_path / "case" / "trials.db").exists()
     assert load_spec(path).study.storage == f"sqlite:///{tmp_path / 'case' / 'trials.db'}"
 
@@ -378,3 +378,19 @@ def test_validate_checks_the_storage_as_run_would(tmp_path: Path, monkeypatch, c
         path = write_study(tmp_path, study_dict(study={"storage": url}))
         code, out = run_cli(["validate", "--no-data", str(path)], monkeypatch, capsys)
         assert code == 2 and expect in out, out
+
+
+def test_blank_labels_and_conflicting_repeats_are_counted(tmp_path: Path, monkeypatch, capsys) -> None:
+    rows = [f"stall {i} was good,{'pos' if i % 2 else 'neg'}" for i in range(60)]
+    rows[4] = "stall 4 was good,"  # a blank label
+    rows += ["stall 5 was good,neg", "stall 7 was good,pos"]  # a repeat with another label, and an exact repeat
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    path = _review_study(tmp_path)
+    study = yaml.safe_load(path.read_text())
+    study["data"]["drop_blank_labels"] = True
+    path.write_text(yaml.safe_dump(study))
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 0 and "rows with a blank label, left out (data.drop_blank_labels): train 1 of 62" in out, out
+    assert "(data.deduplicate): train 2 of 62 source rows" in out
+    assert "rows whose text repeats an earlier row with another label (the first label was kept" in out
+    assert ": train 1" in out.split("with another label")[1]

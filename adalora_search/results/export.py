@@ -24,7 +24,7 @@ import yaml
 
 from adalora_search import files
 from adalora_search.errors import UserError
-from adalora_search.results.model_card import model_card, peft_class
+from adalora_search.results.model_card import model_card
 from adalora_search.search import artifacts, ranking
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.space import TrialConfig
@@ -99,6 +99,7 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_name
         "total_steps": record.total_steps, "params": trial.params, "config": cfg.model_dump(mode="json"),
         "complete": trial.state == optuna.trial.TrialState.COMPLETE, "steps_trained": record.steps,
         "data_content": (study.user_attrs.get("fingerprint_sections") or {}).get("data", {}).get("content"),
+        "adapter_failure": record.adapter_failure,
     }
 
 
@@ -201,61 +202,24 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
     card = model_card(study, trial, data, final, has_adapter)
     for directory in (tmp, *([tmp / "adapter"] if has_adapter else [])):
         (directory / "README.md").write_text(card)
-    for directory in (tmp / "lora", tmp / "adalora"):
-        (directory / "README.md").write_text(CONFIG_ONLY.format(name=directory.name) + card)
+    for directory, how in ((tmp / "lora", LORA_USE), (tmp / "adalora", ADALORA_USE)):
+        note = CONFIG_ONLY.format(name=directory.name, how=how)
+        end = card.index("\n---\n", 3) + 5 if card.startswith("---") else 0  # after the Hub's metadata block
+        (directory / "README.md").write_text(card[:end] + note + card[end:])
 
 
 CONFIG_ONLY = """# `{name}/`: a configuration to train with, not a trained adapter
 
 This folder holds `adapter_config.json` only, no weights: loading it with PEFT's `AutoPeftModel...`
-fails. Train it with `adalora-search retrain EXPORT_DIR` (fixed-rank LoRA with the trial's final
-ranks), or with PEFT: `get_peft_model(base_model, PeftConfig.from_pretrained("{name}"))`. The trained
-adapter of the trial, when the study kept it, is `adapter/`.
+fails. {how} The trained adapter of the trial, when the study kept it, is `adapter/`.
 
 """
-
-
-def describe_export(out: Path) -> list[str]:
-    """What ``export`` prints after writing ``out``: what each folder is, and when there is no adapter."""
-    data = json.loads((out / "rank_config.json").read_text())
-    lines = [f"export written: {out}"]
-    if (out / "adapter").is_dir():
-        lines.append(f"  adapter/: trial {data['trial']}'s trained adapter and tokenizer: "
-                     f"{peft_class(data['task'])}.from_pretrained({str(out / 'adapter')!r})")
-    else:
-        lines.append(f"  no adapter/: the study kept no trained adapter for trial {data['trial']} "
-                     "(study.keep_top_k_adapters: 0, or it was pushed out of the top k); `adalora-search retrain "
-                     f"{out}` trains the exported LoRA")
-    lines.append("  lora/, adalora/: configurations to train with (retrain), not trained adapters")
-    if str(out.resolve()) not in str(data.get("base_model_name_or_path")) and (out / "base").is_dir():
-        lines.append(f"  base/: moved since export; run `adalora-search export --relocate {out}`")
-    return lines
-
-
-def relocate(out: Path) -> list[str]:
-    """Point every config of a moved or copied export at its own ``base/`` (``export --relocate DIR``).
-
-    PEFT's ``AutoPeftModel...from_pretrained`` loads ``base_model_name_or_path`` as written: an export whose
-    base is its ``base/`` folder names that folder by its absolute path, which a move breaks.
-
-    Raises:
-        UserError: ``out`` holds no export.
-    """
-    path = out / "rank_config.json"
-    if not path.is_file():
-        raise UserError(f"--relocate = {str(out)!r}: no rank_config.json there; name an export directory")
-    data = json.loads(path.read_text())
-    old = str(data.get("base_model_name_or_path"))
-    if not (out / "base").is_dir() or Path(old).name != "base":
-        return [f"{out}: the base model is {old!r}, not a folder of the export: nothing to relocate"]
-    new = str((out / "base").resolve())
-    old_out, new_out = str(Path(old).parent), str(out.resolve())
-    changed = []
-    for file in [path, out / "rank_config.yaml", *out.glob("*/adapter_config.json"), *out.glob("**/README.md")]:
-        if file.is_file() and old_out in (text := file.read_text()):
-            files.write_text(file, text.replace(old_out, new_out), "--relocate")
-            changed.append(str(file.relative_to(out)))
-    return [f"{out}: base_model_name_or_path -> {new} in {len(changed)} files ({', '.join(changed)})"]
+LORA_USE = ("It is fixed-rank LoRA with the trial's final ranks and AdaLoRA's per-direction scale: "
+            "`adalora-search retrain EXPORT_DIR` trains it (choosing the learning rate on validation), or PEFT: "
+            "`get_peft_model(base_model, LoraConfig.from_pretrained(\"lora\"))`.")
+ADALORA_USE = ("It is AdaLoRA with the trial's settings (budget, schedule, total steps): train it with PEFT, "
+               "`get_peft_model(base_model, AdaLoraConfig.from_pretrained(\"adalora\"))`, calling "
+               "`model.base_model.update_and_allocate(step)` after each optimizer step, as PEFT's AdaLoRA docs say.")
 
 
 def _swap(tmp: Path, out: Path) -> None:

@@ -90,8 +90,8 @@ def metric_vs_params(trials: pd.DataFrame, metric: str, maximize: bool, path: Pa
     if len(base):
         ax.scatter(base["params_final"], base[f"final_{metric}"], c="tab:red", marker="s", label="baselines")
     front = _pareto(done[["params_final", f"final_{metric}"]].to_numpy(dtype=float), maximize)
-    if len(front) > 1:
-        ax.plot(front[:, 0], front[:, 1], "k--", lw=1, label="Pareto front (no trial is better on both)")
+    if len(front) > 1:  # a step: a point is beaten by any front point with fewer parameters and a better metric
+        ax.step(front[:, 0], front[:, 1], "k--", where="post", lw=1, label="Pareto front (no trial is better on both)")
     ax.set_xlabel("trainable parameters after rank pruning")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"Validation {metric} vs trainable parameters\n({len(done)} completed trials)", fontsize=11)
@@ -135,6 +135,7 @@ def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
         if pruned:
             ax.plot(steps[-1], values[-1], "rx", label=labels.pop("stop", None))
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"Validation {metric} at each evaluation\n(what the trial pruner reads)", fontsize=11)
     if ax.get_legend_handles_labels()[0]:
@@ -151,14 +152,25 @@ def history(study: optuna.Study, metric: str, path: Path) -> Path:
         ax = optuna.visualization.matplotlib.plot_optimization_history(
             study, target=_first_objective(study), target_name=f"objective ({metric})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Optimisation history: the objective of each trial, and the best so far", fontsize=11)
+    ax.legend(fontsize=8, loc="best")  # inside the axes: Optuna's sits outside and squeezes the plot
     return _save(ax.figure, path)
 
 
-@_styled
+MIN_TRIALS_FOR_IMPORTANCE = 8  # fewer completed trials rank the knobs by noise
+
+
 def importances(study: optuna.Study, path: Path) -> Path | None:
-    """Optuna's parameter importances (its default evaluator); None when too few trials to judge (no
-    importance at all, or every knob given the same one: Optuna's evaluator could not tell them apart).
+    """Optuna's parameter importances (its default evaluator); None when too few trials to judge: fewer than
+    ``MIN_TRIALS_FOR_IMPORTANCE`` completed, no importance at all, or every knob given the same one.
     """
+    if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    return _importances(study, path)
+
+
+@_styled
+def _importances(study: optuna.Study, path: Path) -> Path | None:
     try:
         with _optuna_plot():
             ax = optuna.visualization.matplotlib.plot_param_importances(
@@ -169,6 +181,7 @@ def importances(study: optuna.Study, path: Path) -> Path | None:
     if not widths or max(widths) - min(widths) < 1e-9:  # nothing to rank, or too few trials to rank them
         plt.close(ax.figure)
         return None
+    ax.set_title("Parameter importances (Optuna's default evaluator, on the objective)", fontsize=11)
     return _save(ax.figure, path)
 
 
@@ -187,7 +200,8 @@ def _optuna_plot() -> Iterator[None]:
     """Optuna's matplotlib plots are experimental in Optuna 5: used as they are, without the warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message=".*(target_name|to achieve low|No artists|quantiles select the same)")
+        warnings.filterwarnings("ignore", message=".*(target_name|to achieve low|No artists|quantiles select the same|"
+                                "number of trials is too small)")
         yield
 
 

@@ -67,9 +67,11 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     figures = _figures(study, trials, frames, best, top, metric, out)
     gains = [*_gains(trials, best, metric, study.user_attrs.get("references") or {}),
              *budget_sentences(frames["allocation_best"], best), *diagnostics.study_notes(study)]
+    if (note := references_note(study)) is not None:
+        gains.append(note.strip().strip("_"))
     if "Parameter importances" not in figures and best is not None:
-        gains.append("Parameter importances are left out: too few completed trials (or searched knobs) for "
-                     "Optuna's evaluator to tell the knobs apart.")
+        gains.append(f"Parameter importances are left out: fewer than {plots.MIN_TRIALS_FOR_IMPORTANCE} completed "
+                     "trials, or knobs Optuna's evaluator cannot tell apart (every one as important).")
     files.write_text(out / "report.md", _markdown(study, frames, figures, gains, metric))
     page = out / "report.html"
     files.write_text(page, _html(study, frames, figures, gains, metric))
@@ -128,7 +130,8 @@ def budget_sentences(table: pd.DataFrame, best) -> list[str]:
         return []
     total = float(table.sum().sum())
     by_module = (table.sum(axis=0) / total).sort_values(ascending=False)
-    by_layer = (table.sum(axis=1) / total).sort_values(ascending=False)
+    blocks = table[table.index >= 0]  # the pooler is no transformer block
+    by_layer = (blocks.sum(axis=1) / total).sort_values(ascending=False)
 
     def shares(series: pd.Series) -> str:
         named = [(_layer(k) if series.index.name == "layer" else k, f"{100 * v:.0f} %") for k, v in series.items()]
@@ -137,18 +140,29 @@ def budget_sentences(table: pd.DataFrame, best) -> list[str]:
         return (f"{named[0][0]} ({named[0][1]}) and {named[1][0]} ({named[1][1]}) hold the most, "
                 f"{named[-1][0]} the least ({named[-1][1]})")
 
+    pooler = 1 - float(by_layer.sum())
     return [f"Where the budget went: the best trial ({best.number}) kept {total:.0f} singular triplets; by matrix, "
             f"{shares(by_module)}.",
             f"By layer, {shares(by_layer)} (an even spread would give each of the {len(by_layer)} layers "
-            f"{100 / len(by_layer):.0f} %)."]
+            f"{100 * (1 - pooler) / max(len(by_layer), 1):.0f} %)"
+            + (f"; the pooler holds {100 * pooler:.0f} %." if pooler > 1e-9 else ".")]
 
 
 def _layer(index: int) -> str:
     return "the pooler" if index == -1 else f"layer {index}"
 
 
-REFERENCES_PENDING = ("_No reference run is stored yet: `run` trains the study's references (`study.references`: "
-                      "uniform LoRA, full fine-tuning, zero-shot) once its last trial has finished._\n")
+def references_note(study: optuna.Study) -> str | None:
+    """What the report says of reference runs the study names but has not stored yet, or names none."""
+    planned = study.user_attrs.get("references_planned")
+    missing = [kind for kind in planned or [] if kind not in (study.user_attrs.get("references") or {})]
+    if planned == [] or (planned is None and not study.user_attrs.get("references")):
+        return ("_This study names no reference run (`study.references`: `lora`, `full`, `zero_shot`) to compare "
+                "the best trial with._\n")
+    if missing:
+        return (f"_Reference runs {', '.join(missing)} are not stored yet: `run` trains them once the study's last "
+                "trial has finished._\n")
+    return None
 
 
 def _markdown(study, frames, figures, gains, metric) -> str:
@@ -156,8 +170,9 @@ def _markdown(study, frames, figures, gains, metric) -> str:
     for title, path in figures.items():
         parts.append(f"## {title}\n\n![{title}]({path.name})\n")
     for name, frame in frames.items():
-        if name == "references" and frame.empty:
-            parts.append(f"## {name}\n\n{REFERENCES_PENDING}")
+        if name == "references":
+            note = references_note(study)
+            parts.append(f"## {name}\n\n{'' if frame.empty else tables.to_markdown(frame)}{note or ''}")
         elif name != "allocations":
             parts.append(f"## {name}\n\n{tables.to_markdown(frame)}")
     parts.append("The long `allocations.csv` table lists every trial x module rank.\n")

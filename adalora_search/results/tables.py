@@ -119,7 +119,8 @@ def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> 
     kinds = dict(zip(subset[column], subset["module_type"]))
     rank = {kind: i for i, kind in enumerate(TYPE_ORDER)}
     ordered = sorted(table.columns, key=lambda c: (rank.get(kinds.get(c), len(rank)), str(c)))
-    return table[ordered].sort_index()
+    rows = sorted(table.index, key=lambda layer: (layer < 0, layer))  # blocks in order, the pooler (-1) last
+    return table.loc[rows, ordered]
 
 
 def references_table(study: optuna.Study) -> pd.DataFrame:
@@ -134,7 +135,8 @@ def references_table(study: optuna.Study) -> pd.DataFrame:
                      f"test_{metric}": (metrics.get("test") or {}).get(metric),
                      "params_final": params.get("final"), "failure": ref.get("failure", ""),
                      "warnings": " | ".join(ref.get("warnings") or [])})
-    return pd.DataFrame(rows)
+    columns = ["reference", "of_trial", f"final_{metric}", f"test_{metric}", "params_final", "failure", "warnings"]
+    return pd.DataFrame(rows, columns=columns).set_index("reference")
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

@@ -99,10 +99,11 @@ class Objective:
             if self.on_progress is not None:
                 self.on_progress(trial.number, step, run.total_steps)
             shown = metric if metric in scores else run.task.main_metric  # e.g. exact_match comes after training
-            self.log(f"[trial {trial.number}] step {step}/{run.total_steps} loss {scores['train_loss']:.4f} "
+            self.log(f"[trial {trial.number}] step {step}/{run.total_steps} train_loss {scores['train_loss']:.4f} "
                      f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
             tracked.log(step, scores)
             trial.set_user_attr("last_eval_step", step)
+            trial.set_user_attr("trainable_params", dict(run.result.trainable_params))  # after rank pruning so far
             if len(objectives) > 1 or pruning not in scores:
                 return
             trial.report(sign * scores[pruning], step)

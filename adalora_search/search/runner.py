@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from adalora_search.errors import Interrupted, RepeatedFailure, UserError
-from adalora_search.search import diagnostics, fingerprint, progress, ranking
+from adalora_search.search import diagnostics, fingerprint, progress, ranking, status
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
 from adalora_search.search.record import TrialRecord
@@ -187,7 +187,8 @@ def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, 
     study = study if study is not None else open_study(spec, url, allow_changed, log)
     if study.user_attrs.get(diagnostics.DATA_NOTES) != data.notes():
         study.set_user_attr(diagnostics.DATA_NOTES, data.notes())
-    study.set_user_attr("budget", {"n_trials": budget.n_trials, "timeout": budget.timeout})  # status's estimate
+    study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left
+    study.set_user_attr("references_planned", [r.kind for r in spec.study.references])  # what the report awaits
     objective = Objective(spec, data, artifact_store, log)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
@@ -246,7 +247,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
             values = objective(trial)
         except optuna.TrialPruned as exc:
             study.tell(trial, state=TrialState.PRUNED)
-            log(f"[trial {trial.number}] trial pruned: {exc}")
+            log(f"[trial {trial.number}] {exc}")  # "trial pruned at step N: metric value"
             return TrialState.PRUNED
         except TRIAL_ERRORS as exc:
             _fail(study, trial, exc, log)
@@ -294,9 +295,9 @@ def progress_line(study: optuna.Study, budget: Budget, deadline: float | None, b
             f"pruned, {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running")
     if best is not None:
         line += f" | {best}"
-    started = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start]
-    if started:
-        elapsed = time.time() - min(started).timestamp()
+    trials = study.get_trials(deepcopy=False)
+    if any(t.datetime_start for t in trials):
+        elapsed = status.busy_seconds(trials, time.time())  # time trials ran, not idle time between runs
         line += f" | elapsed {elapsed / 60:.1f} min"
         if budget.n_trials and done:
             line += f", ~{elapsed / done * max(budget.n_trials - done, 0) / 60:.1f} min left"

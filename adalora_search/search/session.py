@@ -76,14 +76,19 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
 
 
 def stored_line(study: optuna.Study) -> str:
-    """``3 trials stored, 2 baselines queued``: what a run starts from (queued trials have not run yet)."""
+    """``3 trials stored, 2 baselines queued (a, b)``: what a run starts from (queued trials have not run yet)."""
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
-    baselines = sum("baseline" in t.user_attrs and "retried_from" not in t.user_attrs for t in waiting)
-    parts = [f"{len(trials) - len(waiting)} trials stored"]
-    parts += [f"{baselines} baselines queued"] if baselines else []
-    parts += [f"{len(waiting) - baselines} trials re-queued"] if len(waiting) > baselines else []
+    baselines = [t.user_attrs["baseline"] for t in waiting
+                 if "baseline" in t.user_attrs and "retried_from" not in t.user_attrs]
+    parts = [f"{_count(len(trials) - len(waiting), 'trial')} stored" if len(trials) > len(waiting) else "new study"]
+    parts += [f"{_count(len(baselines), 'baseline')} queued ({', '.join(baselines)})"] if baselines else []
+    parts += [f"{_count(len(waiting) - len(baselines), 'trial')} re-queued"] if len(waiting) > len(baselines) else []
     return ", ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def check_model(spec: StudySpec, data: TokenizedData) -> dict[str, tuple[int, int]]:

@@ -34,8 +34,11 @@ def summary_lines(study: optuna.Study) -> list[str]:
     metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
                                   task.main_metric]))
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    rows = [(f"best trial {best.number}", _attrs(TrialRecord.of(best)))]
-    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records if r.baseline is not None]
+    best_record = TrialRecord.of(best)
+    label = f"best trial {best.number}" + (f" = baseline {best_record.baseline}" if best_record.baseline else "")
+    rows = [(label, _attrs(best_record))]
+    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records
+             if r.baseline is not None and r.number != best.number]
     rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
     head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
     lines = [f"{'run':40s}{head} {'trainable':>10s}"]
@@ -90,7 +93,7 @@ def status_lines(study: optuna.Study) -> list[str]:
         lines += summary_lines(study)
         record = TrialRecord.of(best)
         params = record.trainable_params
-        knobs = ", ".join(f"{k.split('.')[-1]} {_value(v)}" for k, v in sorted(best.params.items()))
+        knobs = "; ".join(f"{k.split('.')[-1]} {_value(v)}" for k, v in sorted(best.params.items()))
         lines.append(f"best trial {best.number}: {knobs or 'no searched knob'}")
         lines.append(f"  budget: total rank {record.total_rank}, trainable params {params.get('initial', 0):,} at "
                      f"the start -> {params.get('final', 0):,} after rank pruning")
@@ -102,6 +105,19 @@ def status_lines(study: optuna.Study) -> list[str]:
         record = TrialRecord.of(t)
         lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, step {record.steps or 0} of "
                      f"{record.total_steps or '?'}, worker {record.worker or '?'}")
+    return lines + _failed_and_queued(study)
+
+
+def _failed_and_queued(study: optuna.Study, last: int = 3) -> list[str]:
+    """The last failed trials with their reason, and the queued ones (a baseline, or a re-run of trial N)."""
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-last:]:
+        failure = TrialRecord.of(t).failure or {"type": "lost", "message": "its worker stopped answering"}
+        lines.append(f"failed: trial {t.number} ({failure['type']}: {failure['message'][:120]})")
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        why = (f"re-run of trial {t.user_attrs['retried_from']}" if "retried_from" in t.user_attrs
+               else f"baseline {t.user_attrs['baseline']}" if "baseline" in t.user_attrs else "enqueued")
+        lines.append(f"queued: trial {t.number} ({why})")
     return lines
 
 
@@ -118,7 +134,7 @@ def progress(study: optuna.Study, now: float | None = None) -> str | None:
     planned = [r.total_steps for r in records if r.total_steps]
     if not n_trials or not done or not planned:
         return None
-    elapsed = (now or time.time()) - min(t.datetime_start.timestamp() for t in trials)
+    elapsed = busy_seconds(trials, now or time.time())
     finished = sum(r.state in (TrialState.COMPLETE, TrialState.PRUNED) for r in records)
     running = [r for r in records if r.state == TrialState.RUNNING]
     if finished >= n_trials:
@@ -126,6 +142,19 @@ def progress(study: optuna.Study, now: float | None = None) -> str | None:
     still = max(n_trials - finished - len(running), 0) * sum(planned) / len(planned)
     left_steps = still + sum((r.total_steps or 0) - (r.steps or 0) for r in running)
     return f"elapsed {elapsed / 60:.1f} min, ~{elapsed / done * left_steps / 60:.1f} min left"
+
+
+def busy_seconds(trials: list[FrozenTrial], now: float) -> float:
+    """Seconds during which at least one of ``trials`` was running (the union of their intervals): a study
+    resumed a day later does not count the day.
+    """
+    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
+                   for t in trials if t.datetime_start is not None)
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total
 
 
 def _value(value: Any) -> str:
@@ -152,7 +181,8 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
                     "baseline": record.baseline, "warnings": record.warnings}
     data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
             "objectives": study.user_attrs.get("objectives"), "counts": counts, "progress": progress(study),
-            "best": best_row, "data_notes": study.user_attrs.get(diagnostics.DATA_NOTES) or [],
+            "best": best_row, "references": study.user_attrs.get("references") or {},
+            "data_notes": study.user_attrs.get(diagnostics.DATA_NOTES) or [],
             "warnings": diagnostics.constant_objectives(study), "trials": [_row(t) for t in trials]}
     return _finite(data)
 

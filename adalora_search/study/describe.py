@@ -17,7 +17,7 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
     n_train = len(data.splits["train"]) if data is not None else None
     lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.resolved_direction} {o.metric}" for o in s.objectives),
              f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
-             f"n_trials {s.n_trials}, timeout {s.timeout}",
+             f"n_trials {s.n_trials}" + (f", timeout {s.timeout:g} s" if s.timeout else ""),
              f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",
              "knobs:"]
     lines += [f"  {path:28s} {describe(knob(spec, path))}" for path in KNOBS]
@@ -60,9 +60,14 @@ def _budget(spec: StudySpec, linears: dict[str, tuple[int, int]]) -> list[str]:
         mods = modeling.matching(linears, list(targets))
         width = sum(i + o + 1 for i, o in mods.values())
         init_rs, target_rs = corners(spec.adalora.init_r), corners(spec.adalora.target_r)
-        b0 = f"{min(init_rs) * len(mods)}..{max(init_rs) * len(mods)}"
-        bt = f"{min(target_rs) * len(mods)}..{max(target_rs) * len(mods)}"
-        p0 = f"{min(init_rs) * width:,}..{max(init_rs) * width:,}"
-        pt = f"{min(target_rs) * width:,}..{max(target_rs) * width:,}"
+        b0 = _span(min(init_rs) * len(mods), max(init_rs) * len(mods))
+        bt = _span(min(target_rs) * len(mods), max(target_rs) * len(mods))
+        p0 = _span(min(init_rs) * width, max(init_rs) * width)
+        pt = _span(min(target_rs) * width, max(target_rs) * width)
         out.append(f"  {','.join(targets)}: {len(mods)} matrices, b(0) {b0} -> b(T) {bt}; params {p0} -> {pt}")
     return out
+
+
+def _span(low: int, high: int) -> str:
+    """``1,560`` for a fixed value, ``1,560..3,120`` for a searched one."""
+    return f"{low:,}" if low == high else f"{low:,}..{high:,}"

@@ -29,7 +29,7 @@ class TPE(Frozen):
         )
 
 
-class RandomS(Frozen):
+class Random(Frozen):
     """Optuna's RandomSampler."""
 
     type: Literal["random"] = Field(default="random", description="random: independent uniform samples")
@@ -74,7 +74,7 @@ class QMC(Frozen):
 
 
 class Grid(Frozen):
-    """Every knob must be fixed or ``choices``; the grid is their product (built by the runner)."""
+    """Every knob must be fixed or ``choices``; the grid is their product."""
 
     type: Literal["grid"] = Field(default="grid", description="grid: every combination of the knobs' choices")
     seed: Seed = None
@@ -83,7 +83,7 @@ class Grid(Frozen):
         raise RuntimeError("the grid sampler is built from the search space by space.grid_sampler")
 
 
-class SamplerSpec(RootModel[Annotated[Union[TPE, RandomS, GP, NSGA2, QMC, Grid], Field(discriminator="type")]]):
+class SamplerSpec(RootModel[Annotated[Union[TPE, Random, GP, NSGA2, QMC, Grid], Field(discriminator="type")]]):
     """``study.sampler``: one of the samplers above, chosen by ``type``."""
 
     model_config = ConfigDict(frozen=True)

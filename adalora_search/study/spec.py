@@ -27,7 +27,7 @@ from adalora_search.study.trackers import TrackingSpec
 
 # ---------------------------------------------------------------- model
 class ModelSpec(Frozen):
-    """``model``: which model, for which task (tasks/), and how it is built."""
+    """``model``: which model, for which task, and how it is built."""
 
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
     task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
@@ -84,7 +84,7 @@ TASK_DATA_FIELDS = {"text_fields", "label_field", "label_names", "prompt_field",
 
 
 class DataSpec(Frozen):
-    """``data``: the source, its splits and which fields the task reads (tasks/ says which)."""
+    """``data``: the source, its splits and which fields the task reads (each task names its fields)."""
 
     source: Source = Field(description="a packaged dataset's name, or {type: packaged|hub|files|disk, ...}")
     splits: SplitNames = Field(default=SplitNames(), description="which source splits to use (defaults: by name)")
@@ -188,7 +188,7 @@ _BETA = "beta must be in the open interval (0, 1) (PEFT's rank allocator asserts
 
 
 class AdaLoraSpec(Frozen):
-    """``adalora``: PEFT AdaLoraConfig's knobs (modeling.PEFT_NAMES maps them), each fixed or searched."""
+    """``adalora``: PEFT AdaLoraConfig's knobs, each fixed or searched."""
 
     target_modules: tunable(list[str], rule="name at least one module, e.g. [query, value]", min_length=1) = Field(
         default_factory=lambda: ["query", "value"], description="modules adapted: names or dotted name ends")
@@ -237,6 +237,25 @@ SCHEMA_ID = "https://adalora-search.dev/schema/study.json"
 def _root_schema(schema: dict[str, Any], cls: type[Frozen]) -> None:
     describe_defaults(schema, cls)
     schema.update({"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID})
+
+
+def study_schema() -> dict[str, Any]:
+    """The study file's JSON Schema as ``adalora-search schema`` prints it (descriptions in Markdown)."""
+    schema = StudySpec.model_json_schema()
+    _markdown(schema)
+    return schema
+
+
+def _markdown(node: Any) -> None:
+    """Descriptions as editors render them (Markdown): `code`, not the docstrings' reStructuredText ``code``."""
+    if isinstance(node, dict):
+        if isinstance(node.get("description"), str):
+            node["description"] = node["description"].replace("``", "`")
+        for value in node.values():
+            _markdown(value)
+    elif isinstance(node, list):
+        for value in node:
+            _markdown(value)
 
 
 class StudySpec(Frozen):

@@ -108,7 +108,8 @@ class StudySection(Frozen):
         "objective's); e.g. the smoother eval_loss while selecting on accuracy. Optuna's pruners compare in the "
         "study's direction, so a metric whose better direction is the other one is reported negated")
     prune_warmup: Literal["after_t_init", "none"] = Field(
-        default="after_t_init", description="no trial pruning before AdaLoRA's first rank allocation"
+        default="after_t_init", description="after_t_init: no trial pruning before AdaLoRA's first rank allocation; "
+        "none: the trial pruner may stop a trial at any evaluation"
     )
     heartbeat_interval: int = Field(default=30, ge=1, description="seconds between worker heartbeats")
     max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
@@ -121,7 +122,8 @@ class StudySection(Frozen):
         default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
         "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")
     references: list[Reference] = Field(
-        default_factory=list, description="reference runs after the search: uniform LoRA, full fine-tuning"
+        default_factory=list, description="reference runs after the search: uniform LoRA (lora), full fine-tuning "
+        "(full), the base model with no adapter (zero_shot)"
     )
 
     @property

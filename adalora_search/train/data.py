@@ -63,6 +63,8 @@ class TokenizedData:
     truncated: dict[str, int] = field(default_factory=dict)  # rows cut to max_length, per split
     duplicates: dict[str, int] = field(default_factory=dict)  # repeated rows removed per source split
     source_rows: dict[str, int] = field(default_factory=dict)  # rows per source split before dedupe
+    conflicts: dict[str, int] = field(default_factory=dict)  # of the repeats: rows with another label
+    blank_labels: dict[str, int] = field(default_factory=dict)  # rows dropped for a blank label, per source split
     truncation: str = ""  # how the task truncates a row (Task.truncation)
     tokenizer: Any = field(default=None, compare=False)  # for decoding generations
 
@@ -76,9 +78,15 @@ class TokenizedData:
                              for split, n in counts.items() if n)
 
         notes = []
+        if any(self.blank_labels.values()):
+            notes.append("rows with a blank label, left out (data.drop_blank_labels): "
+                         f"{per_split(self.blank_labels, self.source_rows)} source rows")
         if any(self.duplicates.values()):
-            notes.append("rows that repeat an earlier row, removed (data.deduplicate): "
-                         f"{per_split(self.duplicates, self.source_rows)}")
+            notes.append("rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
+                         f"{per_split(self.duplicates, self.source_rows)} source rows")
+        if any(self.conflicts.values()):
+            notes.append("of those, rows whose text repeats an earlier row with another label (the first label was "
+                         f"kept; check the data): {per_split(self.conflicts, {})}")
         for reason in sorted({reason for counts in self.dropped.values() for reason in counts}):
             counts = {split: self.dropped[split].get(reason, 0) for split in self.dropped}
             notes.append(f"rows left out ({reason}): {per_split(counts, {})}")
@@ -112,7 +120,8 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
     stored = _datasets().load_from_disk(str(directory / "splits"))
     splits = {name: Split({c: list(stored[name][c]) for c in stored[name].column_names}) for name in stored}
     return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta["dropped"], meta["truncated"],
-                         meta["duplicates"], meta["source_rows"], meta["truncation"], tokenizer)
+                         meta["duplicates"], meta["source_rows"], meta.get("conflicts", {}),
+                         meta.get("blank_labels", {}), meta["truncation"], tokenizer)
 
 
 def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
@@ -124,7 +133,7 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
         "task": task.name,
         "tokenizer": tokenizer_identity(tokenizer),
         "source_content": sources.content_identity(spec.source),
-        "version": 4,
+        "version": 5,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -182,12 +182,14 @@ class TrialRun:
             self._sync_ranks()
 
     def _sync_ranks(self) -> None:
-        """The allocation so far into the result (a trial-pruned run keeps it); params once final."""
+        """The allocation so far into the result (a trial-pruned run keeps it), and the trainable parameters
+        after the rank pruning so far (``final``: a stopped run's count where it stopped).
+        """
         assert self.ranks is not None
         self._copy_ranks()
-        if self.ranks.final and not self.result.final_allocation_done:
+        self._record_params()
+        if self.ranks.final:
             self.result.final_allocation_done = True
-            self._record_params()
 
     def _copy_ranks(self) -> None:
         assert self.ranks is not None

@@ -48,15 +48,18 @@ def load_splits(spec: DataSpec, task: Task, counts: dict[str, Any] | None = None
     _check_columns(task.columns(spec), source)
     feature = source["train"].features.get(spec.label_field)
     class_names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
+    read = {k: len(v) for k, v in source.items() if k in SPLITS}
     source = {k: _select(v, spec, task, k) for k, v in source.items() if k in SPLITS}
     if counts is not None:
-        counts["source_rows"].update({k: len(v) for k, v in source.items()})
+        counts["source_rows"].update(read)
+        counts["blank_labels"] = {k: read[k] - len(v) for k, v in source.items()}  # drop_blank_labels
         counts["class_names"] = class_names
     if spec.deduplicate:
         deduped = {k: _dedupe(v, task) for k, v in source.items()}
         if counts is not None:
-            counts["duplicates"].update({k: len(source[k]) - len(v) for k, v in deduped.items()})
-        source = deduped
+            counts["duplicates"].update({k: len(source[k]) - len(v[0]) for k, v in deduped.items()})
+            counts["conflicts"] = {k: v[1] for k, v in deduped.items()}
+        source = {k: v[0] for k, v in deduped.items()}
     if spec.split is not None:
         source = _carve(source["train"], spec, task)
     elif "validation" not in source:
@@ -89,16 +92,23 @@ def _select(ds: datasets.Dataset, spec: DataSpec, task: Task, split: str) -> dat
                      "split (counting from 1)") from None
 
 
-def _dedupe(ds: datasets.Dataset, task: Task) -> datasets.Dataset:
-    seen: set[Any] = set()
-    keep = []
+def _dedupe(ds: datasets.Dataset, task: Task) -> tuple[datasets.Dataset, int]:
+    """The rows that do not repeat an earlier row (``task.dedupe_key``), and how many of the removed ones
+    carried another label than the row they repeat (conflicting labels: the first one is kept).
+    """
+    seen: dict[Any, Any] = {}
+    keep, conflicts = [], 0
     rows = ds.to_dict()
+    labels = rows.get("label")
     for i in range(len(ds)):
         key = task.dedupe_key(rows, i)
+        label = str(labels[i]) if labels is not None else None
         if key not in seen:
-            seen.add(key)
+            seen[key] = label
             keep.append(i)
-    return ds.select(keep)
+        elif seen[key] != label:
+            conflicts += 1
+    return ds.select(keep), conflicts
 
 
 def _carve(train: datasets.Dataset, spec: DataSpec, task: Task) -> dict[str, datasets.Dataset]:

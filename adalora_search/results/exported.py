@@ -13,6 +13,19 @@ from adalora_search.errors import UserError
 from adalora_search.results.model_card import peft_class
 
 
+def read_rank_config(out: Path, field: str) -> dict:
+    """An export's ``rank_config.json`` (what ``retrain`` and ``--relocate`` start from).
+
+    Raises:
+        UserError: naming ``field`` when ``out`` holds no export.
+    """
+    path = out / "rank_config.json"
+    if not path.is_file():
+        raise UserError(f"{field} = {str(out)!r}: no rank_config.json there; name a folder written by "
+                        "`adalora-search export`")
+    return json.loads(path.read_text())
+
+
 def describe_export(out: Path) -> list[str]:
     """What ``export`` prints after writing ``out``: what each folder is, and when there is no adapter."""
     data = json.loads((out / "rank_config.json").read_text())
@@ -40,10 +53,8 @@ def relocate(out: Path) -> list[str]:
     Raises:
         UserError: ``out`` holds no export.
     """
+    data = read_rank_config(out, "--relocate")
     path = out / "rank_config.json"
-    if not path.is_file():
-        raise UserError(f"--relocate = {str(out)!r}: no rank_config.json there; name an export directory")
-    data = json.loads(path.read_text())
     old = str(data.get("base_model_name_or_path"))
     if not (out / "base").is_dir() or Path(old).name != "base":
         return [f"{out}: the base model is {old!r}, not a folder of the export: nothing to relocate"]

@@ -13,11 +13,10 @@ A kept run at chance level (the task's ``chance_note``) is flagged with a WARNIN
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from adalora_search.errors import UserError
+from adalora_search.results.exported import read_rank_config
 from adalora_search.study.space import LoraKnobs, TrialConfig
 from adalora_search.study.spec import LORA_LEARNING_RATES
 from adalora_search.train import sources
@@ -44,16 +43,13 @@ def retrain(export_dir: Path, given: list[float] | None = None) -> list[str]:
     Raises:
         UserError: ``export_dir`` holds no export.
     """
-    path = export_dir / "rank_config.json"
-    if not path.exists():
-        raise UserError(f"EXPORT_DIR = {str(export_dir)!r}: no rank_config.json; run `adalora-search export` first")
+    data = read_rank_config(export_dir, "EXPORT_DIR")
     # the training stack is imported once the export is known to be there: a wrong folder is said at once
     from adalora_search.results.export import lora_patterns
     from adalora_search.results.references import pick_best, train_reference
     from adalora_search.train.data import load_tokenized
     from adalora_search.train.modeling import load_tokenizer
 
-    data = json.loads(path.read_text())
     cfg = TrialConfig.model_validate(data["config"])
     ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
     cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(rank_pattern=ranks, alpha_pattern=alphas)})

@@ -34,8 +34,8 @@ def constant_objectives(study: optuna.Study) -> list[str]:
         values = [e[metric] for e in evaluations if isinstance(e.get(metric), (int, float))]
         if len(values) < 2 or max(values) - min(values) > CONSTANT:
             continue
-        moving = {k: [e[k] for e in evaluations if isinstance(e.get(k), (int, float))]
-                  for e in evaluations for k in e if k not in _NOT_METRICS | {metric}}
+        names = [k for k in dict.fromkeys(k for e in evaluations for k in e) if k not in _NOT_METRICS | {metric}]
+        moving = {k: [e[k] for e in evaluations if isinstance(e.get(k), (int, float))] for k in names}  # once each
         moved = [k for k, vs in moving.items() if vs and max(vs) - min(vs) > CONSTANT]
         if moved:
             vs = moving[moved[0]]

@@ -75,8 +75,9 @@ def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log
     if not changed:
         return
     if not _has_results(study):  # only failed trials: nothing to mix, the edited file takes over
-        study.set_user_attr("fingerprint", hashes(sections(spec)))
-        study.set_user_attr("fingerprint_sections", sections(spec))
+        full = sections(spec)  # with the data's content, also where the stored study had none
+        study.set_user_attr("fingerprint", hashes(full))
+        study.set_user_attr("fingerprint_sections", full)
         log(f"study {spec.study.name!r}: the study file changed ({', '.join(changed)}); the stored study holds no "
             "result yet (only failed trials), so it goes on with the edited file")
         return

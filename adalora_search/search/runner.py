@@ -185,8 +185,8 @@ def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, 
     """
     data = data if data is not None else prepare_data(spec)
     study = study if study is not None else open_study(spec, url, allow_changed, log)
-    if study.user_attrs.get(diagnostics.DATA_NOTES) != data.notes():
-        study.set_user_attr(diagnostics.DATA_NOTES, data.notes())
+    if study.user_attrs.get(diagnostics.DATA_NOTES) != (notes := data.notes()):
+        study.set_user_attr(diagnostics.DATA_NOTES, notes)
     study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left
     study.set_user_attr("references_planned", [r.kind for r in spec.study.references])  # what the report awaits
     objective = Objective(spec, data, artifact_store, log)

@@ -117,10 +117,9 @@ def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> 
     Raises:
         UserError: the URL is malformed, the server cannot be reached, or the driver is missing.
     """
-    check_url(url)
+    check_reachable_here(url)  # the URL as written, the dialect, a SQLite file's folder
     parsed = make_url(url)
     engine_kwargs: dict = {}
-    check_reachable_here(url)
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:

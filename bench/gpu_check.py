@@ -11,7 +11,10 @@ what is done; a section that raises is recorded under ``errors`` and the next on
    MiniLM-L6, BERT-base, SmolLM2-135M and a ~0.5 B Llama decoder (both bf16 weights).
 3. ``workers``: ``adalora-search run STUDY --workers-per-gpu N`` (N = 1, 2, 4, 8) on a short MiniLM
    study, fresh SQLite each; trials/hour = finished trials / wall-clock hours.
-4. ``profile``: torch.profiler, top-10 operators by self CPU time over 20 AdaLoRA steps of MiniLM.
+4. ``compile``: the same AdaLoRA and LoRA steps with ``training.compile`` (modes ``default`` and
+   ``reduce-overhead``, CUDA graphs), every batch padded to ``max_length`` (one graph); step time,
+   tokens/s, utilisation, peak memory, compile seconds; against the eager figures of ``steps``.
+4b. ``profile``: torch.profiler, top-10 operators by self CPU time over 20 AdaLoRA steps of MiniLM.
 5. ``oom``: a trial far too large for the card fails with its reason, the next one runs (CUDA only).
 
 Goals are printed PASS/MISS beside the figures and kept under ``goals``. ``--smoke`` shrinks
@@ -71,10 +74,13 @@ from adalora_search.errors import TrialFailure  # noqa: E402
 from adalora_search.search.runner import prepare_data  # noqa: E402
 from adalora_search.study.loader import parse_spec  # noqa: E402
 from adalora_search.study.space import sample  # noqa: E402
+from adalora_search.study.spec import CompileSpec  # noqa: E402
 from adalora_search.train.data import Split, TokenizedData  # noqa: E402
 from adalora_search.train.engine import TrialRun  # noqa: E402
 
-SECTIONS = ("correctness", "steps", "workers", "profile", "oom")
+SECTIONS = ("correctness", "steps", "compile", "workers", "profile", "oom")
+COMPILE_ARMS = {"adalora_default": ("adalora", "default"), "adalora_reduce_overhead": ("adalora", "reduce-overhead"),
+                "lora_reduce_overhead": ("lora", "reduce-overhead")}
 
 
 def correctness(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
@@ -112,6 +118,39 @@ def steps(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         else:
             rows[name] = {"batch": row["batch"], "max_length": row["data"]["max_length"], "adalora": adalora,
                           "lora": lora, "ratio_adalora_vs_lora": round(adalora["step_ms"] / lora["step_ms"], 3)}
+        print(f"  {name}: {json.dumps(rows[name])}", flush=True)
+    return rows
+
+
+def compile(args: argparse.Namespace, deadline: float) -> dict[str, Any]:  # noqa: A001 - the section's name
+    """Compiled steps per model (``COMPILE_ARMS``); the eager ones are the ``steps`` section's."""
+    total, warm = (5, 3) if args.smoke else (40, 10)
+    rows: dict[str, Any] = {}
+    for name, row in step_models(args.smoke).items():
+        if name not in args.compile_models or time.monotonic() > deadline:
+            continue
+        fixed = {**row, "data": {**row["data"], "pad_to_multiple_of": row["data"]["max_length"]}}
+        rows[name] = {}
+        try:
+            cfg, data = step_spec(fixed, total)
+            run = TrialRun(cfg, data)
+            lora = lora_twin(cfg, run)
+            del run
+            for arm, (method, mode) in COMPILE_ARMS.items():
+                if time.monotonic() > deadline:
+                    break
+                base = lora if method == "lora" else cfg
+                compiled = base.model_copy(update={"training": base.training.model_copy(
+                    update={"compile": CompileSpec(mode=mode)})})
+                run, figures = timed_run(compiled, data, warm)
+                rows[name][arm] = {**figures, "compile": run.result.timing.get("compile")}
+                del run
+        except Exception:  # noqa: BLE001 - the next model still runs
+            rows[name]["error"] = traceback.format_exc()[-2000:]
+        arms = rows[name]
+        if "adalora_reduce_overhead" in arms and "lora_reduce_overhead" in arms:
+            arms["ratio_adalora_vs_lora_compiled"] = round(
+                arms["adalora_reduce_overhead"]["step_ms"] / arms["lora_reduce_overhead"]["step_ms"], 3)
         print(f"  {name}: {json.dumps(rows[name])}", flush=True)
     return rows
 
@@ -222,6 +261,19 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     for name, row in rows.items():
         ratio = row["ratio_adalora_vs_lora"]
         add(f"{name}: AdaLoRA step <= 1.10x LoRA step", ratio, ratio <= 1.10)
+    compiled = {k: v for k, v in (report.get("compile") or {}).items() if "error" not in v}
+    for name, limit in (("bert-base", 60), ("decoder-0.5b", 80)):
+        if name in compiled:
+            arms = compiled[name]
+            utils = [arms[k]["gpu_util_pct"] for k in ("adalora_default", "adalora_reduce_overhead")
+                     if k in arms and arms[k]["gpu_util_pct"] is not None]
+            best = max(utils) if utils else None
+            add(f"compiled: GPU utilisation >= {limit} % on {name} (AdaLoRA, best mode)", best,
+                None if best is None else best >= limit)
+    for name, row in compiled.items():
+        if "ratio_adalora_vs_lora_compiled" in row:
+            ratio = row["ratio_adalora_vs_lora_compiled"]
+            add(f"{name}: compiled AdaLoRA step <= 1.05x compiled LoRA step", ratio, ratio <= 1.05)
     w = report.get("workers") or {}
     if "rows" in w:
         ok = None if w["speedup_vs_1_worker"] is None or w["most_workers"] != 8 else w["speedup_vs_1_worker"] >= 4
@@ -236,9 +288,12 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     parser.add_argument("--models", default="minilm-l6,bert-base,smollm2-135m,decoder-0.5b",
                         help="step-figure models (section steps)")
+    parser.add_argument("--compile-models", default="bert-base,decoder-0.5b",
+                        help="compiled-step models (section compile; each compiles 3 graphs on the host's CPUs)")
     parser.add_argument("--time-budget", type=float, default=510, help="seconds; no section starts after it")
     args = parser.parse_args()
     args.sections, args.models = args.sections.split(","), args.models.split(",")
+    args.compile_models = args.compile_models.split(",")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
         parser.error(f"--sections: unknown {unknown}; choose from {SECTIONS}")

@@ -165,7 +165,7 @@ def test_training_loss_is_peft_loss_counted_once_with_equal_gradients() -> None:
     run, batch = _double_run(orth_reg_weight=0.7)
     run._losses = []
     trained = [p for p in run.model.parameters() if p.requires_grad]
-    ours = run._forward_backward(batch)
+    ours, _ = run._forward_backward(batch)
     ours_grads = [p.grad.clone() for p in trained]
     run.model.zero_grad(set_to_none=True)
     peft_loss = run.model(**batch).loss

@@ -43,3 +43,23 @@ def test_gpu_check_smoke_writes_correctness_and_step_figures(tmp_path: Path) -> 
     assert ratio["value"] == report["steps"]["minilm-l6"]["ratio_adalora_vs_lora"]
     assert {g["status"] for g in goals.values()} == {"n/a"}  # toy shapes: figures shown, goals not judged
     assert "== correctness" in proc.stdout and "GOAL" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_compile_section_records_compiled_steps(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.json"
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--sections", "compile",
+           "--compile-models", "bert-base", "--out", str(out)]
+    proc = subprocess.run(cmd, env=dict(os.environ, ADALORA_SEARCH_THREADS="1"), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    row = report["compile"]["bert-base"]
+    assert report["errors"] == {} and "error" not in row, row
+    for arm in ("adalora_default", "adalora_reduce_overhead", "lora_reduce_overhead"):
+        compiled = row[arm]["compile"]
+        assert "fallback" not in compiled and compiled["graphs"] >= 1, (arm, compiled)  # really compiled
+        assert math.isfinite(row[arm]["step_ms"]) and row[arm]["step_ms"] > 0
+    assert row["ratio_adalora_vs_lora_compiled"] > 0
+    goals = {g["goal"]: g for g in report["goals"]}
+    assert goals["bert-base: compiled AdaLoRA step <= 1.05x compiled LoRA step"]["status"] == "n/a"  # toy shapes

@@ -4,8 +4,10 @@ A study file edited after its study was created (another model, other data, long
 different search space or objective) must not silently add trials to the stored study: the
 fingerprint is recorded when the study is created (study user attrs ``fingerprint``, section ->
 hash, and ``fingerprint_sections``, a readable copy) and compared whenever a worker loads it.
-Execution details that do not change results (device, threads, eval batch size, sampler, pruner,
-n_trials, storage, baselines) are left out, so they may change between runs.
+Execution details are left out, so they may change between runs: those that change results at most
+as float rounding or another dropout draw would (device, threads, eval batch size, compilation —
+inductor draws dropout from its own generator —, padding to a multiple) and the search's own
+(sampler, pruner, n_trials, storage, baselines).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from adalora_search.train import sources
 
 _log = logging.getLogger(__name__)
 
-_RUN_ONLY = {"device", "num_threads", "eval_batch_size"}
+_RUN_ONLY = {"device", "num_threads", "eval_batch_size", "compile"}
 FIX = "use a new study.name, or pass --allow-changed-study to go on anyway"
 
 
 def sections(spec: StudySpec) -> dict[str, Any]:
     """The comparable parts of a study, as JSON data (defaults left out, so new defaulted fields don't count)."""
-    data = spec.data.model_dump(mode="json", exclude_defaults=True)
+    data = spec.data.model_dump(mode="json", exclude={"pad_to_multiple_of"}, exclude_defaults=True)
     if isinstance(spec.data.source, FilesSource):  # by file name: workers may see the files at other paths
         data["source"]["paths"] = {k: Path(v).name for k, v in spec.data.source.paths.items()}
     if isinstance(spec.data.source, DiskSource):

@@ -9,6 +9,7 @@ programs (``status --json``).
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -98,6 +99,7 @@ def status_lines(study: optuna.Study) -> list[str]:
         lines.append(f"  budget: total rank {record.total_rank}, trainable params {params.get('initial', 0):,} at "
                      f"the start -> {params.get('final', 0):,} after rank pruning")
     lines += diagnostics.study_notes(study)
+    lines += _compile_lines([TrialRecord.of(t) for t in study.get_trials(deepcopy=False)])
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if (failure := TrialRecord.of(t).adapter_failure) is not None and t.number != getattr(best, "number", None):
             lines.append(f"WARNING: trial {t.number}'s adapter was not kept ({failure}); its results are stored")
@@ -106,6 +108,23 @@ def status_lines(study: optuna.Study) -> list[str]:
         lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, step {record.steps or 0} of "
                      f"{record.total_steps or '?'}, worker {record.worker or '?'}")
     return lines + _failed_and_queued(study)
+
+
+def _compile_lines(records: list[TrialRecord]) -> list[str]:
+    """Compiled trials (``training.compile``): how many, their compile time against their wall time, and each
+    trial that fell back to eager with its reason.
+    """
+    compiled = [(r, r.timing["compile"]) for r in records if "compile" in r.timing]
+    if not compiled:
+        return []
+    seconds = [c.get("compile_s", 0.0) for _, c in compiled]
+    wall = sum(r.timing.get("wall_s") or 0.0 for r, _ in compiled)
+    lines = [f"compiled trials: {len(compiled)}, compile time {sum(seconds):.0f} s of {wall:.0f} s trial wall time "
+             f"(median {statistics.median(seconds):.1f} s per trial, at most "
+             f"{max(c.get('graphs', 0) for _, c in compiled)} graphs per trial)"]
+    lines += [f"WARNING: trial {r.number} could not compile and ran eager: {c['fallback'][:160]}"
+              for r, c in compiled if "fallback" in c]
+    return lines
 
 
 def _failed_and_queued(study: optuna.Study, last: int = 3) -> list[str]:
@@ -192,7 +211,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name, "values": t.values, "steps": record.steps,
             "total_steps": record.total_steps, "trainable_params": record.trainable_params,
             "failure": record.failure, "adapter_failure": record.adapter_failure, "baseline": record.baseline,
-            "worker": record.worker}
+            "worker": record.worker, "compile": record.timing.get("compile")}
 
 
 def _finite(value: Any) -> Any:

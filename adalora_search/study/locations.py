@@ -67,7 +67,7 @@ def _union_tags() -> frozenset[str]:
 def _is_tag(part: Any) -> bool:
     """Pydantic's names for union branches in an error location (not keys of the study file)."""
     return isinstance(part, str) and (part.startswith(("function-", "Choices[", "list[", "dict[")) or part[:1].isupper()
-                                      or part in _union_tags())
+                                      or part in ("bool", "int", "float", "str") or part in _union_tags())
 
 
 def _render(path: tuple[Any, ...]) -> str:
@@ -78,12 +78,12 @@ def _render(path: tuple[Any, ...]) -> str:
 
 
 def without_other_branches(errors: list[Any], data: Any) -> list[Any]:
-    """Drop a union's "should be a valid list" error when the value is a mapping whose own errors are shown
-    (``objective: {metric, direction}`` or a list of them): one problem, said once.
+    """Drop a union's "should be a valid list" (or boolean) error when the value is a mapping whose own errors
+    are shown (``objective: {metric, direction}`` or a list of them, ``compile: {mode}``): one problem, said once.
     """
     paths = [_data_path(tuple(e["loc"]), data) for e in errors]
     return [e for e, path in zip(errors, paths)
-            if not (e["type"] == "list_type" and isinstance(e.get("input"), dict)
+            if not (e["type"] in ("list_type", "bool_type") and isinstance(e.get("input"), dict)
                     and any(o is not e and other[:len(path)] == path for o, other in zip(errors, paths)))]
 
 

@@ -34,6 +34,7 @@ def check(spec: StudySpec) -> list[Problem]:
     problems += _ranks(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora")
     problems += _schedule(spec, {p: corners(knob(spec, p)) for p in KNOBS}, "adalora.schedule")
     problems += _bounds(spec)
+    problems += _compile(spec)
     problems += _study(spec)
     problems += get_task(spec.model.task).check_data(spec.data)
     problems += get_task(spec.model.task).check_training(spec.training, spec.data)
@@ -95,6 +96,31 @@ def _bounds(spec: StudySpec) -> list[Problem]:
     """Every value each knob can take (fixed, each choice, both ends of a range) against its constraints."""
     return [Problem(path, value, problem) for path in KNOBS for value in corners(knob(spec, path))
             if (problem := knob_problem(path, value)) is not None]
+
+
+def _compile(spec: StudySpec) -> list[Problem]:
+    """What ``training.compile`` cannot be combined with (unverified here: refused rather than guessed)."""
+    problems = []
+    if spec.training.compile is not False and spec.model.quantization != "none":
+        problems.append(Problem(
+            "training.compile", spec.training.compile,
+            f"torch.compile of a bitsandbytes-quantized base (model.quantization = {spec.model.quantization}) is "
+            "not verified by adalora-search; set training.compile: false, or model.quantization: none"))
+    settings = spec.training.compile
+    if not isinstance(settings, bool) and settings.cuda_graphs and spec.training.gradient_accumulation > 1:
+        mode = settings.mode
+        problems.append(Problem(
+            "training.compile.mode", mode,
+            f"mode {mode} records CUDA graphs, whose gradient memory the next replay reuses: gradients cannot "
+            f"accumulate over gradient_accumulation = {spec.training.gradient_accumulation} batches; use mode "
+            "default or max-autotune-no-cudagraphs, or gradient_accumulation: 1"))
+    multiple = spec.data.pad_to_multiple_of
+    if multiple is not None and multiple > spec.data.max_length:
+        problems.append(Problem(
+            "data.pad_to_multiple_of", multiple,
+            f"pad_to_multiple_of must be <= data.max_length ({spec.data.max_length}), but got {multiple}; "
+            "e.g. 16 or 32"))
+    return problems
 
 
 def _metric(spec: StudySpec, task: Task, where: str, metric: str, allowed: set[str]) -> list[Problem]:

@@ -111,6 +111,8 @@ class DataSpec(Frozen):
     deduplicate: bool = Field(default=True, description="remove repeated rows (validate counts them)")
     drop_blank_labels: bool = Field(default=False, description="drop rows whose label is empty instead of refusing")
     max_length: int = Field(default=128, ge=8, le=8192, description="tokens per row at most (longer rows are cut)")
+    pad_to_multiple_of: int | None = Field(
+        default=None, ge=1, description="pad each batch's width to a multiple of this (compiled trials: fewer shapes)")
     max_train_samples: int | None = Field(default=None, ge=1, description="at most this many training rows, a "
                                           "random sample (default: all)")
     max_eval_samples: int | None = Field(default=None, ge=1, description="at most this many validation rows, and "
@@ -139,6 +141,24 @@ class GenerationSpec(Frozen):
     at_evals: bool = Field(default=False, description="also at every evaluation (then trial pruning can use them)")
 
 
+class CompileSpec(Frozen):
+    """``torch.compile`` options of a compiled trial (PyTorch's own names and meanings)."""
+
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="default", description="reduce-overhead and max-autotune record CUDA graphs on a GPU (no kernel "
+                                        "launch cost; gradient_accumulation 1 only)")
+    dynamic: bool | None = Field(
+        default=None, description="null: a second graph with dynamic shapes once a shape changes; true: dynamic "
+                                  "from the start; false: one graph per batch shape (set data.pad_to_multiple_of)")
+    fullgraph: bool = Field(default=False, description="refuse graph breaks (the trial then falls back to eager, "
+                                                       "naming where the break is)")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the mode records CUDA graphs on a GPU (``torch._inductor.list_mode_options``, torch 2.13)."""
+        return self.mode in ("reduce-overhead", "max-autotune")
+
+
 class TrainingSpec(Frozen):
     """``training``: one trial's optimisation; ``learning_rate`` and ``weight_decay`` are knobs."""
 
@@ -160,6 +180,9 @@ class TrainingSpec(Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when available")
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per worker")
     gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
+    compile: bool | CompileSpec = Field(
+        default=False, description="torch.compile the training forward and loss once per trial (true: default "
+                                   "options); evaluation stays eager; a trial that cannot compile runs eager")
     generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(),
                                        description="causal_lm: greedy generation for exact_match / rouge_l")
 

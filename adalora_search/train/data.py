@@ -188,11 +188,12 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def batches(split: Split, batch_size: int, pad_id: int,
-            shuffle_seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None,
+            pad_to_multiple_of: int | None = None, max_width: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given).
 
-    Yields ``input_ids`` and ``attention_mask`` [batch, width] (long), ``token_type_ids`` when the
+    ``pad_to_multiple_of``: each batch's width is rounded up to a multiple of it (at most ``max_width``,
+    the data's ``max_length``, when the rows are shorter), so a compiled model sees a few shapes. Yields ``input_ids`` and ``attention_mask`` [batch, width] (long), ``token_type_ids`` when the
     split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
     """
     lengths = [len(x) for x in split.columns["input_ids"]]
@@ -208,7 +209,7 @@ def batches(split: Split, batch_size: int, pad_id: int,
     else:
         order_chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in order_chunks:
-        yield _collate(split, chunk, pad_id)
+        yield _collate(split, chunk, pad_id, pad_to_multiple_of, max_width)
 
 
 def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
@@ -218,9 +219,12 @@ def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
     return out
 
 
-def _collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def _collate(split: Split, rows: np.ndarray, pad_id: int, multiple: int | None = None,
+             max_width: int | None = None) -> dict[str, torch.Tensor]:
     ids = [split.columns["input_ids"][i] for i in rows]
     width = max(len(x) for x in ids)
+    if multiple:
+        width = max(width, min(-(-width // multiple) * multiple, max_width or width + multiple))
     batch = {"input_ids": _pad(ids, width, pad_id), "attention_mask": _pad([[1] * len(x) for x in ids], width, 0)}
     if "token_type_ids" in split.columns:
         batch["token_type_ids"] = _pad([split.columns["token_type_ids"][i] for i in rows], width, 0)

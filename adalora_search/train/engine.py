@@ -21,7 +21,7 @@ from transformers import get_scheduler
 
 from adalora_search.errors import TrialFailure
 from adalora_search.study.space import TrialConfig, optimizer_steps
-from adalora_search.train import memory, modeling
+from adalora_search.train import compiling, memory, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
 from adalora_search.train.regularizer import OrthogonalRegularizer
@@ -73,6 +73,8 @@ class TrialRun:
         self.regularizer = OrthogonalRegularizer(self.model) if adalora else None
         self.forward_model = self.model.base_model.model if adalora else self.model
         self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
+        settings = compiling.options(cfg.training.compile)
+        self.compiled = compiling.CompiledLoss(self._loss, settings) if settings is not None else None
         self._record_params(initial=True)
         self.result.timing["build_s"] = round(time.perf_counter() - start, 3)
 
@@ -94,7 +96,9 @@ class TrialRun:
         self.model.train()
         try:
             for batch in self._train_batches():
-                loss = self._forward_backward(batch)
+                loss, restarted = self._forward_backward(batch)
+                if restarted:  # compilation failed: this optimizer step's gradients start again, eager
+                    micro -= micro % t.gradient_accumulation
                 tokens += int(batch["attention_mask"].sum())
                 micro += 1
                 if micro % t.gradient_accumulation:
@@ -130,16 +134,36 @@ class TrialRun:
         epoch = 0
         while True:  # epochs until total_steps; reshuffled (seeded) every epoch
             yield from batches(self.data.splits["train"], t.batch_size, self.data.pad_token_id,
-                               shuffle_seed=t.seed * 1000 + epoch)
+                               shuffle_seed=t.seed * 1000 + epoch, **self._padding())
             epoch += 1
 
-    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One micro-batch's forward and backward; the detached loss, left on the device (no sync)."""
+    def _padding(self) -> dict[str, int | None]:
+        """Training batches' widths (evaluation is eager: its batches are not padded further)."""
+        return {"pad_to_multiple_of": self.cfg.data.pad_to_multiple_of, "max_width": self.cfg.data.max_length}
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        """One micro-batch's forward and backward: the detached loss, left on the device (no sync), and
+        whether the step started again eagerly after a failed compilation (its gradients were cleared).
+        """
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        restarted = False
+        if self.compiled is not None:
+            loss = self.compiled.step(batch, self._backward)
+            if loss is not None:
+                return loss, False
+            self.model.zero_grad(set_to_none=True)  # a failed compiled step may have left partial gradients
+            restarted = True
+        return self._backward(self._loss(batch)), restarted
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss: the task loss plus AdaLoRA's orthogonal regularizer (what is compiled)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = self.forward_model(**batch).loss  # labels given: the task loss
         if self.regularizer is not None:
             loss = loss + self.regularizer.loss()  # AdaLoRA's orthogonal regularizer, in float32
+        return loss
+
+    def _backward(self, loss: torch.Tensor) -> torch.Tensor:
         (loss / self.cfg.training.gradient_accumulation).backward()
         loss = loss.detach()
         self._losses.append(loss)
@@ -288,6 +312,8 @@ class TrialRun:
         t = self.result.timing
         t.update(steps=steps, train_s=round(seconds - eval_s, 3), eval_s=round(eval_s, 3),
                  train_tokens_per_s=round(tokens / max(seconds - eval_s, 1e-9), 1))
+        if self.compiled is not None:
+            t["compile"] = self.compiled.finish()
         if self.device.type == "cuda":
             t["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         else:

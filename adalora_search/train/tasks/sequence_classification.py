@@ -96,7 +96,10 @@ class SequenceClassification(Task):
         return [index[str(v)] for v in labels]
 
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
-        return label_config(label_names)
+        # problem_type as transformers infers it at the first forward: set up front, the config is not changed
+        # by training (a compiled trial would otherwise recompile after its first step)
+        kwargs = label_config(label_names)
+        return {**kwargs, "problem_type": "single_label_classification"} if len(label_names or []) >= 2 else kwargs
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         import torch

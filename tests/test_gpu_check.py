@@ -13,15 +13,19 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow
-def test_gpu_check_smoke_writes_correctness_and_step_figures(tmp_path: Path) -> None:
+def gpu_check_smoke(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``bench/gpu_check.py --smoke ARGS``: the finished process and the JSON it wrote."""
     out = tmp_path / "gpu_check.json"
-    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--sections", "correctness,steps",
-           "--models", "minilm-l6,bert-base", "--out", str(out)]
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", *args, "--out", str(out)]
     proc = subprocess.run(cmd, env=dict(os.environ, ADALORA_SEARCH_THREADS="1"), capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_writes_correctness_and_step_figures(tmp_path: Path) -> None:
+    proc, report = gpu_check_smoke(tmp_path, "--sections", "correctness,steps", "--models", "minilm-l6,bert-base")
     assert report["errors"] == {} and report["meta"]["smoke"] is True
     correctness = report["correctness"]
     # the project's shuffled, stratified split: pretrained MiniLM beats the majority class after 8 steps
@@ -47,13 +51,7 @@ def test_gpu_check_smoke_writes_correctness_and_step_figures(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_gpu_check_smoke_compile_section_records_compiled_steps(tmp_path: Path) -> None:
-    out = tmp_path / "gpu_check.json"
-    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--sections", "compile",
-           "--compile-models", "bert-base", "--out", str(out)]
-    proc = subprocess.run(cmd, env=dict(os.environ, ADALORA_SEARCH_THREADS="1"), capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    _, report = gpu_check_smoke(tmp_path, "--sections", "compile", "--compile-models", "bert-base")
     row = report["compile"]["bert-base"]
     assert report["errors"] == {} and "error" not in row, row
     for arm in ("adalora_default", "adalora_reduce_overhead", "lora_reduce_overhead"):

@@ -193,7 +193,8 @@ def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None
     """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given).
 
     ``pad_to_multiple_of``: each batch's width is rounded up to a multiple of it (at most ``max_width``,
-    the data's ``max_length``, when the rows are shorter), so a compiled model sees a few shapes. Yields ``input_ids`` and ``attention_mask`` [batch, width] (long), ``token_type_ids`` when the
+    the data's ``max_length``, when the rows are shorter), so a compiled model sees a few shapes.
+    Yields ``input_ids`` and ``attention_mask`` [batch, width] (long), ``token_type_ids`` when the
     split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
     """
     lengths = [len(x) for x in split.columns["input_ids"]]

@@ -88,7 +88,7 @@ class BatchedRankAllocator(RankAllocator):
             names.append(name_m % "lora_E")
             triplets.append(self._combine_ipt(scores[name_m], torch.cat(vector, dim=1)).view(-1))
         flat = torch.cat(triplets)
-        threshold = torch.kthvalue(flat, k=self.init_bgt - budget)[0].item()
+        threshold = torch.kthvalue(flat, k=self.init_bgt - budget)[0]  # stays on the device: no sync here
         drop = flat <= threshold
         by_name = dict(zip(names, torch.split(drop, [t.numel() for t in triplets])))
         with torch.no_grad():
@@ -136,7 +136,8 @@ class RankBook:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
-        self.allocation = allocation(model)
+        self._names = list(adapted_modules(model))  # walked once, not at every rank pruning
+        self.allocation = allocation(model, self._names)
         self.budget_curve = [[0, sum(self.allocation.values())]]
         self.final = False
 
@@ -163,7 +164,7 @@ class RankBook:
         return True
 
     def _record(self, step: int) -> None:
-        self.allocation = allocation(self.model)
+        self.allocation = allocation(self.model, self._names)
         self.budget_curve.append([step, sum(self.allocation.values())])
 
 
@@ -173,14 +174,16 @@ def adapted_modules(model: torch.nn.Module) -> dict[str, SVDLinear]:
     return {name: m for name, m in inner.named_modules() if isinstance(m, SVDLinear)}
 
 
-def allocation(model: torch.nn.Module) -> dict[str, int]:
-    """Current rank per adapted module: init_r before the first rank pruning, then the masks' sums."""
+def allocation(model: torch.nn.Module, names: list[str] | None = None) -> dict[str, int]:
+    """Current rank per adapted module: init_r before the first rank pruning, then the masks' sums.
+
+    ``names``: the adapted modules' names when the caller knows them (``adapted_modules`` walks the model).
+    """
     config = model.peft_config[ADAPTER]
-    modules = adapted_modules(model)
-    ranks = {name: config.init_r for name in modules}
+    ranks = {name: config.init_r for name in (names if names is not None else adapted_modules(model))}
     pattern = config.rank_pattern or {}
     suffix = f".lora_E.{ADAPTER}"
     for key, mask in pattern.items():
         name = key[: -len(suffix)] if key.endswith(suffix) else key.removesuffix(".lora_E")
-        ranks[name] = int(sum(bool(x) for x in (mask.tolist() if torch.is_tensor(mask) else mask)))
+        ranks[name] = int(sum(mask.tolist() if torch.is_tensor(mask) else mask))
     return ranks

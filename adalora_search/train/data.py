@@ -214,19 +214,24 @@ def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None
 
 
 def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=torch.long)
+    """Rows of ids [n, <= width] right-padded with ``value`` into a long tensor [n, width] (filled in numpy: one
+    tensor per batch, not one per row).
+    """
+    out = np.full((len(rows), width), value, dtype=np.int64)
     for r, row in enumerate(rows):
-        out[r, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+        out[r, :len(row)] = row
+    return torch.from_numpy(out)
 
 
 def _collate(split: Split, rows: np.ndarray, pad_id: int, multiple: int | None = None,
              max_width: int | None = None) -> dict[str, torch.Tensor]:
     ids = [split.columns["input_ids"][i] for i in rows]
-    width = max(len(x) for x in ids)
+    lengths = np.array([len(x) for x in ids])
+    width = int(lengths.max())
     if multiple:
         width = max(width, min(-(-width // multiple) * multiple, max_width or width + multiple))
-    batch = {"input_ids": _pad(ids, width, pad_id), "attention_mask": _pad([[1] * len(x) for x in ids], width, 0)}
+    mask = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
+    batch = {"input_ids": _pad(ids, width, pad_id), "attention_mask": mask}
     if "token_type_ids" in split.columns:
         batch["token_type_ids"] = _pad([split.columns["token_type_ids"][i] for i in rows], width, 0)
     labels = [split.columns["labels"][i] for i in rows]

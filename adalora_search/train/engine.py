@@ -224,9 +224,10 @@ class TrialRun:
         """Trainable parameters (AdaLoRA: the kept triplets and the head) and the model's total."""
         key = "initial" if initial else "final"
         if self.ranks is not None:
-            if initial:
+            if initial:  # walked once: rank pruning may record this at every step
                 self._copy_ranks()
-            count = modeling.adapter_params(self.model, self.ranks.allocation) + modeling.head_params(self.model)
+                self._triplets, self._head = modeling.triplet_params(self.model), modeling.head_params(self.model)
+            count = sum(r * self._triplets[n] for n, r in self.ranks.allocation.items()) + self._head
         else:
             count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.result.trainable_params[key] = count

@@ -182,13 +182,9 @@ def features(module: torch.nn.Module) -> tuple[int, int]:
     return int(module.in_features), int(module.out_features)
 
 
-def adapter_params(model: torch.nn.Module, ranks: dict[str, int]) -> int:
-    """Trainable parameters of the AdaLoRA triplets at these ranks: r·(in + out + 1) per module."""
-    total = 0
-    for name, module in adapted_modules(model).items():
-        n_in, n_out = features(module.get_base_layer())
-        total += ranks.get(name, 0) * (n_in + n_out + 1)
-    return total
+def triplet_params(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable parameters of one AdaLoRA triplet per adapted module: in + out + 1 (a rank-r module has r·that)."""
+    return {name: sum(features(module.get_base_layer())) + 1 for name, module in adapted_modules(model).items()}
 
 
 def head_params(model: torch.nn.Module) -> int:

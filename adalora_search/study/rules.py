@@ -100,13 +100,13 @@ def _bounds(spec: StudySpec) -> list[Problem]:
 
 def _compile(spec: StudySpec) -> list[Problem]:
     """What ``training.compile`` cannot be combined with (unverified here: refused rather than guessed)."""
-    problems = []
-    if spec.training.compile is not False and spec.model.quantization != "none":
+    settings = spec.training.compile
+    problems: list[Problem] = []
+    if settings is not False and spec.model.quantization != "none":
         problems.append(Problem(
-            "training.compile", spec.training.compile,
+            "training.compile", settings,
             f"torch.compile of a bitsandbytes-quantized base (model.quantization = {spec.model.quantization}) is "
             "not verified by adalora-search; set training.compile: false, or model.quantization: none"))
-    settings = spec.training.compile
     if not isinstance(settings, bool) and settings.cuda_graphs and spec.training.gradient_accumulation > 1:
         mode = settings.mode
         problems.append(Problem(

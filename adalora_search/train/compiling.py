@@ -27,7 +27,6 @@ from adalora_search.study.spec import CompileSpec
 
 _log = logging.getLogger(__name__)
 
-
 Batch = dict[str, torch.Tensor]
 
 

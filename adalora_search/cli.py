@@ -1,6 +1,7 @@
 """The ``adalora-search`` command line: validate, schema, run, worker, status, report, export, retrain.
 
-Every user error ends with a message on stderr and exit code 2, never a traceback.
+A thin layer over the Python API (``adalora_search.api``): parse the arguments, call, print. Every user
+error ends with a message on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -91,26 +92,17 @@ def _quiet_libraries(verbose: bool) -> None:
 @click.option("--no-data", is_flag=True, help="skip loading the data and inspecting the model")
 def validate(study_files: tuple[str, ...], no_data: bool) -> None:
     """Check study files completely and summarise their search space."""
-    from adalora_search.search import storage as storage_mod
-    from adalora_search.search.session import check_inputs, storage_url
-    from adalora_search.study import describe
-    from adalora_search.study.loader import load_spec
+    from adalora_search import api
 
     errors = []
     for path in study_files:
-        try:
-            spec = load_spec(path)
-            storage_mod.check_reachable_here(storage_url(spec, path, None))
-            linears, data = None, None
-            if not no_data:
-                data, linears = check_inputs(spec, path)
-            click.echo(f"{path}: OK")
-            for line in describe.summary(spec, linears, data):
-                click.echo("  " + line)
-            if spec.model.trust_remote_code:
-                click.echo("  WARNING: model.trust_remote_code is true: code from the model repository will run")
-        except UserError as exc:
-            errors.append(exc)
+        checked = api.validate(path, check_data=not no_data)
+        if checked.error is not None:
+            errors.append(checked.error)
+            continue
+        click.echo(f"{path}: OK")
+        for line in checked.summary:
+            click.echo("  " + line)
     if errors:
         raise UserError("\n".join(str(e) for e in errors))
 
@@ -141,10 +133,11 @@ def _budget_options(f):
 def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str,
         workers_per_gpu: int) -> None:
     """Run (or resume) the search of STUDY_FILE."""
-    from adalora_search.search.session import run_session
+    from adalora_search import api
 
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    for line in run_session(study_file, n_trials, timeout, storage, workers, gpu_ids, allow_changed, workers_per_gpu):
+    result = api.run(study_file, n_trials, timeout, storage, workers, gpu_ids, workers_per_gpu, allow_changed)
+    for line in result.lines:
         click.echo(line)  # the result, on stdout; progress went to stderr through logging
 
 
@@ -153,7 +146,7 @@ def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, worker
 @_budget_options
 def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool) -> None:
     """One worker process (started by `run --workers`, or by hand on another machine)."""
-    from adalora_search.search.session import run_worker
+    from adalora_search.app.session import run_worker
 
     run_worker(study_file, n_trials, timeout, storage, allow_changed)
 
@@ -169,14 +162,15 @@ def _study_options(f):
 @click.option("--json", "as_json", is_flag=True, help="machine-readable: counts, best trial, one row per trial")
 def status(study_file, storage, study_name, as_json: bool) -> None:
     """Trial counts, best trial and running trials of a study."""
-    from adalora_search.search.session import locate
-    from adalora_search.search.status import status_data, status_lines
+    from adalora_search import api
 
-    study = locate(study_file, storage, study_name)
+    result = api.status(study_file, storage, study_name)
     if as_json:
-        click.echo(json.dumps(status_data(study), indent=2, allow_nan=False))
+        from adalora_search.search.status import status_data
+
+        click.echo(json.dumps(status_data(result.study), indent=2, allow_nan=False))
         return
-    for line in status_lines(study):
+    for line in result.lines:
         click.echo(line)
 
 
@@ -187,15 +181,9 @@ def status(study_file, storage, study_name, as_json: bool) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
 def report(study_file, storage, study_name, out, top_k: int) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
-    from adalora_search.search.session import locate
+    from adalora_search import api
 
-    study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
-    from adalora_search.results.report import write_report
-
-    beside = Path(study_file).resolve().parent if study_file else Path()
-    directory = Path(out) if out else beside / f"{study.study_name}_report"
-    page = write_report(study, directory, top_k)
-    click.echo(f"report written: {page}")
+    click.echo(f"report written: {api.report(study_file, out, top_k, storage, study_name).page}")
 
 
 @cli.command()
@@ -220,13 +208,10 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
         return
     if not out:
         raise UserError("--out: name the export directory (or --relocate EXPORT_DIR to repoint a moved export)")
-    from adalora_search.search.session import locate
+    from adalora_search import api
 
-    study = locate(study_file, storage, study_name)  # a wrong file or storage is said before heavy imports
-    from adalora_search.results.export import export_trial
-    from adalora_search.results.exported import describe_export
-
-    for line in describe_export(export_trial(study, Path(out), trial_number, force, pick)):
+    for line in api.export(study_file, out=out, trial=trial_number, force=force, pick=pick, storage=storage,
+                           study_name=study_name).lines:
         click.echo(line)
 
 
@@ -237,16 +222,19 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
                    "Default: the rate the study's LoRA reference chose, else the best of 3e-4, 1e-3, 3e-3 and 1e-2")
 def retrain(export_dir: str, learning_rates: tuple[float, ...]) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
-    from adalora_search.results.retrain import retrain as do_retrain
+    from adalora_search import api
 
-    for line in do_retrain(Path(export_dir), list(learning_rates) or None):
+    for line in api.retrain(export_dir, learning_rates).lines:
         click.echo(line)
 
 
 def main() -> None:
     """The console entry point: user errors -> message on stderr and exit code 2, Ctrl-C -> 130."""
+    from adalora_search.app.quiet import quiet_warnings
+
     try:
-        cli.main(standalone_mode=False)
+        with quiet_warnings():
+            cli.main(standalone_mode=False)
     except UserError as exc:
         text = str(exc)
         study_file = next((a for a in sys.argv[1:] if a.endswith((".yaml", ".yml"))), None)

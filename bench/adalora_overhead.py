@@ -20,11 +20,11 @@ import yaml
 
 from adalora_search.study.loader import parse_spec
 from adalora_search.study.space import LoraKnobs, sample
+from adalora_search.tasks import get_task
 from adalora_search.train import allocator
 from adalora_search.train.data import batches, load_tokenized
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.modeling import load_tokenizer
-from adalora_search.train.tasks import get_task
 
 # compute negligible (2 layers, hidden 32): what is left is the Python and dispatch cost per
 # step, the cost that bounds a GPU step when kernels are fast

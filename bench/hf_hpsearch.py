@@ -20,9 +20,9 @@ from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, Trai
 
 from adalora_search.study.distributions import corners, is_searched, suggest
 from adalora_search.study.space import KNOBS, build_config, knob, optimizer_steps
+from adalora_search.tasks import get_task
 from adalora_search.train.data import load_splits
 from adalora_search.train.modeling import adalora_config, build_base, load_tokenizer
-from adalora_search.train.tasks import get_task
 
 
 class Allocate(TrainerCallback):

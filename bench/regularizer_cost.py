@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from adalora_overhead import MODELS, spec_for  # noqa: E402
 
 from adalora_search.study.space import sample  # noqa: E402
+from adalora_search.tasks import get_task  # noqa: E402
 from adalora_search.train.data import batches, load_tokenized  # noqa: E402
 from adalora_search.train.engine import TrialRun  # noqa: E402
 from adalora_search.train.modeling import load_tokenizer  # noqa: E402
-from adalora_search.train.tasks import get_task  # noqa: E402
 
 LABELS = ("minilm-l6 (36 matrices)", "24-layer bert-small from config (144 matrices)")
 

@@ -29,11 +29,11 @@ from transformers import (
 
 from adalora_search.study.loader import parse_spec
 from adalora_search.study.space import sample
+from adalora_search.tasks import get_task
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.data import load_splits, load_tokenized
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.modeling import adalora_config, load_tokenizer
-from adalora_search.train.tasks import get_task
 
 STUDY = """
 study: {name: bench}

@@ -21,10 +21,10 @@ from conftest import cli_exit_code, run_cli, study_dict, write_study
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 from peft import PeftModel
 
+from adalora_search.app.session import run_session
 from adalora_search.errors import UserError
 from adalora_search.search.artifacts import open_store
 from adalora_search.search.runner import prepare_data
-from adalora_search.search.session import run_session
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import TrialConfig
 from adalora_search.train.data import batches

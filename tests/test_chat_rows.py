@@ -18,8 +18,8 @@ from adalora_search.errors import UserError
 from adalora_search.search.runner import prepare_data
 from adalora_search.study.loader import load_spec
 from adalora_search.study.spec import ModelSpec
+from adalora_search.tasks import lm_rows
 from adalora_search.train.modeling import load_tokenizer
-from adalora_search.train.tasks import lm_rows
 
 TURN = "<{{ m['role'] }}> {{ m['content'] }} [SEP] "
 GEN_PROMPT = "{% if add_generation_prompt %}<assistant> {% endif %}"

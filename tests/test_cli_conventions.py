@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from conftest import run_cli, study_dict, write_study
 
-from adalora_search.search.session import storage_url
+from adalora_search.app.session import storage_url
 from adalora_search.study.loader import load_spec
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import yaml
 from conftest import run_cli
 
+from adalora_search.study.loader import load_spec
+from adalora_search.tasks import get_task
+from adalora_search.train import splits
 from adalora_search.train.assets import resolve_model
 
 CORPUS = Path(__file__).parent / "bad_studies"
@@ -40,6 +44,13 @@ def test_csv_delimiter_option_reads_the_file(tmp_path, monkeypatch, capsys) -> N
                                                                                      "seed": 0})
     code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
     assert code == 0, out
+    spec = load_spec(path)
+    read = splits.load_splits(spec.data, get_task(spec.model.task))
+    got = sorted((text, label) for split in read.values() for text, label in zip(split["text"], split["label"]))
+    with (tmp_path / "data" / "semicolon.csv").open(newline="") as f:
+        expected = sorted((row["text"], row["label"]) for row in csv.DictReader(f, delimiter=";"))
+    assert len(expected) >= 4 and got == expected  # every row, text and label as written (train + validation)
+    assert {len(split) for split in read.values()} == {len(expected) // 2}  # validation: 0.5
 
 
 def test_relative_model_directory_resolves_against_the_study_file(tmp_path, monkeypatch, capsys) -> None:

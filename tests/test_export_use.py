@@ -14,17 +14,18 @@ from conftest import REPO, causal_study, run_cli, study_dict, tiny_decoder, writ
 from peft import AutoPeftModelForSequenceClassification, PeftConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
+from adalora_search.app.session import run_session
 from adalora_search.results.export import base_model, export_trial, lora_learning_rate
+from adalora_search.results.manifest import ExportManifest, LoraLearningRate
 from adalora_search.results.retrain import learning_rates
 from adalora_search.search.runner import prepare_data
-from adalora_search.search.session import run_session
 from adalora_search.study.loader import load_spec
 from adalora_search.study.space import sample
 from adalora_search.study.spec import LORA_LEARNING_RATES
+from adalora_search.tasks import EvalContext, get_task
+from adalora_search.tasks.sequence_classification import Regression, SequenceClassification
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.data import Split, batches
-from adalora_search.train.tasks import EvalContext, get_task
-from adalora_search.train.tasks.sequence_classification import Regression, SequenceClassification
 
 
 def _tiny_bert(directory: Path) -> Path:
@@ -97,7 +98,8 @@ def test_export_recommends_the_lora_reference_rate_and_documents_the_trial(expor
     assert rank_config["lora_learning_rate"] == {"value": reference["learning_rate"], "tried": [1e-3, 1e-2],
                                                  "source": "reference lora run of this study",
                                                  "of_trial": reference["of_trial"]}
-    assert learning_rates(rank_config, None)[0] == [reference["learning_rate"]]  # searched on the same data
+    assert learning_rates(ExportManifest.model_validate(rank_config).lora_learning_rate, None)[0] == \
+        [reference["learning_rate"]]  # searched on the same data
     best = study.best_trial
     for directory in (out, out / "adapter", out / "lora"):
         card = (directory / "README.md").read_text()
@@ -119,12 +121,12 @@ def test_base_is_the_named_model_when_it_loads_as_the_trial_built_it(tmp_path: P
 
 
 def test_retrain_learning_rates_default_override_and_recommendation() -> None:
-    assert learning_rates({}, None)[0] == list(LORA_LEARNING_RATES)
-    assert learning_rates({"lora_learning_rate": {"value": 5e-3, "tried": [1e-3, 5e-3]}}, [2e-3])[0] == [2e-3]
-    single = {"lora_learning_rate": {"value": 5e-3, "tried": [5e-3], "source": "reference lora run of this study"}}
+    assert learning_rates(LoraLearningRate(), None)[0] == list(LORA_LEARNING_RATES)
+    assert learning_rates(LoraLearningRate(value=5e-3, tried=[1e-3, 5e-3]), [2e-3])[0] == [2e-3]
+    single = LoraLearningRate(value=5e-3, tried=[5e-3], source="reference lora run of this study")
     assert learning_rates(single, None)[0] == [5e-3, *LORA_LEARNING_RATES]  # not a search: tried first, then the list
     study = optuna.create_study()  # no lora reference stored
-    assert lora_learning_rate(study) == {"value": None,
+    assert lora_learning_rate(study).model_dump(exclude_defaults=True) == {
                                          "source": f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}"}
 
 

@@ -13,13 +13,13 @@ import yaml
 from conftest import run_cli, study_dict, write_study
 from optuna.trial import TrialState
 
+from adalora_search.app.session import run_session, storage_url
 from adalora_search.errors import RepeatedFailure, UserError
 from adalora_search.search.runner import Budget, open_study, work
-from adalora_search.search.session import run_session, storage_url
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import trial_config
 from adalora_search.study.spec import METRIC_DIRECTIONS, Objective
-from adalora_search.train.tasks.sequence_classification import SequenceClassification
+from adalora_search.tasks.sequence_classification import SequenceClassification
 
 FIELD = Path(__file__).parent / "field_cases"
 QUIET = {"log": lambda _: None}
@@ -242,13 +242,24 @@ def test_password_fragment_in_port_is_not_a_traceback(monkeypatch, capsys) -> No
                                  "postgresql://alice:win?ter@2031@127.0.0.1/db",
                                  "postgresql://alice:winter:2031/db"])
 def test_storage_url_problems_never_quote_the_password(url: str) -> None:
-    from adalora_search.search import storage
+    from adalora_search import urls
 
-    problem = storage.url_problem(url)
+    problem = urls.url_problem(url)
     assert problem and "percent-encode the password" in problem
-    shown = storage.mask(url) + problem
+    shown = urls.mask(url) + problem
     assert not any(part in shown for part in ("winter", "wint", "2031", "203", "er@", "ter"))
-    assert storage.url_problem("postgresql://alice:winter%402031@127.0.0.1:5432/db") is None
+    assert urls.url_problem("postgresql://alice:winter%402031@127.0.0.1:5432/db") is None
+
+
+@pytest.mark.parametrize("url", ["postgresql://alice:winter2031@127.0.0.1:5432/db", "http://alice:winter2031@host:5000",
+                                 "postgresql://alice:winter@2031@127.0.0.1/db"])
+def test_one_masker_for_storage_and_tracking_urls(url: str) -> None:
+    """``urls.mask`` and ``urls.redact`` hide the password of any URL the study names (storage or MLflow)."""
+    from adalora_search import urls
+
+    shown = urls.mask(url) + urls.redact(f"connection to {url} refused", url)
+    assert "alice" in shown and "winter" not in shown and "2031" not in shown
+    assert urls.mask("./mlruns") == "./mlruns"
 
 
 # ---------------------------------------------------------------- 7. objective direction

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from adalora_search.search.session import run_session, storage_url
+from adalora_search.app.session import run_session, storage_url
 from adalora_search.study.loader import load_spec
 from adalora_search.train.assets import resolve_model
 

@@ -131,8 +131,8 @@ def test_importances_of_too_few_trials_are_left_out_and_said(tmp_path: Path, fig
 
 # ---------------------------------------------------------------- 3. status as a dashboard
 def test_status_reads_like_the_run_summary_and_json_fills_a_running_trial(tmp_path: Path, monkeypatch) -> None:
+    from adalora_search.app.session import run_session
     from adalora_search.search import progress
-    from adalora_search.search.session import run_session
     from adalora_search.search.status import status_data, status_lines
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 2}, training={"max_steps": 12, "eval_every": 4}))
@@ -219,8 +219,8 @@ def test_a_progress_line_is_printed_once_even_with_a_root_handler(tmp_path: Path
 def test_the_first_line_of_a_run_says_queued_baselines(finished: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     study = study_dict(study={"n_trials": 1}, baselines=[{"name": "a", "params": {}}, {"name": "b", "params": {}}])
     path = write_study(tmp_path, study)
+    from adalora_search.app.session import stored_line
     from adalora_search.search.runner import open_study
-    from adalora_search.search.session import stored_line
     from adalora_search.study.loader import load_spec
 
     assert stored_line(open_study(load_spec(path), f"sqlite:///{tmp_path / 'study.db'}")) == \
@@ -250,8 +250,8 @@ def test_row_numbers_in_data_errors_are_the_files_lines(tmp_path: Path, monkeypa
 def test_the_schema_names_where_tasks_live() -> None:
     from adalora_search.study.spec import ModelSpec
 
-    assert "adalora_search/train/tasks" in ModelSpec.model_fields["task"].description
-    assert (REPO / "adalora_search" / "train" / "tasks").is_dir()
+    assert "adalora_search/tasks" in ModelSpec.model_fields["task"].description
+    assert (REPO / "adalora_search" / "tasks").is_dir()
 
 
 def test_an_interrupted_retrain_does_not_say_resume(monkeypatch) -> None:

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from conftest import study_dict, write_study
 
+from adalora_search.app.session import run_session
 from adalora_search.search import fingerprint
 from adalora_search.search.objective import pruning_value
-from adalora_search.search.session import run_session
 from adalora_search.study.loader import load_spec, parse_spec
-from adalora_search.train.tasks import get_task
+from adalora_search.tasks import get_task
 
 
 @pytest.mark.parametrize("objective, pruning_metric, expect", [

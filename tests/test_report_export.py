@@ -13,15 +13,15 @@ from conftest import study_dict, write_study
 from peft import AutoPeftModelForSequenceClassification, LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
+from adalora_search.app.session import run_session
 from adalora_search.errors import UserError
 from adalora_search.results.export import export_trial
 from adalora_search.results.report import write_report
 from adalora_search.search.runner import prepare_data
-from adalora_search.search.session import run_session
 from adalora_search.study.loader import load_spec
+from adalora_search.tasks.sequence_classification import SequenceClassification
 from adalora_search.train.data import batches
 from adalora_search.train.modeling import build_base
-from adalora_search.train.tasks.sequence_classification import SequenceClassification
 
 
 @pytest.fixture(scope="module")

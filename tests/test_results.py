@@ -21,7 +21,7 @@ from adalora_search.search import ranking
 from adalora_search.search.runner import Budget, work
 from adalora_search.search.status import status_lines, summary_lines
 from adalora_search.study.loader import load_spec, parse_spec
-from adalora_search.train.tasks.sequence_classification import SequenceClassification
+from adalora_search.tasks.sequence_classification import SequenceClassification
 
 
 def _study(directions: list[str], points: list[tuple[float, ...]]) -> optuna.Study:

@@ -16,10 +16,10 @@ import torch
 from conftest import REPO, study_dict, write_study
 from optuna.trial import TrialState
 
+from adalora_search.app.session import run_session
 from adalora_search.search.runner import Budget, work
-from adalora_search.search.session import run_session
 from adalora_search.study.loader import load_spec
-from adalora_search.train.tasks.sequence_classification import SequenceClassification
+from adalora_search.tasks.sequence_classification import SequenceClassification
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -185,8 +185,8 @@ def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url
 
 
 def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
+    from adalora_search.app.session import locate
     from adalora_search.errors import UserError
-    from adalora_search.search.session import locate
     from adalora_search.search.status import status_lines
 
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))

@@ -16,18 +16,18 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
 
+from adalora_search.app.session import storage_url
 from adalora_search.errors import UserError
 from adalora_search.search.runner import prepare_data
-from adalora_search.search.session import storage_url
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import sample
+from adalora_search.tasks import TASKS, get_task
+from adalora_search.tasks.causal_lm import normalize, text_scores
+from adalora_search.tasks.lm_rows import chat_tokens
+from adalora_search.tasks.token_classification import align_labels
 from adalora_search.train.data import load_splits
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.modeling import load_tokenizer
-from adalora_search.train.tasks import TASKS, get_task
-from adalora_search.train.tasks.causal_lm import normalize, text_scores
-from adalora_search.train.tasks.lm_rows import chat_tokens
-from adalora_search.train.tasks.token_classification import align_labels
 
 
 @pytest.fixture(scope="module")

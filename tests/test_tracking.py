@@ -13,8 +13,8 @@ import optuna
 import pytest
 from conftest import run_cli, study_dict, write_study
 
+from adalora_search.app.session import run_session
 from adalora_search.errors import UserError
-from adalora_search.search.session import run_session
 from adalora_search.search.tracking import INSTALL, Tracker
 from adalora_search.study.trackers import TrackingSpec
 

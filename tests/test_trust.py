@@ -21,8 +21,8 @@ from adalora_search import files
 from adalora_search.search import diagnostics
 from adalora_search.search.runner import prepare_data
 from adalora_search.study.loader import load_spec
+from adalora_search.tasks import EvalContext, get_task
 from adalora_search.train.data import Split
-from adalora_search.train.tasks import EvalContext, get_task
 
 FIELD = Path(__file__).parent / "field_cases"
 

@@ -8,8 +8,8 @@ import torch
 
 from adalora_search.results.plots import _pareto
 from adalora_search.results.tables import layer_index, module_type
+from adalora_search.tasks.sequence_classification import Regression, SequenceClassification
 from adalora_search.train.data import Split, batches
-from adalora_search.train.tasks.sequence_classification import Regression, SequenceClassification
 
 
 @pytest.mark.parametrize("name, kind, layer", [
@@ -51,6 +51,19 @@ def test_classification_and_regression_scores() -> None:
     assert constant["mcc"] == 0 and constant["predicted_classes"] == 1
     assert Regression().scores(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0]))["spearman"] == pytest.approx(1.0)
     assert Regression().scores(np.ones(3), np.array([1.0, 2.0, 3.0])) == {"pearson": 0.0, "spearman": 0.0}
+
+
+def test_regression_correlations_equal_scipys() -> None:
+    """Pearson and Spearman (with a tie) against SciPy's own on a fixed input, not only their range."""
+    from scipy import stats
+
+    predictions = np.array([0.1, 0.9, 0.4, 0.4, 2.5, -1.0, 0.7])
+    labels = np.array([0.0, 1.0, 0.5, 0.2, 2.0, -0.5, 1.5])
+    scores = Regression().scores(predictions, labels)
+    assert scores["pearson"] == pytest.approx(stats.pearsonr(predictions, labels)[0], abs=1e-12)
+    assert scores["spearman"] == pytest.approx(stats.spearmanr(predictions, labels)[0], abs=1e-12)
+    assert scores["pearson"] == pytest.approx(np.corrcoef(predictions, labels)[0, 1], abs=1e-12)
+    assert scores["pearson"] != pytest.approx(scores["spearman"], abs=1e-3)  # the input tells the two apart
 
 
 def test_batches_pad_per_batch_and_cover_every_row_once() -> None:

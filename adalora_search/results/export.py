@@ -17,22 +17,22 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import optuna
 import yaml
 
 from adalora_search import files
 from adalora_search.errors import UserError
+from adalora_search.results.manifest import MANIFEST_FILE, ExportManifest, LoraLearningRate
 from adalora_search.results.model_card import model_card
 from adalora_search.search import artifacts, ranking
-from adalora_search.search.record import TrialRecord
+from adalora_search.search.record import StudyRecord, TrialRecord
 from adalora_search.study.space import TrialConfig
 from adalora_search.study.spec import LORA_LEARNING_RATES
+from adalora_search.tasks import get_task
 from adalora_search.train import modeling
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.data import load_tokenized
-from adalora_search.train.tasks import get_task
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
 
 
 def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_names: list[str] | None = None,
-                base_model: str | None = None) -> dict[str, Any]:
+                base_model: str | None = None) -> ExportManifest:
     """What ``rank_config.yaml/.json`` records: the trial, its metrics, its allocation and its full config.
 
     Also the task's label names in id order, the base model the exported configs point to and the
@@ -87,33 +87,30 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_name
     record = TrialRecord.of(trial)
     cfg = TrialConfig.model_validate(record.config)
     a = cfg.adalora
-    return {
-        "study": study.study_name, "trial": trial.number, "state": trial.state.name,
-        "baseline": record.baseline, "values": trial.values,
-        "metrics": record.metrics, "model": cfg.model.name_or_path, "task": cfg.model.task,
-        "label_names": label_names, "base_model_name_or_path": base_model,
-        "target_modules": a.target_modules, "init_r": a.init_r, "target_r": a.target_r,
-        "lora_alpha": a.lora_alpha, "rank_allocation": record.rank_allocation,
-        "lora_learning_rate": lora_learning_rate(study),
-        "trainable_params": record.trainable_params,
-        "total_steps": record.total_steps, "params": trial.params, "config": cfg.model_dump(mode="json"),
-        "complete": trial.state == optuna.trial.TrialState.COMPLETE, "steps_trained": record.steps,
-        "data_content": (study.user_attrs.get("fingerprint_sections") or {}).get("data", {}).get("content"),
-        "adapter_failure": record.adapter_failure,
-    }
+    return ExportManifest(
+        study=study.study_name, trial=trial.number, state=trial.state.name, baseline=record.baseline,
+        values=trial.values, metrics=record.metrics, model=cfg.model.name_or_path, task=cfg.model.task,
+        label_names=label_names, base_model_name_or_path=base_model, target_modules=a.target_modules,
+        init_r=a.init_r, target_r=a.target_r, lora_alpha=a.lora_alpha, rank_allocation=record.rank_allocation,
+        lora_learning_rate=lora_learning_rate(study), trainable_params=record.trainable_params,
+        total_steps=record.total_steps, params=trial.params, config=cfg.model_dump(mode="json"),
+        complete=trial.state == optuna.trial.TrialState.COMPLETE, steps_trained=record.steps,
+        data_content=StudyRecord.of(study).fingerprint_sections.get("data", {}).get("content"),
+        adapter_failure=record.adapter_failure,
+    )
 
 
-def lora_learning_rate(study: optuna.Study) -> dict[str, Any]:
+def lora_learning_rate(study: optuna.Study) -> LoraLearningRate:
     """The learning rate recommended for the exported LoRA: the study's ``lora`` reference's, else none.
 
-    ``{"value", "source", "tried"}``: ``tried`` lists the rates the reference chose from on validation.
+    ``tried`` lists the rates the reference chose from on validation.
     """
-    ref = (study.user_attrs.get("references") or {}).get("lora") or {}
-    if ref.get("metrics") and ref.get("learning_rate"):
-        tried = [t["learning_rate"] for t in ref.get("tried") or []] or [ref["learning_rate"]]
-        return {"value": ref["learning_rate"], "source": "reference lora run of this study",
-                "of_trial": ref.get("of_trial"), "tried": tried}
-    return {"value": None, "source": f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}"}
+    ref = StudyRecord.of(study).references.get("lora")
+    if ref is not None and ref.trained and ref.learning_rate:
+        tried = [t.learning_rate for t in ref.tried if t.learning_rate is not None] or [ref.learning_rate]
+        return LoraLearningRate(value=ref.learning_rate, source="reference lora run of this study",
+                                of_trial=ref.of_trial, tried=tried)
+    return LoraLearningRate(source=f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}")
 
 
 def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False,
@@ -182,13 +179,13 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
     labels = (record.label_names if record.has_label_names  # as trained, even if the data changed since
               else load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names)
     base = base_model(cfg, labels, tmp / "base", final / "base")
-    data = rank_config(study, trial, labels, base)
-    (tmp / "rank_config.json").write_text(json.dumps(data, indent=2))
-    (tmp / "rank_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    ranks, alphas = lora_patterns(data["rank_allocation"], cfg.adalora.lora_alpha, cfg.adalora.init_r)
+    manifest = rank_config(study, trial, labels, base)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.as_json(), indent=2))
+    (tmp / "rank_config.yaml").write_text(yaml.safe_dump(manifest.as_json(), sort_keys=False))
+    ranks, alphas = lora_patterns(manifest.rank_allocation, cfg.adalora.lora_alpha, cfg.adalora.init_r)
     fan = modeling.conv1d_targets(modeling.meta_model(cfg.model)[0], cfg.adalora.target_modules)
     lora = modeling.lora_config(ranks, alphas, cfg.adalora, cfg.model.task, fan)
-    adalora = modeling.adalora_config(cfg.adalora, data["total_steps"], cfg.model.task, fan)
+    adalora = modeling.adalora_config(cfg.adalora, manifest.total_steps, cfg.model.task, fan)
     for name, config in (("lora", lora), ("adalora", adalora)):
         config.base_model_name_or_path = base
         config.save_pretrained(str(tmp / name))
@@ -199,7 +196,7 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
         path.write_text(json.dumps({**stored, "base_model_name_or_path": base, "task_type": task.peft_task_type},
                                    indent=2, sort_keys=True))
         modeling.load_tokenizer(cfg.model).save_pretrained(str(tmp / "adapter"))  # beside it, chat template too
-    card = model_card(study, trial, data, final, has_adapter)
+    card = model_card(study, trial, manifest, final, has_adapter)
     for directory in (tmp, *([tmp / "adapter"] if has_adapter else [])):
         (directory / "README.md").write_text(card)
     for directory, how in ((tmp / "lora", LORA_USE), (tmp / "adalora", ADALORA_USE)):

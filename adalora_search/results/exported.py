@@ -5,41 +5,27 @@ Reads and rewrites JSON and Markdown only: no training stack is imported.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from adalora_search import files
-from adalora_search.errors import UserError
+from adalora_search.results.manifest import MANIFEST_FILE, read_manifest
 from adalora_search.results.model_card import peft_class
-
-
-def read_rank_config(out: Path, field: str) -> dict:
-    """An export's ``rank_config.json`` (what ``retrain`` and ``--relocate`` start from).
-
-    Raises:
-        UserError: naming ``field`` when ``out`` holds no export.
-    """
-    path = out / "rank_config.json"
-    if not path.is_file():
-        raise UserError(f"{field} = {str(out)!r}: no rank_config.json there; name a folder written by "
-                        "`adalora-search export`")
-    return json.loads(path.read_text())
 
 
 def describe_export(out: Path) -> list[str]:
     """What ``export`` prints after writing ``out``: what each folder is, and when there is no adapter."""
-    data = json.loads((out / "rank_config.json").read_text())
+    data = read_manifest(out, "--out")
     lines = [f"export written: {out}"]
     if (out / "adapter").is_dir():
-        lines.append(f"  adapter/: trial {data['trial']}'s trained adapter and tokenizer: "
-                     f"{peft_class(data['task'])}.from_pretrained({str(out / 'adapter')!r})")
+        lines.append(f"  adapter/: trial {data.trial}'s trained adapter and tokenizer: "
+                     f"{peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})")
     else:
-        why = (f"it could not be kept when it trained: {data['adapter_failure']}" if data.get("adapter_failure")
+        why = (f"it could not be kept when it trained: {data.adapter_failure}" if data.adapter_failure
                else "study.keep_top_k_adapters: 0, or it was pushed out of the top k")
-        lines.append(f"  no adapter/: the study kept no trained adapter for trial {data['trial']} ({why}); "
+        lines.append(f"  no adapter/: the study kept no trained adapter for trial {data.trial} ({why}); "
                      f"`adalora-search retrain {out}` trains the exported LoRA")
     lines.append("  lora/, adalora/: configurations to train with (retrain), not trained adapters")
-    if str(out.resolve()) not in str(data.get("base_model_name_or_path")) and (out / "base").is_dir():
+    if str(out.resolve()) not in str(data.base_model_name_or_path) and (out / "base").is_dir():
         lines.append(f"  base/: moved since export; run `adalora-search export --relocate {out}`")
     return lines
 
@@ -53,9 +39,9 @@ def relocate(out: Path) -> list[str]:
     Raises:
         UserError: ``out`` holds no export.
     """
-    data = read_rank_config(out, "--relocate")
-    path = out / "rank_config.json"
-    old = str(data.get("base_model_name_or_path"))
+    data = read_manifest(out, "--relocate")
+    path = out / MANIFEST_FILE
+    old = str(data.base_model_name_or_path)
     if not (out / "base").is_dir() or Path(old).name != "base":
         return [f"{out}: the base model is {old!r}, not a folder of the export: nothing to relocate"]
     new = str((out / "base").resolve())

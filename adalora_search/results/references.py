@@ -9,21 +9,22 @@ user attrs under ``references``, so the report can show what adaptive allocation
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import replace
 
 import optuna
 
 from adalora_search.results.export import lora_patterns
 from adalora_search.search import diagnostics
 from adalora_search.search.objective import TRIAL_ERRORS
-from adalora_search.search.record import TrialRecord
+from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord, TriedRate
 from adalora_search.search.runner import best_trial
 from adalora_search.search.status import summary_lines
 from adalora_search.study.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.study.spec import Reference, StudySpec
+from adalora_search.tasks import Task, get_task
 from adalora_search.train.data import TokenizedData
 from adalora_search.train.engine import TrialRun
-from adalora_search.train.tasks import Task, get_task
+from adalora_search.train.methods import METHODS
 
 _log = logging.getLogger(__name__)
 
@@ -40,49 +41,45 @@ def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr
     return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
 
 
-def train_reference(cfg: TrialConfig, data: TokenizedData) -> dict[str, Any]:
+def train_reference(cfg: TrialConfig, data: TokenizedData) -> ReferenceResult:
     """Train (or, zero-shot, only evaluate) one run; its metrics, or its ``failure`` (a diverged rate)."""
     try:
         run = TrialRun(cfg, data)
-        if cfg.method == "none":  # zero-shot: the base model as it is
+        if not METHODS[cfg.method].trains:  # zero-shot: the base model as it is
             run.result.metrics["final"] = run.evaluate("validation", final=True)
         else:
             run.train()
         test = run.evaluate("test", final=True) if "test" in data.splits else None
     except TRIAL_ERRORS as exc:
-        return {"failure": f"{type(exc).__name__}: {exc}", "learning_rate": cfg.training.learning_rate}
-    final = run.result.metrics.get("final") or {}
+        return ReferenceResult(failure=f"{type(exc).__name__}: {exc}", learning_rate=cfg.training.learning_rate)
+    final = run.result.metrics.get("final", {})
     chance = run.task.chance_note(final, data.splits["validation"], data.label_names) if final else None
-    return {"metrics": {**run.result.metrics, "test": test}, "trainable_params": run.result.trainable_params,
-            "timing": run.result.timing, "learning_rate": cfg.training.learning_rate,
-            "warnings": [chance] if chance else []}
+    return ReferenceResult.of({"metrics": {**run.result.metrics, "test": test},
+                               "trainable_params": run.result.trainable_params, "timing": run.result.timing,
+                               "learning_rate": cfg.training.learning_rate, "warnings": [chance] if chance else []})
 
 
-def pick_best(results: list[dict[str, Any]], task: Task) -> dict[str, Any]:
-    """The result with the best final validation main metric (failures last), with ``tried`` added.
-
-    ``tried``: each rate with its validation main metric (None when it failed) and failure.
+def pick_best(results: list[ReferenceResult], task: Task) -> ReferenceResult:
+    """The result with the best final validation main metric (failures last), with ``tried`` filled in:
+    each rate with its validation main metric (None when it failed) and failure.
     """
     metric = task.main_metric
-    best: dict[str, Any] | None = None
+    best: ReferenceResult | None = None
     for result in results:
-        value = (result.get("metrics") or {}).get("final", {}).get(metric)
-        if value is not None and (best is None or task.is_better(metric, value, best["metrics"]["final"][metric])):
+        value = result.metric("final", metric)
+        if value is not None and (best is None or task.is_better(metric, value, best.metric("final", metric))):
             best = result
-    chosen = dict(best or results[0])
-    chosen["tried"] = [{"learning_rate": r["learning_rate"],
-                        "validation": (r.get("metrics") or {}).get("final", {}).get(metric),
-                        "failure": r.get("failure")} for r in results]
-    return chosen
+    tried = [TriedRate(r.learning_rate, r.metric("final", metric), r.failure) for r in results]
+    return replace(best or results[0], tried=tried)
 
 
-def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, Any]:
+def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) -> dict[str, ReferenceResult]:
     """Train each ``study.references`` run once (stored in the study attr ``references``); returns them all.
 
     Several learning rates (a ``lora`` reference's default: ``LORA_LEARNING_RATES``) are each
     trained and the best on validation is kept, with every rate tried under ``tried``.
     """
-    stored: dict[str, Any] = dict(study.user_attrs.get("references", {}))
+    stored = StudyRecord.of(study).references
     best = best_trial(study)
     record = TrialRecord.of(best) if best is not None else None
     if record is None or not record.rank_allocation:
@@ -98,10 +95,8 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
                   if ref.kind == "zero_shot" else f"[reference {ref.kind}] with the best trial's ({best.number}) "
                   f"settings, learning rate {lr or cfg.training.learning_rate:g}")
             results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
-        chosen = pick_best(results, task)
-        chosen["of_trial"] = best.number
-        stored[ref.kind] = chosen
-        study.set_user_attr("references", stored)
+        stored[ref.kind] = replace(pick_best(results, task), of_trial=best.number)
+        study.set_user_attr("references", {kind: result.as_attr() for kind, result in stored.items()})
     return stored
 
 

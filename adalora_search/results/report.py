@@ -21,7 +21,7 @@ from adalora_search import files
 from adalora_search.errors import UserError
 from adalora_search.results import plots, tables
 from adalora_search.search import diagnostics
-from adalora_search.search.record import TrialRecord
+from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
@@ -65,7 +65,7 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
-    gains = [*_gains(trials, best, metric, study.user_attrs.get("references") or {}),
+    gains = [*_gains(trials, best, metric, StudyRecord.of(study).references),
              *budget_sentences(frames["allocation_best"], best), *diagnostics.study_notes(study)]
     if (note := references_note(study)) is not None:
         gains.append(note.strip().strip("_"))
@@ -92,7 +92,7 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
         figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize,
                                                                         out / "pareto.png")
     figs["Optimisation history"] = plots.history(study, metric, out / "history.png")
-    reported = study.user_attrs.get("intermediate_values", metric)  # the pruning metric, negated if opposite
+    reported = StudyRecord.of(study).intermediate_values or metric  # the pruning metric, negated if opposite
     figs["Intermediate values and trial pruning"] = plots.intermediate(study, reported, out / "intermediate.png")
     importance = plots.importances(study, out / "importances.png")
     if importance is not None:
@@ -100,7 +100,7 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
     return figs
 
 
-def _gains(trials: pd.DataFrame, best, metric: str, references: dict) -> list[str]:
+def _gains(trials: pd.DataFrame, best, metric: str, references: dict[str, ReferenceResult]) -> list[str]:
     """Sentences on the best trial's gain over each baseline, on test when stored, else validation."""
     if best is None or trials.empty:
         return ["No completed trial yet."]
@@ -111,8 +111,7 @@ def _gains(trials: pd.DataFrame, best, metric: str, references: dict) -> list[st
     out = [f"Best trial {best.number}: {label} {metric} {best_value:.4f}, "
            f"{100 * (trials.loc[best.number, 'params_share_final'] or 0):.2f}% of the parameters trainable."]
     out += [f"WARNING (best trial {best.number}): {note}" for note in TrialRecord.of(best).warnings]
-    out += [f"WARNING (reference {kind}): {note}" for kind, ref in references.items() for note in ref.get("warnings")
-            or []]
+    out += [f"WARNING (reference {kind}): {note}" for kind, ref in references.items() for note in ref.warnings]
     for number, row in trials[(trials["baseline"] != "") & (trials["state"] == "COMPLETE")].iterrows():
         if number == best.number:
             out.append(f"The best trial is baseline '{row['baseline']}': the search found nothing better yet.")
@@ -154,9 +153,10 @@ def _layer(index: int) -> str:
 
 def references_note(study: optuna.Study) -> str | None:
     """What the report says of reference runs the study names but has not stored yet, or names none."""
-    planned = study.user_attrs.get("references_planned")
-    missing = [kind for kind in planned or [] if kind not in (study.user_attrs.get("references") or {})]
-    if planned == [] or (planned is None and not study.user_attrs.get("references")):
+    stored = StudyRecord.of(study)
+    planned = stored.references_planned
+    missing = [kind for kind in planned or [] if kind not in stored.references]
+    if planned == [] or (planned is None and not stored.references):
         return ("_This study names no reference run (`study.references`: `lora`, `full`, `zero_shot`) to compare "
                 "the best trial with._\n")
     if missing:

@@ -9,8 +9,8 @@ import optuna
 import pandas as pd
 
 from adalora_search.search import ranking
-from adalora_search.search.record import TrialRecord
-from adalora_search.train.tasks import TASKS
+from adalora_search.search.record import StudyRecord, TrialRecord
+from adalora_search.tasks import TASKS
 
 # (pattern on the module name, type label), first match wins; ordered as in a transformer block
 MODULE_TYPES: tuple[tuple[str, str], ...] = (
@@ -51,9 +51,9 @@ def layer_index(name: str) -> int:
 
 def metric_name(study: optuna.Study) -> str:
     """The metric the report ranks and plots: the first objective's, else the task's main metric."""
-    main = TASKS[study.user_attrs.get("task", "classification")].main_metric
-    objectives = study.user_attrs.get("objectives") or [{"metric": main}]
-    metric = objectives[0]["metric"]
+    stored = StudyRecord.of(study)
+    main = TASKS[stored.task].main_metric
+    metric = stored.objective_metrics(main)[0]
     return main if metric == "trainable_params" else metric
 
 
@@ -68,7 +68,7 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     row: dict[str, Any] = {"trial": r.number, "state": r.state.name, "baseline": r.baseline or ""}
     row.update({f"param:{k}": v for k, v in r.params.items()})
     for which in ("final", "best", "test"):
-        for key, value in (r.metrics.get(which) or {}).items():
+        for key, value in r.metrics.get(which, {}).items():
             if key not in ("step", "train_loss"):
                 row[f"{which}_{key}"] = value
     params = r.trainable_params
@@ -79,7 +79,7 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "params_initial": params.get("initial"), "params_final": params.get("final"),
         "params_share_final": (params.get("final") or 0) / params["model_total"] if params.get("model_total") else None,
         "steps": r.steps, "total_steps": r.total_steps, "wall_s": r.timing.get("wall_s"),
-        "failure": (r.failure or {}).get("message", ""), "warnings": " | ".join(r.warnings),
+        "failure": r.failure.get("message", "") if r.failure else "", "warnings": " | ".join(r.warnings),
     })
     return row
 
@@ -127,14 +127,10 @@ def references_table(study: optuna.Study) -> pd.DataFrame:
     """One row per reference run: its metric on validation and test, trainable parameters."""
     metric = metric_name(study)
     rows = []
-    for kind, ref in (study.user_attrs.get("references") or {}).items():
-        metrics = ref.get("metrics") or {}
-        params = ref.get("trainable_params") or {}
-        rows.append({"reference": kind, "of_trial": ref.get("of_trial"),
-                     f"final_{metric}": (metrics.get("final") or {}).get(metric),
-                     f"test_{metric}": (metrics.get("test") or {}).get(metric),
-                     "params_final": params.get("final"), "failure": ref.get("failure", ""),
-                     "warnings": " | ".join(ref.get("warnings") or [])})
+    for kind, ref in StudyRecord.of(study).references.items():
+        rows.append({"reference": kind, "of_trial": ref.of_trial, f"final_{metric}": ref.metric("final", metric),
+                     f"test_{metric}": ref.metric("test", metric), "params_final": ref.trainable_params.get("final"),
+                     "failure": ref.failure or "", "warnings": " | ".join(ref.warnings)})
     columns = ["reference", "of_trial", f"final_{metric}", f"test_{metric}", "params_final", "failure", "warnings"]
     return pd.DataFrame(rows, columns=columns).set_index("reference")
 

@@ -14,8 +14,6 @@ __getattr__, __all__ = exports(
         "work": "runner",
         "open_study": "runner",
         "prepare_data": "runner",
-        "run_session": "session",
-        "locate": "session",
         "status_lines": "status",
         "summary_lines": "status",
         "TrialRecord": "record",

@@ -27,10 +27,13 @@ from typing import BinaryIO
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from adalora_search.errors import UserError
+from adalora_search.search import ranking
+from adalora_search.search.optuna_internals import storage_of
 from adalora_search.search.record import TrialRecord
+from adalora_search.urls import artifact_location_problem
 
 ADAPTER_FILE = "adapter.tar.gz"
 STORE_ATTR = "adapter_store"  # trial user attr: the store its adapter was uploaded to
@@ -43,25 +46,13 @@ def default_location(study_file: str | Path, name: str) -> str:
     return str(Path(study_file).resolve().parent / f"{name}_artifacts")
 
 
-def location_problem(location: str) -> str | None:
-    """Why ``location`` cannot be an artifact store (a directory or ``s3://BUCKET``), or None."""
-    scheme, sep, rest = location.partition("://")
-    if not sep:
-        return None
-    if scheme != "s3":
-        return "an artifact store is a directory or s3://BUCKET; other URLs are not supported"
-    if not rest or "/" in rest.rstrip("/"):
-        return "write an S3 store as s3://BUCKET (the bucket alone; artifacts are named by their id)"
-    return None
-
-
 def open_store(location: str, field: str = "study.artifact_store", create: bool = False):
     """The Optuna artifact store at ``location``; ``create`` makes a missing directory.
 
     Raises ``UserError`` naming ``field`` when the location is malformed, the directory cannot be
     made, or an ``s3://`` store is asked for without boto3 installed.
     """
-    problem = location_problem(location)
+    problem = artifact_location_problem(location)
     if problem:
         raise UserError(f"{field} = {location!r}: {problem}")
     if location.startswith("s3://"):
@@ -105,7 +96,7 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
 
 def adapter_meta(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> list:
     """The trial's ``adapter.tar.gz`` artifact records (``ArtifactMeta``), oldest first."""
-    return [m for m in get_all_artifact_meta(trial, storage=study._storage) if m.filename == ADAPTER_FILE]
+    return [m for m in get_all_artifact_meta(trial, storage=storage_of(study)) if m.filename == ADAPTER_FILE]
 
 
 def dropped_by(trials: list[FrozenTrial]) -> dict[int, int]:
@@ -113,21 +104,17 @@ def dropped_by(trials: list[FrozenTrial]) -> dict[int, int]:
     return {n: t.number for t in trials for n in TrialRecord.of(t).dropped_adapters}
 
 
-def keep_adapter(trial: optuna.Trial, save: Callable[[str], None], value: float, k: int, direction: str,
-                 location: str) -> None:
+def keep_adapter(trial: optuna.Trial, save: Callable[[str], None], value: float, k: int, location: str) -> None:
     """Upload this trial's adapter if it is among the ``k`` best; remove the adapters it pushes out.
 
     ``save(directory)`` writes the adapter (PEFT ``save_pretrained``); ``value`` is this trial's
-    objective value, ``direction`` "maximize" or "minimize"; ties go to the earlier trial, as in
-    Optuna. Raises whatever the store raised when the adapter cannot be written there (the trial's
+    objective value; the k best are ``ranking.top_k``'s (ties to the earlier trial, as in Optuna).
+    Raises whatever the store raised when the adapter cannot be written there (the trial's
     ``adapter_store`` then reads None); the caller keeps the trained result regardless.
     """
     study = trial.study
     trials = study.get_trials(deepcopy=False)
-    scores = [(t.value, t.number) for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    sign = -1 if direction == "maximize" else 1
-    ranked = sorted([*scores, (value, trial.number)], key=lambda s: (sign * s[0], s[1]))
-    keep = {n for _, n in ranked[:k]}
+    keep = ranking.top_k(study, k, trial.number, [value])
     if trial.number in keep:
         _upload(trial, save, open_store(location, create=True), location)
     gone = dropped_by(trials)

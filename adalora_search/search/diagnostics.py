@@ -12,7 +12,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search.search.record import TrialRecord
+from adalora_search.search.record import StudyRecord, TrialRecord
 
 DATA_NOTES = "data_notes"  # study user attr: list of sentences
 CONSTANT = 1e-9
@@ -29,7 +29,7 @@ def constant_objectives(study: optuna.Study) -> list[str]:
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
     evaluations = [h for history in histories for h in history]
     out = []
-    for objective in study.user_attrs.get("objectives") or []:
+    for objective in StudyRecord.of(study).objectives:
         metric = objective["metric"]
         values = [e[metric] for e in evaluations if isinstance(e.get(metric), (int, float))]
         if len(values) < 2 or max(values) - min(values) > CONSTANT:
@@ -49,5 +49,5 @@ def constant_objectives(study: optuna.Study) -> list[str]:
 
 def study_notes(study: optuna.Study) -> list[str]:
     """Every line a reader of this study's results must see: ``data: ...`` notes, then ``WARNING: ...``."""
-    return [*(f"data: {note}" for note in study.user_attrs.get(DATA_NOTES) or []),
+    return [*(f"data: {note}" for note in StudyRecord.of(study).data_notes),
             *(f"WARNING: {note}" for note in constant_objectives(study))]

@@ -30,6 +30,8 @@ from adalora_search.train import sources
 _log = logging.getLogger(__name__)
 
 _RUN_ONLY = {"device", "num_threads", "eval_batch_size", "compile"}
+# training knobs (the knob table's): fingerprinted in the "space" section with the other knobs, not twice
+_TRAINING_KNOBS = {path.removeprefix("training.") for path in KNOBS if path.startswith("training.")}
 FIX = "use a new study.name, or pass --allow-changed-study to go on anyway"
 
 
@@ -50,7 +52,7 @@ def sections(spec: StudySpec) -> dict[str, Any]:
     return {
         "model": spec.model.model_dump(mode="json", exclude={"dtype", "trust_remote_code"}, exclude_defaults=True),
         "data": data,
-        "training": spec.training.model_dump(mode="json", exclude={"learning_rate", "weight_decay", *_RUN_ONLY},
+        "training": spec.training.model_dump(mode="json", exclude=_TRAINING_KNOBS | _RUN_ONLY,
                                               exclude_defaults=True),
         "space": space,
     }

@@ -23,10 +23,11 @@ from adalora_search.search import artifacts
 from adalora_search.search.tracking import Tracker, TrialTracking
 from adalora_search.study.space import TrialConfig, trial_config
 from adalora_search.study.spec import StudySpec
+from adalora_search.tasks import Task
 from adalora_search.train import modeling
 from adalora_search.train.data import TokenizedData
 from adalora_search.train.engine import TrialRun
-from adalora_search.train.tasks import Task
+from adalora_search.train.methods import METHODS
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Objective:
         metric = objectives[0].metric
         pruning, sign = pruning_value(self.spec, run.task)
         warmup = 0
-        if self.spec.study.prune_warmup == "after_t_init" and cfg.method == "adalora":
+        if self.spec.study.prune_warmup == "after_t_init" and METHODS[cfg.method].rank_pruning:
             warmup = modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)[0]
 
         def on_eval(step: int, scores: dict[str, float]) -> None:
@@ -114,7 +115,7 @@ class Objective:
 
     def _warn(self, trial: optuna.Trial, run: TrialRun, notes: list[str]) -> None:
         """Results a user can misread are stored and printed with the trial, never left silent."""
-        final = run.result.metrics.get("final") or {}
+        final = run.result.metrics.get("final", {})
         chance = run.task.chance_note(final, self.data.splits["validation"], self.data.label_names) if final else None
         if chance is not None:
             notes.append(chance)
@@ -156,8 +157,7 @@ class Objective:
         value = self._values(run)
         assert isinstance(value, float)
         try:
-            artifacts.keep_adapter(trial, run.save_adapter, value, k,
-                                   self.spec.study.objectives[0].resolved_direction, self.artifact_store)
+            artifacts.keep_adapter(trial, run.save_adapter, value, k, self.artifact_store)
         except Exception as exc:  # noqa: BLE001 - any failure of the upload leaves the trained trial COMPLETE
             reason = files.reason(exc)
             trial.set_user_attr("adapter_failure", reason)

@@ -1,15 +1,32 @@
-"""What a trial leaves in the study storage, read back as one typed record.
+"""What a trial and a study leave in the study storage, read back as typed records.
 
-``objective.py`` writes these user attrs when a trial ends (in any state); every reader (status,
-report, export, references, the runner's failure check) reads them through ``TrialRecord.of``.
+``objective.py`` writes a trial's user attrs when it ends (in any state); ``runner.py`` and
+``results/references.py`` write the study's. Every reader (status, report, export, references, the
+runner's failure check) reads them through ``TrialRecord.of`` and ``StudyRecord.of``: an attr that is
+missing (a trial that failed early, a study from an older version) reads as empty here, once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+T = TypeVar("T")
+
+
+def _stored(attrs: Mapping[str, Any], key: str, empty: Callable[[], T]) -> T:
+    """``attrs[key]``, or ``empty()`` when it is missing or null (the one place a missing attr is defaulted)."""
+    value = attrs[key] if key in attrs else None
+    return empty() if value is None else value
+
+
+def _scores(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """"final" / "best" / "test" -> metric -> value, without the splits that were not scored (null, empty)."""
+    return {which: dict(scores) for which, scores in metrics.items() if scores}
 
 
 @dataclass(frozen=True)
@@ -45,21 +62,20 @@ class TrialRecord:
         a = trial.user_attrs
         return cls(
             number=trial.number, state=trial.state, values=trial.values, params=dict(trial.params),
-            config=a.get("config"), metrics={k: v for k, v in (a.get("metrics") or {}).items() if v},
-            rank_allocation=dict(a.get("rank_allocation") or {}), budget_curve=list(a.get("budget_curve") or []),
-            history=list(a.get("history") or []),
-            trainable_params=dict(a.get("trainable_params") or {}), timing=dict(a.get("timing") or {}),
+            config=a.get("config"), metrics=_scores(_stored(a, "metrics", dict)),
+            rank_allocation=dict(_stored(a, "rank_allocation", dict)),
+            budget_curve=list(_stored(a, "budget_curve", list)), history=list(_stored(a, "history", list)),
+            trainable_params=dict(_stored(a, "trainable_params", dict)), timing=dict(_stored(a, "timing", dict)),
             total_steps=a.get("total_steps"), baseline=a.get("baseline"), failure=a.get("failure"),
-            warnings=list(a.get("warnings") or []), adapter_store=a.get("adapter_store"),
-            adapter_failure=a.get("adapter_failure"),
-            dropped_adapters=list(a.get("dropped_adapters") or []), adapter_dir=a.get("adapter_dir"),
-            worker=a.get("worker"), last_eval_step=a.get("last_eval_step"), label_names=a.get("label_names"),
-            has_label_names="label_names" in a,
+            warnings=list(_stored(a, "warnings", list)), adapter_store=a.get("adapter_store"),
+            adapter_failure=a.get("adapter_failure"), dropped_adapters=list(_stored(a, "dropped_adapters", list)),
+            adapter_dir=a.get("adapter_dir"), worker=a.get("worker"), last_eval_step=a.get("last_eval_step"),
+            label_names=a.get("label_names"), has_label_names="label_names" in a,
         )
 
     def metric(self, which: str, name: str) -> float | None:
         """``which`` ("final", "best", "test") value of metric ``name``, or None."""
-        return (self.metrics.get(which) or {}).get(name)
+        return self.metrics.get(which, {}).get(name)
 
     @property
     def steps(self) -> int | None:
@@ -71,3 +87,81 @@ class TrialRecord:
     @property
     def total_rank(self) -> int:
         return sum(self.rank_allocation.values())
+
+
+@dataclass(frozen=True)
+class TriedRate:
+    """One learning rate a reference run tried: its final validation main metric (None if it failed)."""
+
+    learning_rate: float | None
+    validation: float | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """A reference run beside the search (``results/references.py``), stored in the study attr ``references``.
+
+    ``metrics``: "final" (validation) and "test" -> metric -> value; ``tried``: every learning rate
+    trained, the kept one chosen on validation; ``of_trial``: the trial whose settings it used;
+    ``failure``: why the kept run failed (every rate diverged).
+    """
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    trainable_params: dict[str, int] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    learning_rate: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    tried: list[TriedRate] = field(default_factory=list)
+    of_trial: int | None = None
+    failure: str | None = None
+
+    @classmethod
+    def of(cls, stored: Mapping[str, Any]) -> ReferenceResult:
+        return cls(metrics=_scores(_stored(stored, "metrics", dict)),
+                   trainable_params=dict(_stored(stored, "trainable_params", dict)),
+                   timing=dict(_stored(stored, "timing", dict)), learning_rate=stored.get("learning_rate"),
+                   warnings=list(_stored(stored, "warnings", list)),
+                   tried=[TriedRate(**t) for t in _stored(stored, "tried", list)],
+                   of_trial=stored.get("of_trial"), failure=stored.get("failure"))
+
+    def as_attr(self) -> dict[str, Any]:
+        """The JSON object stored in the study attr (``of`` reads it back)."""
+        return asdict(self)
+
+    def metric(self, which: str, name: str) -> float | None:
+        """``which`` ("final", "test") value of metric ``name``, or None."""
+        return self.metrics.get(which, {}).get(name)
+
+    @property
+    def trained(self) -> bool:
+        """It has validation scores (not a failed run)."""
+        return bool(self.metrics)
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's own stored attrs (what ``run`` recorded about the whole study), typed."""
+
+    task: str  # model.task
+    objectives: list[dict[str, str]]  # [{metric, direction}, ...] as resolved when the study was created
+    references: dict[str, ReferenceResult]  # kind -> the kept run
+    references_planned: list[str] | None  # kinds the study file names (None: a study from before it was kept)
+    data_notes: list[str]  # what loading did to the rows
+    budget: dict[str, Any]  # the last run's n_trials / timeout
+    fingerprint_sections: dict[str, Any]  # section -> its readable copy (search/fingerprint.py)
+    intermediate_values: str | None  # the metric reported to the trial pruner, "-eval_loss" when negated
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyRecord:
+        a = study.user_attrs
+        return cls(task=_stored(a, "task", lambda: "classification"), objectives=list(_stored(a, "objectives", list)),
+                   references={k: ReferenceResult.of(v) for k, v in _stored(a, "references", dict).items()},
+                   references_planned=a.get("references_planned"), data_notes=list(_stored(a, "data_notes", list)),
+                   budget=dict(_stored(a, "budget", dict)),
+                   fingerprint_sections=dict(_stored(a, "fingerprint_sections", dict)),
+                   intermediate_values=a.get("intermediate_values"))
+
+    def objective_metrics(self, default: str) -> list[str]:
+        """The objectives' metrics, first first; ``[default]`` for a study that stored none."""
+        return [o["metric"] for o in self.objectives] or [default]

@@ -24,13 +24,14 @@ from adalora_search.errors import Interrupted, RepeatedFailure, UserError
 from adalora_search.search import diagnostics, fingerprint, progress, ranking, status
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
+from adalora_search.search.optuna_internals import AskTellGridSampler, storage_of, trial_id
 from adalora_search.search.record import TrialRecord
 from adalora_search.study.samplers import QMC, Grid
 from adalora_search.study.space import enqueue_params, grid_search_space, optimizer_steps
 from adalora_search.study.spec import StudySpec
+from adalora_search.tasks import get_task
 from adalora_search.train.data import TokenizedData, load_tokenized
 from adalora_search.train.modeling import load_tokenizer
-from adalora_search.train.tasks import get_task
 
 _log = logging.getLogger(__name__)
 
@@ -43,23 +44,6 @@ class Budget:
 
     n_trials: int | None
     timeout: float | None
-
-
-class AskTellGridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler for ask/tell: it never calls ``study.stop()`` (legal only inside
-    ``optimize``); the runner stops claiming once every grid point has started (``all_started``).
-    """
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
-                    values: Any) -> None:
-        """No ``study.stop()``: the worker loop asks ``all_started`` before each claim instead."""
-
-    def all_started(self, study: optuna.Study) -> bool:
-        """Every point of this grid has a finished or running trial."""
-        started = {t.system_attrs["grid_id"] for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-                   if "grid_id" in t.system_attrs and self._same_search_space(t.system_attrs["search_space"])
-                   and (t.state.is_finished() or t.state == TrialState.RUNNING)}
-        return len(started) >= len(self._all_grids)
 
 
 def derived_seed(seed: int | None, n_stored: int) -> int | None:
@@ -216,7 +200,8 @@ def check_failures(study: optuna.Study, limit: int) -> None:
     """
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))]
     finished = [r for r in records
-                if r.state != TrialState.FAIL or (r.failure or {}).get("type") not in (None, "Interrupted")]
+                if r.state != TrialState.FAIL
+                or (r.failure is not None and r.failure.get("type") not in (None, "Interrupted"))]
     last = sorted(finished, key=lambda r: r.number)[-limit:]
     if len(last) < limit or any(r.state != TrialState.FAIL or r.failure is None for r in last):
         return
@@ -242,7 +227,7 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
              log) -> TrialState:
     """Run one claimed trial and tell its end state; a user error fails it, then stops the worker."""
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    with storage_mod.Heartbeat(study._storage, trial._trial_id, spec.study.heartbeat_interval):
+    with storage_mod.Heartbeat(storage_of(study), trial_id(trial), spec.study.heartbeat_interval):
         try:
             values = objective(trial)
         except optuna.TrialPruned as exc:

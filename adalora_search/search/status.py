@@ -17,8 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from adalora_search.search import diagnostics, ranking
-from adalora_search.search.record import TrialRecord
-from adalora_search.train.tasks import TASKS
+from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
+from adalora_search.tasks import TASKS
 
 BUDGET = "budget"  # study user attr: the last run's {n_trials, timeout}, for the estimate of the time left
 
@@ -30,36 +30,31 @@ def summary_lines(study: optuna.Study) -> list[str]:
     best = ranking.best(study)
     if best is None:
         return ["no completed trial yet"]
-    task = TASKS[study.user_attrs.get("task", "classification")]
-    objective = (study.user_attrs.get("objectives") or [{"metric": task.main_metric}])[0]["metric"]
+    stored = StudyRecord.of(study)
+    task = TASKS[stored.task]
+    objective = stored.objective_metrics(task.main_metric)[0]
     metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
                                   task.main_metric]))
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best_record = TrialRecord.of(best)
     label = f"best trial {best.number}" + (f" = baseline {best_record.baseline}" if best_record.baseline else "")
-    rows = [(label, _attrs(best_record))]
-    rows += [(f"baseline {r.baseline} (trial {r.number})", _attrs(r)) for r in records
+    rows: list[tuple[str, TrialRecord | ReferenceResult]] = [(label, best_record)]
+    rows += [(f"baseline {r.baseline} (trial {r.number})", r) for r in records
              if r.baseline is not None and r.number != best.number]
-    rows += [(f"reference {k}", v) for k, v in study.user_attrs.get("references", {}).items() if "metrics" in v]
+    rows += [(f"reference {k}", ref) for k, ref in stored.references.items() if ref.trained]
     head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
     lines = [f"{'run':40s}{head} {'trainable':>10s}"]
-    best_test = _score(rows[0][1], "test", metrics[0])
-    for label, attrs in rows:
-        cells = "".join(f" {_fmt(_score(attrs, 'final', m)):>16s} {_fmt(_score(attrs, 'test', m)):>16s}"
-                        for m in metrics)
-        share = attrs.get("trainable_params", {})
+    best_test = best_record.metric("test", metrics[0])
+    for label, row in rows:
+        cells = "".join(f" {_fmt(row.metric('final', m)):>16s} {_fmt(row.metric('test', m)):>16s}" for m in metrics)
+        share = row.trainable_params
         frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
-        test = _score(attrs, "test", metrics[0])
+        test = row.metric("test", metrics[0])
         gain = "" if label.startswith("best") or test is None or best_test is None else \
             f"  (best trial {_gain(metrics[0], best_test, test)})"
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
-        lines += [f"  WARNING: {note}" for note in attrs.get("warnings", [])]
+        lines += [f"  WARNING: {note}" for note in row.warnings]
     return lines
-
-
-def _attrs(record: TrialRecord) -> dict[str, Any]:
-    """A trial's row in the shape references are stored in (metrics, trainable_params, warnings)."""
-    return {"metrics": record.metrics, "trainable_params": record.trainable_params, "warnings": record.warnings}
 
 
 def _gain(metric: str, best: float, other: float) -> str:
@@ -67,11 +62,6 @@ def _gain(metric: str, best: float, other: float) -> str:
     if metric in ("eval_loss", "perplexity"):  # lower is better: say which way, not a signed delta
         return f"{abs(best - other):.3f} {'lower' if best < other else 'higher'} {metric}"
     return f"{100 * (best - other):+.1f} pt"
-
-
-def _score(attrs: dict[str, Any], which: str, metric: str) -> float | None:
-    value = (attrs.get("metrics", {}) or {}).get(which) or {}
-    return value.get(metric)
 
 
 def _fmt(value: float | None) -> str:
@@ -145,7 +135,7 @@ def progress(study: optuna.Study, now: float | None = None) -> str | None:
     and the running ones' last evaluation) against the steps of ``n_trials`` trials; None before a first
     evaluation or without an ``n_trials`` budget. Trial pruning ends trials early, so this is an upper bound.
     """
-    n_trials = (study.user_attrs.get(BUDGET) or {}).get("n_trials")
+    n_trials = StudyRecord.of(study).budget.get("n_trials")
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     records = [TrialRecord.of(t) for t in trials]
     done = sum(r.steps or 0 for r in records if r.state in (TrialState.COMPLETE, TrialState.PRUNED,
@@ -198,10 +188,11 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
         best_row = {"number": best.number, "values": best.values, "params": best.params,
                     "metrics": record.metrics.get("final", {}), "trainable_params": record.trainable_params,
                     "baseline": record.baseline, "warnings": record.warnings}
+    stored = StudyRecord.of(study)
     data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
-            "objectives": study.user_attrs.get("objectives"), "counts": counts, "progress": progress(study),
-            "best": best_row, "references": study.user_attrs.get("references") or {},
-            "data_notes": study.user_attrs.get(diagnostics.DATA_NOTES) or [],
+            "objectives": stored.objectives, "counts": counts, "progress": progress(study),
+            "best": best_row, "references": {k: ref.as_attr() for k, ref in stored.references.items()},
+            "data_notes": stored.data_notes,
             "warnings": diagnostics.constant_objectives(study), "trials": [_row(t) for t in trials]}
     return _finite(data)
 

@@ -1,4 +1,5 @@
-"""Study storage: URL defaults, password masking, heartbeats, and a claim lock for exact n_trials.
+"""Study storage: the default URL, what can be checked before opening it, heartbeats, and a claim lock
+for exact n_trials.
 
 SQLite (a file beside the study file) is the embedded default; PostgreSQL is the backend for
 many workers and machines. Workers claim a trial under a lock (a PostgreSQL advisory lock, or a
@@ -21,6 +22,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from adalora_search.errors import UserError
+from adalora_search.urls import check_url, mask, redact
 
 
 def default_url(study_file: str | Path, name: str) -> str:
@@ -31,48 +33,6 @@ def default_url(study_file: str | Path, name: str) -> str:
     """
     path = Path(study_file).resolve()
     return f"sqlite:///{path.parent / f'{path.stem}.db'}"
-
-
-def ambiguous_password(url: str) -> bool:
-    """True when the URL's password holds a raw '@': SQLAlchemy would read part of it as host or port."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.startswith("sqlite"):
-        return False
-    if rest.split("?", 1)[0].count("@") > 1:
-        return True
-    try:  # e.g. a '?' before the '@'s: SQLAlchemy ends the password at the first '@' regardless
-        parsed = make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return "@" in rest.partition("@")[2]
-    return "@" in (parsed.host or "") + (parsed.database or "")
-
-
-def _redacted(url: str) -> str:
-    """Scheme and user name only: where the password ends cannot be known."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split(':', 1)[0].split('@', 1)[0]}:***@..."
-
-
-def url_problem(url: str) -> str | None:
-    """Why the storage URL cannot be used as written (never quoting the password), or None."""
-    if ambiguous_password(url):
-        # worded to share no 3 letters with typical passwords' fragments ("print", "characters"...)
-        return ("the password holds a raw '@', so SQLAlchemy would read part of it as the host; "
-                "percent-encode the password with urllib.parse.quote(password, safe='') "
-                "('@' becomes %40, ':' %3A, '/' %2F)")
-    try:
-        make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return ("not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://name@host/db "
-                "(percent-encode the password with urllib.parse.quote(password, safe=''))")
-    return None
-
-
-def check_url(url: str, field: str = "study.storage") -> None:
-    """Raise a ``UserError`` naming ``field`` when the URL cannot be used as written."""
-    problem = url_problem(url)
-    if problem:
-        raise UserError(f"{field} = {mask(url)!r}: {problem}")
 
 
 def check_reachable_here(url: str, field: str = "study.storage") -> None:
@@ -95,16 +55,6 @@ def check_reachable_here(url: str, field: str = "study.storage") -> None:
     if local and not Path(database).parent.is_dir():
         raise UserError(f"{field} = {mask(url)!r}: directory {Path(database).parent} does not exist; create it or "
                         "change the URL (a relative file is relative to the study file)")
-
-
-def mask(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print or store."""
-    if ambiguous_password(url):
-        return _redacted(url)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
-        return "<unparseable storage URL>"
 
 
 def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> RDBStorage:
@@ -154,7 +104,7 @@ def _already_exists(exc: BaseException) -> bool:
 def _storage_error(url: str, exc: BaseException) -> UserError:
     """A clear error: the connection hint only for connection failures."""
     parsed = make_url(url)
-    reason = str(exc).splitlines()[0][:200].replace(parsed.password or "\0", "***")
+    reason = redact(str(exc).splitlines()[0][:200], url)
     if isinstance(exc, ImportError):
         hint = f"install the database driver for {parsed.drivername} (e.g. pip install psycopg[binary])"
     elif isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) and not _already_exists(exc):

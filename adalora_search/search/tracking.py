@@ -23,13 +23,13 @@ import math
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import optuna
 
 from adalora_search.errors import UserError
 from adalora_search.study.space import TrialConfig
 from adalora_search.study.trackers import TrackingSpec
+from adalora_search.urls import mask, redact
 
 INSTALL = 'pip install "adalora-search[tracking]"'
 ALLOCATION_FILE = "rank_allocation.json"
@@ -43,12 +43,6 @@ def _require(module: str, field: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise UserError(f"{field} = true: {exc.name or module} is not installed; {INSTALL}") from None
-
-
-def masked(uri: str) -> str:
-    """The URI with any password replaced by ***, safe to print."""
-    password = urlparse(uri).password
-    return uri.replace(f":{password}@", ":***@") if password else uri
 
 
 def flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -150,7 +144,7 @@ class TrialTracking:
         if result is not None:
             values: dict[str, float] = {}
             for which in ("final", "best", "test"):
-                values.update(_numbers(result.metrics.get(which) or {}, f"{which}/"))
+                values.update(_numbers(result.metrics.get(which, {}), f"{which}/"))
             values.update(_numbers(result.trainable_params, "trainable_params/"))
             step = int(result.timing.get("steps") or self.last_step)
             self._each("log", step, {k: v for k, v in values.items() if math.isfinite(v)})
@@ -216,10 +210,8 @@ def _experiment(uri: str, name: str) -> tuple[Any, str]:
                          "study, to start afresh)")
         return client, experiment.experiment_id
     except Exception as exc:  # noqa: BLE001 - whatever the store raises, the user fixes the URI or the server
-        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
-        password = urlparse(uri).password
-        reason = reason.replace(password, "***") if password else reason
-        raise UserError(f"tracking.mlflow.tracking_uri = {masked(uri)!r}: cannot open the MLflow store "
+        reason = redact(str(exc).splitlines()[0][:200], uri) if str(exc) else ""
+        raise UserError(f"tracking.mlflow.tracking_uri = {mask(uri)!r}: cannot open the MLflow store "
                         f"({type(exc).__name__}: {reason}); check the URI (e.g. sqlite:///mlruns.db, "
                         "a directory, or http://host:5000 with the server running)") from None
 

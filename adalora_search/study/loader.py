@@ -90,7 +90,9 @@ def load_spec(path: str | Path) -> StudySpec:
                         source=str(path)) from None
     except OSError as exc:
         raise UserError(f"cannot read study file {path}: {exc.strerror or exc}; check the path") from None
-    return resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
+    spec = resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
+    spec._file = path.resolve()
+    return spec
 
 
 def located(error: UserError, path: str | Path) -> UserError:

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from adalora_search.errors import Problem
-from adalora_search.search import artifacts, storage
 from adalora_search.study.distributions import Choices, corners, is_searched
 from adalora_search.study.samplers import Grid, NoPruner
 from adalora_search.study.space import (
@@ -20,12 +19,14 @@ from adalora_search.study.space import (
     build_config,
     knob,
     knob_problem,
+    rank_problem,
     searched_knobs,
     typed_value,
 )
 from adalora_search.study.spec import StudySpec
-from adalora_search.train.tasks import Task, get_task
-from adalora_search.train.tasks.causal_lm import GENERATION_METRICS
+from adalora_search.tasks import Task, get_task
+from adalora_search.tasks.causal_lm import GENERATION_METRICS
+from adalora_search.urls import artifact_location_problem, mask, url_problem
 
 
 def check(spec: StudySpec) -> list[Problem]:
@@ -43,14 +44,9 @@ def check(spec: StudySpec) -> list[Problem]:
 
 
 def _ranks(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem]:
-    max_target, min_init = max(c["adalora.target_r"]), min(c["adalora.init_r"])
-    if max_target < min_init:
-        return []
-    return [Problem(
-        f"{where}.target_r", max_target,
-        f"target_r must be < init_r for every sample, but target_r can reach {max_target} while init_r "
-        f"can be as low as {min_init}; lower target_r's high or raise init_r's low",
-    )]
+    max_target = max(c["adalora.target_r"])
+    problem = rank_problem(max_target, min(c["adalora.init_r"]))
+    return [] if problem is None else [Problem(f"{where}.target_r", max_target, problem)]
 
 
 def check_total_steps(spec: StudySpec, total: int) -> list[Problem]:
@@ -172,9 +168,9 @@ def _study(spec: StudySpec) -> list[Problem]:
         out.append(Problem("study.keep_top_k_adapters", spec.study.keep_top_k_adapters,
                            "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
                            "retrain the exported Pareto trial you pick"))
-    if spec.study.storage and (problem := storage.url_problem(spec.study.storage)):
-        out.append(Problem("study.storage", storage.mask(spec.study.storage), problem))
-    if spec.study.artifact_store and (problem := artifacts.location_problem(spec.study.artifact_store)):
+    if spec.study.storage and (problem := url_problem(spec.study.storage)):
+        out.append(Problem("study.storage", mask(spec.study.storage), problem))
+    if spec.study.artifact_store and (problem := artifact_location_problem(spec.study.artifact_store)):
         out.append(Problem("study.artifact_store", spec.study.artifact_store, problem))
     return out
 

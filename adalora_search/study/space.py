@@ -81,10 +81,22 @@ class TrialConfig(Frozen):
                 raise ValueError(f"{path} must be a single value in a trial config, but got {value}")
             if (problem := knob_problem(path, value)) is not None:
                 raise ValueError(f"{path} = {value!r}: {problem}")
-        if self.adalora.target_r >= self.adalora.init_r:  # PEFT's allocator would crash in kthvalue
-            raise ValueError(f"target_r must be < init_r, but got target_r={self.adalora.target_r}, "
-                             f"init_r={self.adalora.init_r}")
+        if (problem := rank_problem(self.adalora.target_r, self.adalora.init_r)) is not None:
+            raise ValueError(problem)
         return self
+
+
+def rank_problem(target_r: int, init_r: int) -> str | None:
+    """Why ranks cannot be trained together, or None: ``target_r`` must be < ``init_r``.
+
+    The one check of this rule: a trial config passes its two values, a search space the corners
+    that come closest (the largest ``target_r``, the smallest ``init_r``). PEFT's rank allocator
+    crashes in ``kthvalue`` when there is nothing to prune.
+    """
+    if target_r < init_r:
+        return None
+    return (f"target_r must be < init_r, but target_r can be {target_r} while init_r can be {init_r}; "
+            "lower target_r or raise init_r")
 
 
 def optimizer_steps(training: TrainingSpec, n_train: int) -> int:

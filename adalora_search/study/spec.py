@@ -8,9 +8,10 @@ Each stage takes only its own sub-spec: data.py a ``DataSpec``, the engine a ``T
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from adalora_search.study.data_sources import Source
 from adalora_search.study.distributions import FloatRange, IntRange, fixed_values_schema, tunable
@@ -31,7 +32,7 @@ class ModelSpec(Frozen):
 
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
     task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
-        default="classification", description="a task of the registry in adalora_search/train/tasks")
+        default="classification", description="a task of the registry in adalora_search/tasks")
     init: Literal["pretrained", "random"] = Field(
         default="pretrained", description="pretrained: the checkpoint's weights; random: built from the "
                                           "(overridden) config, for tests and smoke runs"
@@ -76,11 +77,6 @@ class SplitNames(Frozen):
     train: str = Field(default="train", description="the source's split to train on")
     validation: str | None = Field(default="validation", description="the split to validate on (null: none)")
     test: str | None = Field(default="test", description="the split to test on (null: none)")
-
-
-# fields of DataSpec that only some tasks read (a task refuses the ones it does not use)
-TASK_DATA_FIELDS = {"text_fields", "label_field", "label_names", "prompt_field", "prompt_template", "response_field",
-                    "messages_field", "system_turn", "use_chat_template", "drop_blank_labels"}
 
 
 class DataSpec(Frozen):
@@ -295,6 +291,14 @@ class StudySpec(Frozen):
                                       "report states the best trial's gain over each")
     tracking: TrackingSpec = Field(default=TrackingSpec(), description="experiment trackers fed by every "
                                    "trial: MLflow, TensorBoard (off by default)")
+    _file: Path | None = PrivateAttr(default=None)  # the study file it was read from (loader.load_spec)
+
+    @property
+    def study_file(self) -> Path | None:
+        """The study file this spec was read from (absolute), or None for a spec built in Python; the default
+        storage, artifact store and report folder are beside it.
+        """
+        return self._file
 
     @field_validator("model", mode="before", json_schema_input_type=Union[str, ModelSpec])
     @classmethod

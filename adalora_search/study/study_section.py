@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from adalora_search.study.frozen import Frozen
 from adalora_search.study.samplers import PrunerSpec, SamplerSpec
-from adalora_search.train.tasks import TASKS
+from adalora_search.tasks import TASKS
 
 # which way each metric is better, from the task registry (each task's `metrics`): an objective's
 # direction defaults from it
@@ -20,7 +20,7 @@ METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
 }
 
 
-# every task's validation metrics (train/tasks: each task's `metrics`; rules.py checks the task has it)
+# every task's validation metrics (tasks/: each task's `metrics`; rules.py checks the task has it)
 TaskMetric = Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "perplexity",
                      "exact_match", "rouge_l", "f1", "precision", "recall"]
 

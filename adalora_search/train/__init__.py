@@ -1,5 +1,5 @@
 """One training run: data (tokenized once, cached), the model and its PEFT wrapping, the rank
-allocator and its bookkeeping, the engine, and the task registry (``tasks``).
+allocator and its bookkeeping, and the engine (the task registry is ``adalora_search.tasks``).
 
 Public names are imported on first use (``from adalora_search.train import TrialRun``), so importing
 the package stays light and free of import cycles.

@@ -28,7 +28,7 @@ from adalora_search.train.splits import SPLITS, load_splits  # noqa: F401 - re-e
 
 if TYPE_CHECKING:
 
-    from adalora_search.train.tasks import Task
+    from adalora_search.tasks import Task
 
 def _datasets():  # noqa: ANN202 - the module
     import datasets

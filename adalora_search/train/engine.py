@@ -21,11 +21,11 @@ from transformers import get_scheduler
 
 from adalora_search.errors import TrialFailure
 from adalora_search.study.space import TrialConfig, optimizer_steps
-from adalora_search.train import compiling, memory, modeling
+from adalora_search.tasks import EvalContext, get_task
+from adalora_search.train import compiling, memory, methods, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
 from adalora_search.train.regularizer import OrthogonalRegularizer
-from adalora_search.train.tasks import EvalContext, get_task
 
 OnEval = Callable[[int, dict[str, float]], None]
 FINITE_CHECK_EVERY = 32  # optimizer steps between non-finite loss checks (each one host sync)
@@ -63,10 +63,10 @@ class TrialRun:
         start = time.perf_counter()
         self.total_steps = optimizer_steps(cfg.training, len(data.splits["train"]))
         base = modeling.build_base(cfg.model, data.label_names, cfg.training.seed)
-        self.model = modeling.wrap(base, cfg, self.total_steps)
+        self.model = methods.wrap(base, cfg, self.total_steps)
         if not memory.quantized(cfg.model):  # a quantized base is placed by its device_map
             self.model = self.model.to(self.device)
-        adalora = cfg.method == "adalora"
+        adalora = methods.METHODS[cfg.method].rank_pruning
         self.ranks = RankBook(self.model) if adalora else None
         # AdaLoRA: the transformers model under PEFT's AdaLoraModel, whose forward only adds its own
         # (unbatched) orthogonal regularizer; the batched one of equal value is added in _loss

@@ -13,10 +13,10 @@ from transformers import AutoConfig
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.study.spec import StudySpec
+from adalora_search.tasks import get_task
 from adalora_search.train import memory
 from adalora_search.train.assets import resolve_model
 from adalora_search.train.modeling import HEADS, matching, meta_model
-from adalora_search.train.tasks import get_task
 
 
 def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,

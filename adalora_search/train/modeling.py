@@ -12,17 +12,16 @@ from typing import Any
 import torch
 import transformers
 from packaging import version
-from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from peft import AdaLoraConfig, LoraConfig
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
 from adalora_search.errors import UserError
-from adalora_search.study.space import TrialConfig
 from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec
-from adalora_search.train import allocator, memory
+from adalora_search.tasks import get_task
+from adalora_search.train import memory
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
-from adalora_search.train.tasks import get_task
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
@@ -107,6 +106,8 @@ def _weights_dtype(spec: ModelSpec) -> dict[str, Any]:
 PEFT_NAMES = {"target_modules": "target_modules", "init_r": "init_r", "target_r": "target_r",
               "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "beta1": "beta1", "beta2": "beta2",
               "orth_reg_weight": "orth_reg_weight", "schedule.delta_t": "deltaT"}
+# adalora fields PEFT gets in optimizer steps, converted by schedule_steps (with schedule.unit)
+SCHEDULE_NAMES = {"schedule.t_init": "tinit", "schedule.t_final": "tfinal"}
 
 
 def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classification",
@@ -133,32 +134,6 @@ def schedule_steps(schedule: ScheduleSpec, total_steps: int) -> tuple[int, int]:
     if schedule.unit == "fraction":
         return int(math.floor(schedule.t_init * total_steps)), int(math.floor(schedule.t_final * total_steps))
     return int(schedule.t_init), int(schedule.t_final)
-
-
-def wrap(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
-    """Apply the trial's method (adalora, lora, full, none); returns the model to train."""
-    task = cfg.model.task
-    base = memory.prepare(base, cfg.model, cfg.training.gradient_checkpointing)
-    if cfg.training.gradient_checkpointing and cfg.method != "none":
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method != "full":
-            base.enable_input_require_grads()
-    try:
-        if cfg.method == "adalora":
-            fan = conv1d_targets(base, cfg.adalora.target_modules)
-            model = get_peft_model(base, adalora_config(cfg.adalora, total_steps, task, fan))
-            allocator.install(model)  # same allocation as PEFT's, batched (see allocator.py)
-            return model
-        if cfg.method == "lora":
-            assert cfg.lora is not None
-            fan = conv1d_targets(base, list(cfg.lora.rank_pattern))
-            return get_peft_model(base, lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora,
-                                                    task, fan))
-    except ValueError as exc:
-        raise UserError(f"adalora: PEFT refused the configuration: {exc}") from None
-    for p in base.parameters():
-        p.requires_grad_(cfg.method == "full")
-    return base
 
 
 def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraSpec,

@@ -17,7 +17,7 @@ from adalora_search.train import sources
 if TYPE_CHECKING:
     import datasets
 
-    from adalora_search.train.tasks import Task
+    from adalora_search.tasks import Task
 
 SPLITS = ("train", "validation", "test")
 

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
-from adalora_search.train.tasks.base import (
+from adalora_search.tasks.base import (
     Direction,
     Encoded,
     EvalContext,

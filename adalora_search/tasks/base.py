@@ -175,10 +175,13 @@ def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> An
     return names[value]
 
 
+# fields of the study's DataSpec that only some tasks read (a task refuses the ones it does not use)
+TASK_DATA_FIELDS = {"text_fields", "label_field", "label_names", "prompt_field", "prompt_template", "response_field",
+                    "messages_field", "system_turn", "use_chat_template", "drop_blank_labels"}
+
+
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
     """Refuse data fields that were written in the study file but mean nothing for this task."""
-    from adalora_search.study.spec import TASK_DATA_FIELDS
-
     return [Problem(f"data.{name}", getattr(data, name),
                     f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})")
             for name in sorted(TASK_DATA_FIELDS & data.model_fields_set - wanted)]

@@ -1,10 +1,17 @@
-"""What the CLI verbs do with a study file or a stored study (kept apart from click for tests)."""
+"""The verbs' orchestration over a study (a file, or a spec built in Python) or a stored study: what the
+Python API (``adalora_search.api``) and the command line run.
+
+A spec read from a file keeps its path (``StudySpec.study_file``): the default storage, artifact store
+and report folder are beside it. A spec built in Python has them in the working directory, named
+after ``study.name`` (``<name>.db``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -14,6 +21,7 @@ from adalora_search.search import artifacts
 from adalora_search.search import storage as storage_mod
 from adalora_search.study.loader import load_spec, located
 from adalora_search.study.spec import StudySpec
+from adalora_search.urls import check_url, mask
 
 if TYPE_CHECKING:  # the training stack (torch, transformers) is imported by the verbs that train, not by status
     from adalora_search.search.runner import Budget
@@ -21,11 +29,25 @@ if TYPE_CHECKING:  # the training stack (torch, transformers) is imported by the
 
 _log = logging.getLogger(__name__)
 
+Study = Union[str, "os.PathLike[str]", StudySpec]  # a study file, or a spec (read from one or built in Python)
+
+
+def resolve(study: Study) -> tuple[StudySpec, str]:
+    """The spec, and the study file its defaults are relative to (``<cwd>/<study.name>.yaml`` for a spec
+    built in Python, which need not exist).
+
+    Raises:
+        UserError: the study file cannot be read or has problems (all of them listed).
+    """
+    if isinstance(study, StudySpec):
+        return study, str(study.study_file or Path.cwd() / f"{study.study.name}.yaml")
+    return load_spec(study), os.fspath(study)
+
 
 def storage_url(spec: StudySpec, study_file: str, override: str | None) -> str:
     """--storage, else study.storage, else ``<study file stem>.db`` beside the file; checked, never leaked."""
     if override:
-        storage_mod.check_url(override, "--storage")
+        check_url(override, "--storage")
     return override or spec.study.storage or storage_mod.default_url(study_file, spec.study.name)
 
 
@@ -44,24 +66,32 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
     return budget
 
 
-def run_session(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-                workers: int, gpus: list[str], allow_changed: bool = False, workers_per_gpu: int = 1) -> list[str]:
+def run_session(study: Study, n_trials: int | None, timeout: float | None, storage: str | None,
+                workers: int, gpus: list[str], allow_changed: bool = False,
+                workers_per_gpu: int = 1) -> tuple[optuna.Study, list[str]]:
     """Validate everything, create/resume the study, run the trials, then the reference runs.
 
-    Returns the summary (best trial, baselines and references side by side) and the next commands.
+    Returns the stored study, and the summary (best trial, baselines and references side by side) with
+    the next commands.
+
+    Raises:
+        UserError: bad input (exit 2 on the command line); several workers for a spec built in Python.
     """
     from adalora_search.results.references import finish_study
     from adalora_search.search.runner import open_study, work
     from adalora_search.search.workers import spawn_workers, worker_slots
 
     slots = worker_slots(workers, gpus, workers_per_gpu)
-    spec = load_spec(study_file)
+    spec, study_file = resolve(study)
+    if (len(slots) > 1 or slots[0] is not None) and (not Path(study_file).is_file() or spec != load_spec(study_file)):
+        raise UserError("workers: worker processes read the study from its file, and this spec was built or "
+                        "changed in Python; save it as YAML and run that file, or run with one worker and no gpus")
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
     study = open_study(spec, url, allow_changed)
-    _log.info(f"study {spec.study.name!r} in {storage_mod.mask(url)}: {stored_line(study)}")
+    _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
     for note in data.notes():
         _log.info(f"data: {note}")
     if len(slots) > 1 or slots[0] is not None:
@@ -71,8 +101,8 @@ def run_session(study_file: str, n_trials: int | None, timeout: float | None, st
                             "the reference runs; fix the cause and `run` again to resume")
     else:
         work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed, study=study)
-    return [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
-            f"export: adalora-search export {study_file} --out DIR"]
+    return study, [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
+                   f"export: adalora-search export {study_file} --out DIR"]
 
 
 def stored_line(study: optuna.Study) -> str:
@@ -125,24 +155,24 @@ def run_worker(study_file: str, n_trials: int | None, timeout: float | None, sto
          artifact_store(spec, study_file), allow_changed=allow_changed)
 
 
-def locate(study_file: str | None, storage: str | None, study_name: str | None) -> optuna.Study:
-    """A stored study, from a study file or from --storage and --study; never creates storage."""
-    if study_file:
-        spec = load_spec(study_file)
+def locate(study: Study | None, storage: str | None, study_name: str | None) -> optuna.Study:
+    """A stored study, from a study file (or spec) or from --storage and --study; never creates storage."""
+    if study is not None and (not isinstance(study, str) or study):
+        spec, study_file = resolve(study)
         url, name = storage_url(spec, study_file, storage), study_name or spec.study.name
     elif storage and study_name:
         url, name = storage, study_name
     else:
         raise UserError("name a STUDY_FILE, or both --storage URL and --study NAME")
     if "://" not in url:
-        raise UserError(f"--storage = {storage_mod.mask(url)!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db")
-    storage_mod.check_url(url, "--storage" if storage else "study.storage")
+        raise UserError(f"--storage = {mask(url)!r}: not a SQLAlchemy URL; e.g. sqlite:///study.db")
+    check_url(url, "--storage" if storage else "study.storage")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
-        raise UserError(f"no study storage at {storage_mod.mask(url)}; run the study first")
+        raise UserError(f"no study storage at {mask(url)}; run the study first")
     backend = storage_mod.open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=backend)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(backend)]
-        raise UserError(f"--study = {name!r}: no such study in {storage_mod.mask(url)}; stored: {names}") from None
+        raise UserError(f"--study = {name!r}: no such study in {mask(url)}; stored: {names}") from None

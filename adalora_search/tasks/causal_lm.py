@@ -28,8 +28,8 @@ import string
 from typing import Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
-from adalora_search.train.tasks import lm_rows
-from adalora_search.train.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
+from adalora_search.tasks import lm_rows
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
 
 IGNORE = -100
 GENERATION_METRICS = ("exact_match", "rouge_l")
@@ -194,7 +194,7 @@ class CausalLM(Task):
 
     def generation_scores(self, ctx: EvalContext) -> dict[str, float]:
         """exact_match and rouge_l of greedy generations on the first ``max_samples`` rows."""
-        references = ctx.split.columns.get("reference") or []
+        references = ctx.split.columns.get("reference", [])
         rows = [i for i, r in enumerate(references) if r][: ctx.generation.max_samples]
         if not rows or ctx.generate is None:
             return {}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from adalora_search.train.tasks.base import Direction, Encoded, EvalContext, Task
-from adalora_search.train.tasks.causal_lm import CausalLM
-from adalora_search.train.tasks.sequence_classification import (
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Task
+from adalora_search.tasks.causal_lm import CausalLM
+from adalora_search.tasks.sequence_classification import (
     Regression,
     SequenceClassification,
 )
-from adalora_search.train.tasks.token_classification import TokenClassification
+from adalora_search.tasks.token_classification import TokenClassification
 
 TASKS: dict[str, Task] = {task.name: task for task in (
     SequenceClassification(), Regression(), TokenClassification(), CausalLM(),

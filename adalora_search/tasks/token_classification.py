@@ -17,7 +17,7 @@ import re
 from typing import Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
-from adalora_search.train.tasks.base import (
+from adalora_search.tasks.base import (
     Direction,
     Encoded,
     EvalContext,

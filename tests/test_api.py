@@ -1,0 +1,66 @@
+"""The Python API: the README's example runs as written, results are typed, errors are exceptions."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import study_dict
+
+import adalora_search as als
+from adalora_search.errors import UserError
+from adalora_search.search.record import TrialRecord
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "studies").mkdir()
+    shutil.copy(REPO / "studies" / "smoke.yaml", tmp_path / "studies" / "smoke.yaml")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(_readme_example(), "README.md", "exec"), scope)  # noqa: S102 - the documented example
+    result = scope["result"]
+    assert isinstance(result.best, TrialRecord) and len(result.trials) == 2
+    assert result.allocation.to_numpy().sum() == result.best.total_rank  # layer x module, every module once
+    assert (tmp_path / "studies" / "smoke.db").is_file()  # beside the study file, as the command line puts it
+    assert scope["page"].is_file() and (tmp_path / "exports" / "smoke" / "rank_config.json").is_file()
+
+
+def test_import_changes_no_global_state() -> None:
+    code = ("import warnings, logging, optuna, pandas, sqlalchemy, pydantic, yaml, torch, transformers, peft, "
+            "datasets, matplotlib.pyplot; "  # their own filters first
+            "before = list(warnings.filters); "
+            "import adalora_search, adalora_search.api, adalora_search.search.runner, adalora_search.results.report; "
+            "assert warnings.filters == before, 'warning filters changed'; "
+            "assert not logging.getLogger('adalora_search').handlers; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_spec_from_a_dict_is_checked_like_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = als.load_study_spec(study_dict())
+    assert spec.study_file is None
+    checked = als.validate(spec, check_data=False)
+    assert checked.ok and any("knobs:" in line for line in checked.summary)
+    with pytest.raises(UserError, match="target_r must be < init_r") as info:
+        als.load_study_spec(study_dict(adalora={"init_r": 2, "target_r": 4}))
+    assert [p.field for p in info.value.problems] == ["adalora.target_r"]
+    bad = als.validate(str(tmp_path / "missing.yaml"))
+    assert not bad.ok and "cannot read study file" in bad.problems[0].message
+    with pytest.raises(UserError, match="save it as YAML"):  # workers read a file; this spec has none
+        als.run(spec, n_trials=1, workers=2)
+    with pytest.raises(UserError, match="no study storage"):
+        als.status(spec)

@@ -17,8 +17,22 @@ __version__ = "0.1.0"
 __getattr__, __all__ = exports(
     __name__,
     {
-        **dict.fromkeys(["load_study_spec", "validate", "run", "status", "report", "export", "retrain",
-                         "Validation", "StudyResult", "Report", "Export"], "api"),
+        **dict.fromkeys(
+            [
+                "load_study_spec",
+                "validate",
+                "run",
+                "status",
+                "report",
+                "export",
+                "retrain",
+                "Validation",
+                "StudyResult",
+                "Report",
+                "Export",
+            ],
+            "api",
+        ),
         "StudySpec": "study.spec",
         "TrialRecord": "search.record",
         "ReferenceResult": "search.record",

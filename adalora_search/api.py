@@ -115,9 +115,15 @@ class StudyResult:
         from adalora_search.search import diagnostics, ranking
 
         best = ranking.best(study)
-        return cls(study.study_name, TrialRecord.of(best) if best is not None else None,
-                   [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)], StudyRecord.of(study).references,
-                   diagnostics.study_notes(study), lines, study)
+        return cls(
+            study.study_name,
+            TrialRecord.of(best) if best is not None else None,
+            [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)],
+            StudyRecord.of(study).references,
+            diagnostics.study_notes(study),
+            lines,
+            study,
+        )
 
     @property
     def allocation(self) -> pd.DataFrame:
@@ -138,9 +144,16 @@ class StudyResult:
         return tables.trials_table(self.study)
 
 
-def run(study: Study, n_trials: int | None = None, timeout: float | None = None, storage: str | None = None,
-        workers: int = 1, gpus: Sequence[str] = (), workers_per_gpu: int = 1,
-        allow_changed: bool = False) -> StudyResult:
+def run(
+    study: Study,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    gpus: Sequence[str] = (),
+    workers_per_gpu: int = 1,
+    allow_changed: bool = False,
+) -> StudyResult:
     """Run (or resume) the search, then the reference runs; as ``adalora-search run``.
 
     ``n_trials`` / ``timeout`` override the study's budget; ``storage`` its storage URL. ``workers`` > 1
@@ -148,8 +161,9 @@ def run(study: Study, n_trials: int | None = None, timeout: float | None = None,
     process only).
     """
     with quiet_warnings():
-        stored, lines = session.run_session(study, n_trials, timeout, storage, workers, list(gpus), allow_changed,
-                                            workers_per_gpu)
+        stored, lines = session.run_session(
+            study, n_trials, timeout, storage, workers, list(gpus), allow_changed, workers_per_gpu
+        )
         return StudyResult.of(stored, lines)
 
 
@@ -171,8 +185,13 @@ class Report:
     files: list[Path]
 
 
-def report(study: Study | None = None, out: str | os.PathLike[str] | None = None, top_k: int = 5,
-           storage: str | None = None, study_name: str | None = None) -> Report:
+def report(
+    study: Study | None = None,
+    out: str | os.PathLike[str] | None = None,
+    top_k: int = 5,
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> Report:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page; as ``adalora-search report``.
 
     ``out`` defaults to ``<study name>_report`` beside the study file (the working directory with only
@@ -200,9 +219,16 @@ class Export:
     lines: list[str]
 
 
-def export(study: Study | None = None, *, out: str | os.PathLike[str], trial: int | None = None,
-           force: bool = False, pick: str = "metric", storage: str | None = None,
-           study_name: str | None = None) -> Export:
+def export(
+    study: Study | None = None,
+    *,
+    out: str | os.PathLike[str],
+    trial: int | None = None,
+    force: bool = False,
+    pick: str = "metric",
+    storage: str | None = None,
+    study_name: str | None = None,
+) -> Export:
     """A trial's rank configuration as PEFT configs (and its kept adapter); as ``adalora-search export``.
 
     ``trial``: its number (default: the best trial; ``pick`` "params" on a Pareto front: the fewest
@@ -215,8 +241,9 @@ def export(study: Study | None = None, *, out: str | os.PathLike[str], trial: in
         from adalora_search.results.export import export_trial
 
         directory = export_trial(stored, Path(out), trial, force, pick)
-    return Export(directory, read_manifest(directory, "out"), (directory / "adapter").is_dir(),
-                  describe_export(directory))
+    return Export(
+        directory, read_manifest(directory, "out"), (directory / "adapter").is_dir(), describe_export(directory)
+    )
 
 
 def retrain(export_dir: str | os.PathLike[str], learning_rates: Sequence[float] | None = None) -> RetrainResult:

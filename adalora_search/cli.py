@@ -118,8 +118,12 @@ def schema() -> None:
 def _budget_options(f):
     f = click.option("--n-trials", type=click.IntRange(min=1), help="finished trials for the whole study")(f)
     f = click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="seconds")(f)
-    f = click.option("--allow-changed-study", "allow_changed", is_flag=True,
-                     help="go on with a stored study created from a different study file (not comparable)")(f)
+    f = click.option(
+        "--allow-changed-study",
+        "allow_changed",
+        is_flag=True,
+        help="go on with a stored study created from a different study file (not comparable)",
+    )(f)
     return click.option("--storage", help="SQLAlchemy URL; overrides study.storage")(f)
 
 
@@ -128,10 +132,15 @@ def _budget_options(f):
 @_budget_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="worker processes on this machine")
 @click.option("--gpus", default="", help="comma-separated GPU ids, one worker per GPU")
-@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1,
-              help="workers sharing each GPU (--gpus, default every visible one; the CPU without one)")
-def run(study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str,
-        workers_per_gpu: int) -> None:
+@click.option(
+    "--workers-per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    help="workers sharing each GPU (--gpus, default every visible one; the CPU without one)",
+)
+def run(
+    study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str, workers_per_gpu: int
+) -> None:
     """Run (or resume) the search of STUDY_FILE."""
     from adalora_search import api
 
@@ -176,8 +185,12 @@ def status(study_file, storage, study_name, as_json: bool) -> None:
 
 @cli.command()
 @_study_options
-@click.option("--out", type=click.Path(), help="output directory (default: <study name>_report beside the study "
-              "file, or in the working directory with --storage)")
+@click.option(
+    "--out",
+    type=click.Path(),
+    help="output directory (default: <study name>_report beside the study "
+    "file, or in the working directory with --storage)",
+)
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="trials averaged in the top-k heatmap")
 def report(study_file, storage, study_name, out, top_k: int) -> None:
     """Tables (CSV, Markdown), plots (PNG) and one HTML page of a study."""
@@ -191,18 +204,27 @@ def report(study_file, storage, study_name, out, top_k: int) -> None:
 @click.option("--out", type=click.Path(), help="export directory (required, unless --relocate)")
 @click.option("--trial", "trial_number", type=int, help="trial number (default: the best trial)")
 @click.option("--force", is_flag=True, help="replace an existing export")
-@click.option("--pick", type=click.Choice(["metric", "params"]), default="metric",
-              help="Pareto studies: the front's best metric, or its fewest trainable parameters")
-@click.option("--relocate", type=click.Path(file_okay=False), metavar="EXPORT_DIR",
-              help="after moving or copying an export: point its configs at its own base/ (nothing else is done)")
+@click.option(
+    "--pick",
+    type=click.Choice(["metric", "params"]),
+    default="metric",
+    help="Pareto studies: the front's best metric, or its fewest trainable parameters",
+)
+@click.option(
+    "--relocate",
+    type=click.Path(file_okay=False),
+    metavar="EXPORT_DIR",
+    help="after moving or copying an export: point its configs at its own base/ (nothing else is done)",
+)
 def export(study_file, storage, study_name, out, trial_number, force: bool, pick: str, relocate) -> None:
     """Export a trial's rank configuration as PEFT LoRA and AdaLoRA configs, and its kept adapter."""
     if relocate:
         from adalora_search.results.exported import relocate as relocate_export
 
         if study_file or storage or out:
-            raise UserError("--relocate EXPORT_DIR repoints a moved export and takes no study, --storage or --out; "
-                            "run it alone")
+            raise UserError(
+                "--relocate EXPORT_DIR repoints a moved export and takes no study, --storage or --out; run it alone"
+            )
         for line in relocate_export(Path(relocate)):
             click.echo(line)
         return
@@ -210,16 +232,22 @@ def export(study_file, storage, study_name, out, trial_number, force: bool, pick
         raise UserError("--out: name the export directory (or --relocate EXPORT_DIR to repoint a moved export)")
     from adalora_search import api
 
-    for line in api.export(study_file, out=out, trial=trial_number, force=force, pick=pick, storage=storage,
-                           study_name=study_name).lines:
+    for line in api.export(
+        study_file, out=out, trial=trial_number, force=force, pick=pick, storage=storage, study_name=study_name
+    ).lines:
         click.echo(line)
 
 
 @cli.command()
 @click.argument("export_dir")
-@click.option("--learning-rate", "learning_rates", type=click.FloatRange(min=0, min_open=True), multiple=True,
-              help="LoRA learning rate; repeat to try several (the best on validation is kept). "
-                   "Default: the rate the study's LoRA reference chose, else the best of 3e-4, 1e-3, 3e-3 and 1e-2")
+@click.option(
+    "--learning-rate",
+    "learning_rates",
+    type=click.FloatRange(min=0, min_open=True),
+    multiple=True,
+    help="LoRA learning rate; repeat to try several (the best on validation is kept). "
+    "Default: the rate the study's LoRA reference chose, else the best of 3e-4, 1e-3, 3e-3 and 1e-2",
+)
 def retrain(export_dir: str, learning_rates: tuple[float, ...]) -> None:
     """Train the exported fixed-rank LoRA and compare it with the AdaLoRA trial."""
     from adalora_search import api

@@ -18,12 +18,17 @@ from pathlib import Path
 
 from adalora_search.errors import UserError
 
-_REASONS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-            errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EACCES: "permission denied",
-            errno.EROFS: "the file system is read-only", errno.EPERM: "operation not permitted",
-            errno.ENOENT: "the folder does not exist or cannot hold new files",
-            errno.EEXIST: "a file is in the way: a part of the path is a file, not a folder",
-            errno.EBUSY: "the path is in use (a mount point, or the working directory)"}
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EACCES: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "the folder does not exist or cannot hold new files",
+    errno.EEXIST: "a file is in the way: a part of the path is a file, not a folder",
+    errno.EBUSY: "the path is in use (a mount point, or the working directory)",
+}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -86,8 +91,9 @@ def writing(path: Path, field: str = "--out") -> Iterator[None]:
             raise
         full = getattr(exc, "errno", None) in _FULL or "no space" in reason(exc)
         fix = "free space or choose another folder" if full else "choose another path"
-        raise UserError(f"{field} = {str(path)!r}: cannot write there ({reason(exc)}); {fix}, then run the command "
-                        "again") from None
+        raise UserError(
+            f"{field} = {str(path)!r}: cannot write there ({reason(exc)}); {fix}, then run the command again"
+        ) from None
 
 
 def reason(exc: BaseException) -> str:

@@ -37,14 +37,18 @@ def url_problem(url: str) -> str | None:
     """Why the storage URL cannot be used as written (never quoting the password), or None."""
     if ambiguous_password(url):
         # worded to share no 3 letters with typical passwords' fragments ("print", "characters"...)
-        return ("the password holds a raw '@', so SQLAlchemy would read part of it as the host; "
-                "percent-encode the password with urllib.parse.quote(password, safe='') "
-                "('@' becomes %40, ':' %3A, '/' %2F)")
+        return (
+            "the password holds a raw '@', so SQLAlchemy would read part of it as the host; "
+            "percent-encode the password with urllib.parse.quote(password, safe='') "
+            "('@' becomes %40, ':' %3A, '/' %2F)"
+        )
     try:
         make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        return ("not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://name@host/db "
-                "(percent-encode the password with urllib.parse.quote(password, safe=''))")
+        return (
+            "not a SQLAlchemy URL; e.g. sqlite:///study.db or postgresql://name@host/db "
+            "(percent-encode the password with urllib.parse.quote(password, safe=''))"
+        )
     return None
 
 

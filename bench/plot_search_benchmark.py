@@ -87,8 +87,10 @@ def main() -> None:
     first = next(iter(runs.values()))[0]
     seeds = sorted({raw["seed"] for raws in runs.values() for raw in raws})
     data, pt = first["data"], first["data"]["pt_per_example"]
-    title = (f"{first['trials']} trials per arm, seeds {seeds}, mean ± 1 std over seeds; {data['validation']} "
-             f"validation examples (1 = {pt['validation']} pt), {data.get('test')} test (1 = {pt.get('test')} pt)")
+    title = (
+        f"{first['trials']} trials per arm, seeds {seeds}, mean ± 1 std over seeds; {data['validation']} "
+        f"validation examples (1 = {pt['validation']} pt), {data.get('test')} test (1 = {pt.get('test')} pt)"
+    )
     out = Path(args.out) if args.out else results / "anytime.png"
     plot(runs, out, title)
     print(f"wrote {out}")

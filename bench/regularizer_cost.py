@@ -65,9 +65,17 @@ def main() -> None:
     for label in LABELS:
         rows[label] = measure(label)
         print(label, rows[label], flush=True)
-    Path("bench/results/regularizer.json").write_text(json.dumps(
-        {"command": "python bench/regularizer_cost.py", "unit": "ms per forward + backward, batch 32 x 32 tokens",
-         "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
+    Path("bench/results/regularizer.json").write_text(
+        json.dumps(
+            {
+                "command": "python bench/regularizer_cost.py",
+                "unit": "ms per forward + backward, batch 32 x 32 tokens",
+                "date": time.strftime("%Y-%m-%d"),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

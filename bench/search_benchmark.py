@@ -54,7 +54,7 @@ PRUNERS = ("median", "percentile", "none", "hyperband", "sha")
 ALIASES = {"random": "random+none"}
 SKIPPED = {
     "auto": "OptunaHub's AutoSampler is not installed (no optunahub package) and loads its code from the "
-            "network at run time",
+    "network at run time",
 }
 
 
@@ -73,8 +73,9 @@ def strategy(spec, arm: str, seed: int, total: int) -> StudySection:
     arm, _, pruning_metric = arm.partition("@")
     if arm == "study":
         seeded = study.sampler.root.model_copy(update={"seed": seed})
-        return study.model_copy(update={"sampler": samplers.SamplerSpec(seeded),
-                                        "pruning_metric": pruning_metric or study.pruning_metric})
+        return study.model_copy(
+            update={"sampler": samplers.SamplerSpec(seeded), "pruning_metric": pruning_metric or study.pruning_metric}
+        )
     if arm == "default":  # what a study gets when it names no sampler or pruner
         sampler = samplers.SamplerSpec.default().root.model_copy(update={"seed": seed})
         pruner = samplers.PrunerSpec.default().root
@@ -82,14 +83,21 @@ def strategy(spec, arm: str, seed: int, total: int) -> StudySection:
         sampler_name, _, pruner_name = ALIASES.get(arm, arm).partition("+")
         rung = first_rung(spec, total)
         sampler = SAMPLERS[sampler_name](seed=seed)
-        pruner = {"median": samplers.Median(), "percentile": samplers.Percentile(), "none": samplers.NoPruner(),
-                  "hyperband": samplers.Hyperband(min_resource=rung, max_resource=total),
-                  "sha": samplers.SuccessiveHalving(min_resource=rung)}.get(pruner_name,
-                                                                             samplers.PrunerSpec.default().root)
-    return study.model_copy(update={
-        "sampler": samplers.SamplerSpec(sampler), "pruner": samplers.PrunerSpec(pruner),
-        "prune_warmup": StudySection.model_fields["prune_warmup"].default,
-        "pruning_metric": pruning_metric or None})
+        pruner = {
+            "median": samplers.Median(),
+            "percentile": samplers.Percentile(),
+            "none": samplers.NoPruner(),
+            "hyperband": samplers.Hyperband(min_resource=rung, max_resource=total),
+            "sha": samplers.SuccessiveHalving(min_resource=rung),
+        }.get(pruner_name, samplers.PrunerSpec.default().root)
+    return study.model_copy(
+        update={
+            "sampler": samplers.SamplerSpec(sampler),
+            "pruner": samplers.PrunerSpec(pruner),
+            "prune_warmup": StudySection.model_fields["prune_warmup"].default,
+            "pruning_metric": pruning_metric or None,
+        }
+    )
 
 
 def check_arm(arm: str) -> str:
@@ -99,9 +107,11 @@ def check_arm(arm: str) -> str:
     known = base in ("default", "study") or (sampler_name in SAMPLERS and pruner_name in ("", *PRUNERS))
     if arm in ("hf", *SKIPPED) or (known and pruning_metric in ("", "eval_loss")):
         return arm
-    raise argparse.ArgumentTypeError(f"unknown arm {arm!r}: use default, study, random, hf or SAMPLER+PRUNER with "
-                                     f"SAMPLER in {sorted(SAMPLERS)} and PRUNER in {list(PRUNERS)}, "
-                                     "optionally @eval_loss")
+    raise argparse.ArgumentTypeError(
+        f"unknown arm {arm!r}: use default, study, random, hf or SAMPLER+PRUNER with "
+        f"SAMPLER in {sorted(SAMPLERS)} and PRUNER in {list(PRUNERS)}, "
+        "optionally @eval_loss"
+    )
 
 
 def variant(spec, args, seed: int):
@@ -134,15 +144,31 @@ def our_arm(spec, arm: str, seed: int, total: int, n_trials: int) -> dict:
     log = []
     for t in sorted((t for t in trials if t.datetime_complete), key=lambda t: t.datetime_complete):
         record, done = TrialRecord.of(t), t.state == TrialState.COMPLETE
-        log.append({"number": t.number, "state": t.state.name, "baseline": record.baseline,
-                    "finished_s": t.datetime_complete.timestamp() - start_epoch, "steps": record.steps or 0,
-                    "validation": t.value if done else None, "test": record.metric("test", metric) if done else None,
-                    "history": [{k: h[k] for k in ("step", metric, "eval_loss") if k in h}
-                                for h in t.user_attrs.get("history") or []]})
-    return {"wall_s": wall, "strategy": {"sampler": study.sampler.root.model_dump(),
-                                         "pruner": study.pruner.root.model_dump(), "prune_warmup": study.prune_warmup,
-                                         "pruning_metric": study.pruning_metric},
-            "trial_log": log}
+        log.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "baseline": record.baseline,
+                "finished_s": t.datetime_complete.timestamp() - start_epoch,
+                "steps": record.steps or 0,
+                "validation": t.value if done else None,
+                "test": record.metric("test", metric) if done else None,
+                "history": [
+                    {k: h[k] for k in ("step", metric, "eval_loss") if k in h}
+                    for h in t.user_attrs.get("history") or []
+                ],
+            }
+        )
+    return {
+        "wall_s": wall,
+        "strategy": {
+            "sampler": study.sampler.root.model_dump(),
+            "pruner": study.pruner.root.model_dump(),
+            "prune_warmup": study.prune_warmup,
+            "pruning_metric": study.pruning_metric,
+        },
+        "trial_log": log,
+    }
 
 
 def hf_arm(spec, seed: int, n_trials: int) -> dict:
@@ -150,8 +176,11 @@ def hf_arm(spec, seed: int, n_trials: int) -> dict:
     from hf_hpsearch import run_hf_search
 
     out = run_hf_search(spec, seed, None, n_trials)
-    return {"wall_s": out["wall_s"], "strategy": {"sampler": "TPESampler(seed)", "pruner": "MedianPruner()"},
-            "trial_log": out["trial_log"]}
+    return {
+        "wall_s": out["wall_s"],
+        "strategy": {"sampler": "TPESampler(seed)", "pruner": "MedianPruner()"},
+        "trial_log": out["trial_log"],
+    }
 
 
 def anytime(log: list[dict]) -> list[dict]:
@@ -163,8 +192,15 @@ def anytime(log: list[dict]) -> list[dict]:
         steps += trial["steps"]
         if trial["validation"] is not None and (best is None or trial["validation"] > best["validation"]):
             best = trial
-        points.append({"trial": trial["number"], "finished_s": trial["finished_s"], "steps": steps,
-                       "best_validation": best and best["validation"], "test_of_best": best and best["test"]})
+        points.append(
+            {
+                "trial": trial["number"],
+                "finished_s": trial["finished_s"],
+                "steps": steps,
+                "best_validation": best and best["validation"],
+                "test_of_best": best and best["test"],
+            }
+        )
     return points
 
 
@@ -172,11 +208,22 @@ def run_one(spec, args, arm: str, seed: int, sizes: dict, total: int) -> dict:
     raw = hf_arm(spec, seed, args.n_trials) if arm == "hf" else our_arm(spec, arm, seed, total, args.n_trials)
     log, curve = raw["trial_log"], anytime(raw["trial_log"])
     last = curve[-1] if curve else {}
-    return {"arm": arm, "seed": seed, "settings": settings(args), "command": " ".join(sys.argv),
-            "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "data": sizes, **raw,
-            "trials": len(log), "pruned": sum(t["state"] == "PRUNED" for t in log),
-            "optimizer_steps": sum(t["steps"] for t in log), "best_validation": last.get("best_validation"),
-            "test_of_best": last.get("test_of_best"), "curve": curve}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "settings": settings(args),
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "threads": torch.get_num_threads(),
+        "data": sizes,
+        **raw,
+        "trials": len(log),
+        "pruned": sum(t["state"] == "PRUNED" for t in log),
+        "optimizer_steps": sum(t["steps"] for t in log),
+        "best_validation": last.get("best_validation"),
+        "test_of_best": last.get("test_of_best"),
+        "curve": curve,
+    }
 
 
 def settings(args) -> dict:
@@ -192,8 +239,11 @@ def reach(curve: list[dict], target: float | None) -> dict | None:
 
 def stats(values: list) -> dict:
     got = [v for v in values if v is not None]
-    return {"mean": statistics.fmean(got) if got else None, "std": statistics.stdev(got) if len(got) > 1 else None,
-            "n": len(got)}
+    return {
+        "mean": statistics.fmean(got) if got else None,
+        "std": statistics.stdev(got) if len(got) > 1 else None,
+        "n": len(got),
+    }
 
 
 def at(curve: list[dict], key: str, limit: float) -> dict | None:
@@ -212,10 +262,13 @@ def goals(r: dict, rnd: dict | None, hf: dict | None) -> dict:
     target = reach(r["curve"], rnd["best_validation"] - 0.005) if rnd and rnd["best_validation"] else None
     hit = reach(r["curve"], hf and hf["best_validation"])
     then = at(r["curve"], "finished_s", hf["wall_s"]) if hf else None
-    return {"steps_to_random_target_pct": target and 100 * target["steps"] / rnd["optimizer_steps"],
-            "test_at_hf_wall": then and then["test_of_best"],
-            "time_to_hf_best_s": hit and hit["finished_s"], "steps_to_hf_best": hit and hit["steps"],
-            "time_to_hf_best_pct": hit and 100 * hit["finished_s"] / hf["wall_s"]}
+    return {
+        "steps_to_random_target_pct": target and 100 * target["steps"] / rnd["optimizer_steps"],
+        "test_at_hf_wall": then and then["test_of_best"],
+        "time_to_hf_best_s": hit and hit["finished_s"],
+        "steps_to_hf_best": hit and hit["steps"],
+        "time_to_hf_best_pct": hit and 100 * hit["finished_s"] / hf["wall_s"],
+    }
 
 
 def summarize(raws: list[dict]) -> dict:
@@ -228,13 +281,26 @@ def summarize(raws: list[dict]) -> dict:
         rows = []
         for r in (r for r in raws if r["arm"] == arm):
             rnd, hf = by.get(("random", r["seed"])), by.get(("hf", r["seed"]))
-            rows.append({"seed": r["seed"], "wall_s": r["wall_s"], "optimizer_steps": r["optimizer_steps"],
-                         "steps_vs_random_pct": 100 * r["optimizer_steps"] / rnd["optimizer_steps"] if rnd else None,
-                         "best_validation": r["best_validation"], "test_of_chosen": r["test_of_best"],
-                         **goals(r, rnd, hf), "trials": r["trials"], "pruned": r["pruned"]})
+            rows.append(
+                {
+                    "seed": r["seed"],
+                    "wall_s": r["wall_s"],
+                    "optimizer_steps": r["optimizer_steps"],
+                    "steps_vs_random_pct": 100 * r["optimizer_steps"] / rnd["optimizer_steps"] if rnd else None,
+                    "best_validation": r["best_validation"],
+                    "test_of_chosen": r["test_of_best"],
+                    **goals(r, rnd, hf),
+                    "trials": r["trials"],
+                    "pruned": r["pruned"],
+                }
+            )
         keys = [k for k in rows[0] if k != "seed"]
-        arms[arm] = {"seeds": [row["seed"] for row in rows], **{k: stats([row[k] for row in rows]) for k in keys},
-                     "reached_hf_best": sum(row["time_to_hf_best_s"] is not None for row in rows), "per_seed": rows}
+        arms[arm] = {
+            "seeds": [row["seed"] for row in rows],
+            **{k: stats([row[k] for row in rows]) for k in keys},
+            "reached_hf_best": sum(row["time_to_hf_best_s"] is not None for row in rows),
+            "per_seed": rows,
+        }
     return arms
 
 
@@ -247,10 +313,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (smoke: 0 1)")
     parser.add_argument("--n-trials", type=int, default=None, help="trials per arm (default: the study's; smoke: 3)")
     parser.add_argument("--arms", type=check_arm, nargs="+", default=["default", "study", "random", "hf"])
-    parser.add_argument("--eval-fraction", type=float, default=None,
-                        help="validation and test fraction each (0.3: ~630 headlines each, 1 example = 0.16 pt)")
-    parser.add_argument("--text", choices=["headline", "article"], default="headline",
-                        help="article: the whole article (text column; max length 128 unless --max-length)")
+    parser.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=None,
+        help="validation and test fraction each (0.3: ~630 headlines each, 1 example = 0.16 pt)",
+    )
+    parser.add_argument(
+        "--text",
+        choices=["headline", "article"],
+        default="headline",
+        help="article: the whole article (text column; max length 128 unless --max-length)",
+    )
     parser.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the study's)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false", help="drop the study's baselines")
     parser.add_argument("--smoke", action="store_true", help="studies/smoke.yaml: tiny model and data")
@@ -277,16 +351,26 @@ def main() -> None:
             path = out / f"{arm}-seed{seed}.json"
             old = json.loads(path.read_text()) if path.exists() else None
             if old is None or args.rerun or old["settings"] != settings(args):
-                old = run_one(seeded, args, arm, seed, {**sizes[seed], "pt_per_example": resolution(sizes[seed])},
-                              total)
+                old = run_one(
+                    seeded, args, arm, seed, {**sizes[seed], "pt_per_example": resolution(sizes[seed])}, total
+                )
                 path.write_text(json.dumps(old, indent=1))
             raws.append(old)
-            print(f"[{arm} seed {seed}] {old['trials']} trials ({old['pruned']} pruned), {old['optimizer_steps']} "
-                  f"steps, {old['wall_s']:.0f} s, best validation {old['best_validation']}, "
-                  f"its test {old['test_of_best']}", flush=True)
-    summary = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "settings": settings(args),
-               "seeds": args.seeds, "data": {str(s): {**n, "pt_per_example": resolution(n)} for s, n in sizes.items()},
-               "skipped": skipped, "arms": summarize(raws)}
+            print(
+                f"[{arm} seed {seed}] {old['trials']} trials ({old['pruned']} pruned), {old['optimizer_steps']} "
+                f"steps, {old['wall_s']:.0f} s, best validation {old['best_validation']}, "
+                f"its test {old['test_of_best']}",
+                flush=True,
+            )
+    summary = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": settings(args),
+        "seeds": args.seeds,
+        "data": {str(s): {**n, "pt_per_example": resolution(n)} for s, n in sizes.items()},
+        "skipped": skipped,
+        "arms": summarize(raws),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out}/summary.json; 1 example = {resolution(sizes[args.seeds[0]])} pt", flush=True)
 

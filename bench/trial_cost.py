@@ -53,8 +53,11 @@ def ours(spec) -> dict:
     run = TrialRun(cfg, data, time.perf_counter() - start)
     result = run.train()
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "steps_per_s": result.timing["steps"] / result.timing["train_s"],
-            "accuracy": result.metrics["final"]["accuracy"]}
+    return {
+        "wall_s": wall,
+        "steps_per_s": result.timing["steps"] / result.timing["train_s"],
+        "accuracy": result.metrics["final"]["accuracy"],
+    }
 
 
 class Allocate(TrainerCallback):
@@ -72,24 +75,48 @@ def trainer(spec, steps: int) -> dict:
     tokenizer = load_tokenizer(spec.model)
     raw = load_splits(spec.data, get_task(spec.model.task))  # a typical script loads and splits per run...
     names = sorted(set(raw["train"]["label"]))
+
     def encode(batch):  # ...and tokenizes per run
         out = tokenizer(batch["headline"], truncation=True, max_length=32)
         out["labels"] = [names.index(x) for x in batch["label"]]
         return out
+
     train = raw["train"].map(encode, batched=True, remove_columns=raw["train"].column_names)
     val = raw["validation"].map(encode, batched=True, remove_columns=raw["validation"].column_names)
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model("minilm-l6"), num_labels=len(names))
     cfg = sample(spec, optuna.trial.FixedTrial({}))
     model = get_peft_model(base, adalora_config(cfg.adalora, steps))
-    args = TrainingArguments(output_dir="/tmp/bench_trainer", max_steps=steps, per_device_train_batch_size=32,
-                             per_device_eval_batch_size=128, learning_rate=1e-2, warmup_steps=0.1,
-                             eval_strategy="steps", eval_steps=20, save_strategy="no", report_to=[],
-                             logging_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, max_grad_norm=1.0)
+    args = TrainingArguments(
+        output_dir="/tmp/bench_trainer",
+        max_steps=steps,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=128,
+        learning_rate=1e-2,
+        warmup_steps=0.1,
+        eval_strategy="steps",
+        eval_steps=20,
+        save_strategy="no",
+        report_to=[],
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        max_grad_norm=1.0,
+    )
+
     def accuracy(pred):
         return {"accuracy": float((np.argmax(pred.predictions, -1) == pred.label_ids).mean())}
-    t = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val, compute_metrics=accuracy,
-                data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Allocate(model)])
+
+    t = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=val,
+        compute_metrics=accuracy,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[Allocate(model)],
+    )
     out = t.train()
     metrics = t.evaluate()
     wall = time.perf_counter() - start
@@ -114,15 +141,29 @@ def main() -> None:
     for name, rs in runs.items():
         walls = [r["wall_s"] for r in rs]
         rates = [r["steps_per_s"] for r in rs]
-        summary[name] = {"wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
-                         "steps_per_s_median": statistics.median(rates), "accuracy": [r["accuracy"] for r in rs]}
+        summary[name] = {
+            "wall_s_median": statistics.median(walls),
+            "wall_s_min": min(walls),
+            "wall_s_max": max(walls),
+            "steps_per_s_median": statistics.median(rates),
+            "accuracy": [r["accuracy"] for r in rs],
+        }
     summary["speedup_end_to_end"] = summary["hf-trainer"]["wall_s_median"] / summary["adalora-search"]["wall_s_median"]
-    summary["speedup_steps_per_s"] = (summary["adalora-search"]["steps_per_s_median"]
-                                      / summary["hf-trainer"]["steps_per_s_median"])
+    summary["speedup_steps_per_s"] = (
+        summary["adalora-search"]["steps_per_s_median"] / summary["hf-trainer"]["steps_per_s_median"]
+    )
     print(json.dumps(summary, indent=2))
     with open(args.out, "w") as f:
-        json.dump({"command": f"python bench/trial_cost.py --repeats {args.repeats} --steps {args.steps}",
-                   "date": time.strftime("%Y-%m-%d"), "runs": runs, "summary": summary}, f, indent=2)
+        json.dump(
+            {
+                "command": f"python bench/trial_cost.py --repeats {args.repeats} --steps {args.steps}",
+                "date": time.strftime("%Y-%m-%d"),
+                "runs": runs,
+                "summary": summary,
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

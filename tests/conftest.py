@@ -20,18 +20,34 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {
     "name_or_path": "minilm-l6",
     "init": "random",
-    "config_overrides": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
-                         "intermediate_size": 64},
+    "config_overrides": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
 }
 BASE_STUDY: dict[str, Any] = {
     "study": {"name": "t", "n_trials": 2, "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"}},
     "model": TINY_MODEL,
-    "data": {"source": "bbc-news", "text_fields": ["headline"], "split": {"validation": 0.2, "test": 0.1, "seed": 0},
-             "max_train_samples": 96, "max_eval_samples": 48, "max_length": 24},
-    "training": {"max_steps": 12, "batch_size": 8, "eval_every": 4, "learning_rate": 5.0e-3, "seed": 0,
-                 "num_threads": 1},
-    "adalora": {"target_modules": ["query", "value"], "init_r": 4, "target_r": 2, "lora_alpha": 8.0,
-                "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2}},
+    "data": {
+        "source": "bbc-news",
+        "text_fields": ["headline"],
+        "split": {"validation": 0.2, "test": 0.1, "seed": 0},
+        "max_train_samples": 96,
+        "max_eval_samples": 48,
+        "max_length": 24,
+    },
+    "training": {
+        "max_steps": 12,
+        "batch_size": 8,
+        "eval_every": 4,
+        "learning_rate": 5.0e-3,
+        "seed": 0,
+        "num_threads": 1,
+    },
+    "adalora": {
+        "target_modules": ["query", "value"],
+        "init_r": 4,
+        "target_r": 2,
+        "lora_alpha": 8.0,
+        "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2},
+    },
 }
 
 
@@ -87,8 +103,10 @@ def pg_url(request: pytest.FixtureRequest) -> str:
     yield url
 
 
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} [SEP] {% endfor %}"
-                 "{% if add_generation_prompt %}<assistant> {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
 
 
 def tiny_decoder(directory: Path, arch: str = "llama", chat_template: bool = True) -> Path:
@@ -102,11 +120,22 @@ def tiny_decoder(directory: Path, arch: str = "llama", chat_template: bool = Tru
     tokenizer.eos_token = "[SEP]"
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
-    common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id}
+    common = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+    }
     if arch == "llama":
-        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=2, max_position_embeddings=128, **common)
+        config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **common,
+        )
     else:
         config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_inner=64, n_positions=128, **common)
     config.save_pretrained(path)
@@ -119,8 +148,12 @@ def causal_study(model_dir: Path, **sections: Any) -> dict[str, Any]:
     data = study_dict(
         model={"name_or_path": str(model_dir), "init": "random", "task": "causal_lm", "config_overrides": {}},
         study={"objective": {"metric": "eval_loss", "direction": "minimize"}},
-        data={"text_fields": None, "prompt_template": "Headline: {headline}\nTopic:", "response_field": "label",
-              "max_length": 48},
+        data={
+            "text_fields": None,
+            "prompt_template": "Headline: {headline}\nTopic:",
+            "response_field": "label",
+            "max_length": 48,
+        },
         training={"eval_batch_size": 16, "generation": {"max_new_tokens": 3, "max_samples": 8}},
         adalora={"target_modules": ["q_proj", "v_proj"]},
     )

@@ -39,12 +39,14 @@ def test_the_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_import_changes_no_global_state() -> None:
-    code = ("import warnings, logging, optuna, pandas, sqlalchemy, pydantic, yaml, torch, transformers, peft, "
-            "datasets, matplotlib.pyplot; "  # their own filters first
-            "before = list(warnings.filters); "
-            "import adalora_search, adalora_search.api, adalora_search.search.runner, adalora_search.results.report; "
-            "assert warnings.filters == before, 'warning filters changed'; "
-            "assert not logging.getLogger('adalora_search').handlers; print('ok')")
+    code = (
+        "import warnings, logging, optuna, pandas, sqlalchemy, pydantic, yaml, torch, transformers, peft, "
+        "datasets, matplotlib.pyplot; "  # their own filters first
+        "before = list(warnings.filters); "
+        "import adalora_search, adalora_search.api, adalora_search.search.runner, adalora_search.results.report; "
+        "assert warnings.filters == before, 'warning filters changed'; "
+        "assert not logging.getLogger('adalora_search').handlers; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 

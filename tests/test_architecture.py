@@ -23,13 +23,24 @@ from adalora_search.train.engine import TrialRun
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adalora_search"
 # lowest first: a module may import its own layer and the layers below it, never one above
-LAYERS = [{"errors", "files", "urls", "_lazy"}, {"tasks"}, {"study"}, {"train"}, {"search"}, {"results"},
-          {"app"}, {"api"}, {"cli", "__main__", "__init__"}]
+LAYERS = [
+    {"errors", "files", "urls", "_lazy"},
+    {"tasks"},
+    {"study"},
+    {"train"},
+    {"search"},
+    {"results"},
+    {"app"},
+    {"api"},
+    {"cli", "__main__", "__init__"},
+]
 
 
 def _modules() -> dict[str, ast.Module]:
-    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): ast.parse(p.read_text())
-            for p in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): ast.parse(p.read_text())
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 def _layer(module: str) -> int:
@@ -55,8 +66,12 @@ def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:
 def test_no_import_runs_back_up_the_layers() -> None:
     modules = _modules()
     assert all(_layer(m) is not None for m in modules)  # a new subpackage must be given its layer here
-    upward = [f"{m}:{line} imports {target}" for m, tree in modules.items() for line, target in _runtime_imports(tree)
-              if target != "adalora_search" and _layer(target) > _layer(m)]
+    upward = [
+        f"{m}:{line} imports {target}"
+        for m, tree in modules.items()
+        for line, target in _runtime_imports(tree)
+        if target != "adalora_search" and _layer(target) > _layer(m)
+    ]
     assert upward == []
 
 
@@ -71,16 +86,26 @@ def _optuna_private_names() -> set[str]:
 def test_optunas_private_api_is_used_in_one_module_only() -> None:
     private = _optuna_private_names()
     assert {"_storage", "_study_id", "_trial_id"} <= private
-    found = [f"{m}:{node.lineno} .{node.attr}" for m, tree in _modules().items() if not m.endswith("optuna_internals")
-             for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr in private
-             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))]
+    found = [
+        f"{m}:{node.lineno} .{node.attr}"
+        for m, tree in _modules().items()
+        if not m.endswith("optuna_internals")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in private
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+    ]
     assert found == []
 
 
 def test_stored_results_are_read_through_typed_records() -> None:
     untyped = re.compile(r"\.get\([^()]*\)\s*or\s*(\{\}|\[\])")
-    found = [f"{p.relative_to(PACKAGE)}:{n}" for p in PACKAGE.rglob("*.py")
-             for n, line in enumerate(p.read_text().splitlines(), 1) if untyped.search(line)]
+    found = [
+        f"{p.relative_to(PACKAGE)}:{n}"
+        for p in PACKAGE.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if untyped.search(line)
+    ]
     assert found == []
     readers = [p.name for p in (PACKAGE / "results").glob("*.py") if "user_attrs" in p.read_text()]
     assert readers == []  # results/ reads trials and studies as TrialRecord / StudyRecord / ReferenceResult
@@ -101,11 +126,24 @@ def test_every_knob_reaches_what_it_configures(monkeypatch: pytest.MonkeyPatch) 
     """An adalora.* knob reaches PEFT's AdaLoraConfig (PEFT_NAMES, or the schedule in steps); a training.* knob
     is read by the training run. Each knob gets a value of its own, so a knob without a consumer fails here.
     """
-    spec = parse_spec(yaml.safe_dump(study_dict(
-        training={"max_steps": 10, "eval_every": 5, "learning_rate": 3.0e-3, "weight_decay": 0.07},
-        adalora={"target_modules": ["query", "value"], "init_r": 5, "target_r": 3, "lora_alpha": 7.0,
-                 "lora_dropout": 0.05, "beta1": 0.81, "beta2": 0.82, "orth_reg_weight": 0.3,
-                 "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2}})))
+    spec = parse_spec(
+        yaml.safe_dump(
+            study_dict(
+                training={"max_steps": 10, "eval_every": 5, "learning_rate": 3.0e-3, "weight_decay": 0.07},
+                adalora={
+                    "target_modules": ["query", "value"],
+                    "init_r": 5,
+                    "target_r": 3,
+                    "lora_alpha": 7.0,
+                    "lora_dropout": 0.05,
+                    "beta1": 0.81,
+                    "beta2": 0.82,
+                    "orth_reg_weight": 0.3,
+                    "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2},
+                },
+            )
+        )
+    )
     cfg = sample(spec, optuna.trial.FixedTrial({}))
     recorder = _Recorder(cfg.training)
     optimizers: list[dict[str, Any]] = []
@@ -126,8 +164,12 @@ def test_every_knob_reaches_what_it_configures(monkeypatch: pytest.MonkeyPatch) 
             assert field in names, f"{path} is sampled and fingerprinted but never given to PEFT"
             expected = knob(cfg, path)
             if field in modeling.SCHEDULE_NAMES:
-                expected = dict(zip(("schedule.t_init", "schedule.t_final"),
-                                    modeling.schedule_steps(cfg.adalora.schedule, run.total_steps)))[field]
+                expected = dict(
+                    zip(
+                        ("schedule.t_init", "schedule.t_final"),
+                        modeling.schedule_steps(cfg.adalora.schedule, run.total_steps),
+                    )
+                )[field]
             got = getattr(peft, names[field])
             assert (sorted(got) if field == "target_modules" else got) == expected, path
         else:

@@ -33,10 +33,19 @@ from adalora_search.train.modeling import build_base
 
 def kept_study(name: str = "t") -> dict[str, Any]:
     """Two baselines, the second better on eval_loss: it pushes the first adapter out of the top-1."""
-    return study_dict(study={"name": name, "n_trials": 2, "keep_top_k_adapters": 1, "artifact_store": "../shared/store",
-                             "objective": {"metric": "eval_loss"}},
-                      baselines=[{"name": "slow", "params": {"training.learning_rate": 1e-4}},
-                                 {"name": "fast", "params": {"training.learning_rate": 2e-2}}])
+    return study_dict(
+        study={
+            "name": name,
+            "n_trials": 2,
+            "keep_top_k_adapters": 1,
+            "artifact_store": "../shared/store",
+            "objective": {"metric": "eval_loss"},
+        },
+        baselines=[
+            {"name": "slow", "params": {"training.learning_rate": 1e-4}},
+            {"name": "fast", "params": {"training.learning_rate": 2e-2}},
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +57,13 @@ def kept(tmp_path_factory) -> dict[str, Any]:
     path = write_study(root / "work", kept_study())
     url = f"sqlite:///{root / 'db' / 'study.db'}"
     run_session(str(path), None, None, url, 1, [])
-    return {"root": root, "url": url, "spec": load_spec(path), "store": root / "shared" / "store",
-            "study": optuna.load_study(study_name="t", storage=url)}
+    return {
+        "root": root,
+        "url": url,
+        "spec": load_spec(path),
+        "store": root / "shared" / "store",
+        "study": optuna.load_study(study_name="t", storage=url),
+    }
 
 
 def adapter_artifacts(study: optuna.Study, number: int) -> list:
@@ -96,20 +110,23 @@ def test_export_from_the_storage_alone_brings_the_adapter(kept, tmp_path: Path, 
     assert code == 0, said
     check_exported_adapter(tmp_path / "export", kept["study"], data)
     # the trial pushed out of the top-k: exported without adapter/, and said so
-    code, said = run_cli(["export", "--storage", kept["url"], "--study", "t", "--out", "t0", "--trial", "0"],
-                         monkeypatch, capsys)
+    code, said = run_cli(
+        ["export", "--storage", kept["url"], "--study", "t", "--out", "t0", "--trial", "0"], monkeypatch, capsys
+    )
     assert code == 0 and not (tmp_path / "t0" / "adapter").exists()
     assert "trial 1 pushed it out" in said  # the CLI's warning on stderr
 
 
-def test_an_adapter_missing_from_the_store_fails_export_saying_where_it_looked(kept, tmp_path: Path, monkeypatch,
-                                                                               capsys) -> None:
+def test_an_adapter_missing_from_the_store_fails_export_saying_where_it_looked(
+    kept, tmp_path: Path, monkeypatch, capsys
+) -> None:
     artifact = adapter_artifacts(kept["study"], 1)[0].artifact_id
     stored = kept["store"] / artifact
     stored.rename(tmp_path / artifact)
     try:
-        code, said = run_cli(["export", "--storage", kept["url"], "--study", "t", "--out", str(tmp_path / "x")],
-                             monkeypatch, capsys)
+        code, said = run_cli(
+            ["export", "--storage", kept["url"], "--study", "t", "--out", str(tmp_path / "x")], monkeypatch, capsys
+        )
     finally:
         (tmp_path / artifact).rename(stored)
     assert code == 2 and "Traceback" not in said
@@ -148,8 +165,7 @@ def test_optuna_dashboard_lists_the_metric_names_and_the_kept_adapter(kept) -> N
 
 
 @pytest.mark.slow
-def test_export_of_a_postgresql_study_from_another_directory(pg_url: str, tmp_path: Path, monkeypatch,
-                                                             capsys) -> None:
+def test_export_of_a_postgresql_study_from_another_directory(pg_url: str, tmp_path: Path, monkeypatch, capsys) -> None:
     name = f"kept_{uuid.uuid4().hex[:8]}"
     (tmp_path / "work").mkdir()
     path = write_study(tmp_path / "work", kept_study(name))
@@ -159,8 +175,7 @@ def test_export_of_a_postgresql_study_from_another_directory(pg_url: str, tmp_pa
     monkeypatch.chdir(tmp_path)
     code, said = run_cli(["export", "--storage", pg_url, "--study", name, "--out", "export"], monkeypatch, capsys)
     assert code == 0, said
-    check_exported_adapter(tmp_path / "export", optuna.load_study(study_name=name, storage=pg_url),
-                           prepare_data(spec))
+    check_exported_adapter(tmp_path / "export", optuna.load_study(study_name=name, storage=pg_url), prepare_data(spec))
 
 
 def test_artifact_store_locations_are_checked(tmp_path: Path, monkeypatch) -> None:

@@ -24,18 +24,25 @@ from adalora_search.train.modeling import load_tokenizer
 TURN = "<{{ m['role'] }}> {{ m['content'] }} [SEP] "
 GEN_PROMPT = "{% if add_generation_prompt %}<assistant> {% endif %}"
 # a default system prompt when the chat has none, as SmolLM2's and Qwen's templates do
-DEFAULT_SYSTEM = ("{% if messages[0]['role'] != 'system' %}<system> you are a helpful bot [SEP] {% endif %}"
-                  "{% for m in messages %}" + TURN + "{% endfor %}" + GEN_PROMPT)
+DEFAULT_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}<system> you are a helpful bot [SEP] {% endif %}"
+    "{% for m in messages %}" + TURN + "{% endfor %}" + GEN_PROMPT
+)
 # refuses a system turn, as Gemma's templates do
-STRICT_SYSTEM = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('This template has no "
-                 "system role') }}{% endif %}" + TURN + "{% endfor %}" + GEN_PROMPT)
+STRICT_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('This template has no "
+    "system role') }}{% endif %}" + TURN + "{% endfor %}" + GEN_PROMPT
+)
 # renders earlier replies differently from the last one (history rewriting, as reasoning templates do)
-REWRITES = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}<assistant> (earlier) [SEP] "
-            "{% else %}" + TURN + "{% endif %}{% endfor %}" + GEN_PROMPT)
+REWRITES = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}<assistant> (earlier) [SEP] "
+    "{% else %}" + TURN + "{% endif %}{% endfor %}" + GEN_PROMPT
+)
 REWRITES_WITH_GENERATION = (
     "{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}<assistant> (earlier) [SEP] "
     "{% elif m['role'] == 'assistant' %}<assistant> {% generation %}{{ m['content'] }} [SEP]{% endgeneration %} "
-    "{% else %}" + TURN + "{% endif %}{% endfor %}" + GEN_PROMPT)
+    "{% else %}" + TURN + "{% endif %}{% endfor %}" + GEN_PROMPT
+)
 # ignores add_generation_prompt: the reply's header is part of the assistant turn only
 NO_GENERATION_PROMPT = "{% for m in messages %}" + TURN + "{% endfor %}"
 
@@ -64,21 +71,37 @@ def _tokenizer(model_dir: Path, template: str):  # noqa: ANN202 - a transformers
 def _chat_study(tmp_path: Path, model_dir: Path, rows: list[dict], template: str | None, **data) -> Path:
     path = tmp_path / "chats.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    study = causal_study(model_dir, model={"chat_template": template} if template else {},
-                         data={"source": {"type": "files", "format": "jsonl", "paths": {"train": str(path)}},
-                               "prompt_template": None, "response_field": None, "messages_field": "messages",
-                               "split": {"validation": 0.25, "test": 0.0, "seed": 0}, **data})
+    study = causal_study(
+        model_dir,
+        model={"chat_template": template} if template else {},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": str(path)}},
+            "prompt_template": None,
+            "response_field": None,
+            "messages_field": "messages",
+            "split": {"validation": 0.25, "test": 0.0, "seed": 0},
+            **data,
+        },
+    )
     study["data"] = {k: v for k, v in study["data"].items() if v is not None}
     return write_study(tmp_path, study)
 
 
-SHOPS = [{"messages": [{"role": "system", "content": "You answer with one word."},
-                       {"role": "user", "content": f"shop {i}: is the bakery open on day {i % 6}?"},
-                       {"role": "assistant", "content": "yes" if i % 3 else "no"}]} for i in range(40)]
+SHOPS = [
+    {
+        "messages": [
+            {"role": "system", "content": "You answer with one word."},
+            {"role": "user", "content": f"shop {i}: is the bakery open on day {i % 6}?"},
+            {"role": "assistant", "content": "yes" if i % 3 else "no"},
+        ]
+    }
+    for i in range(40)
+]
 
 
 def test_a_template_that_raises_exits_2_before_trial_0_naming_row_message_and_fix(
-        model_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Field case case22: validate and run ended in a TemplateError traceback."""
     path = _chat_study(tmp_path, _with_template(model_dir, tmp_path, STRICT_SYSTEM), SHOPS, None)
     for command in ("validate", "run"):
@@ -92,30 +115,44 @@ def test_a_template_that_raises_exits_2_before_trial_0_naming_row_message_and_fi
 
 
 @pytest.mark.parametrize("how, user_starts", [("merge", "You answer with one word.\n\nshop"), ("drop", "shop")])
-def test_system_turn_merge_or_drop_makes_such_a_template_usable(how: str, user_starts: str, model_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_system_turn_merge_or_drop_makes_such_a_template_usable(
+    how: str, user_starts: str, model_dir: Path, tmp_path: Path
+) -> None:
     spec = load_spec(_chat_study(tmp_path, model_dir, SHOPS, STRICT_SYSTEM, system_turn=how))
     data = prepare_data(spec)
     tokenizer = data.tokenizer
     text = tokenizer.decode(data.splits["train"].columns["input_ids"][0])
-    assert text.startswith("< user > " + tokenizer.decode(tokenizer(user_starts, add_special_tokens=False)
-                                                         ["input_ids"]))
+    assert text.startswith(
+        "< user > " + tokenizer.decode(tokenizer(user_starts, add_special_tokens=False)["input_ids"])
+    )
     assert ("you answer with one word" in text) == (how == "merge")
 
 
-def test_truncation_keeps_the_template_structure_and_the_response(model_dir: Path, tmp_path: Path, monkeypatch,
-                                                                  capsys) -> None:
+def test_truncation_keeps_the_template_structure_and_the_response(
+    model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Field case case21: long prompts were cut from token 0, losing the system header and the role markers."""
     words = "the quiet harbour keeps its lamps lit while the morning ferry waits by the grey stone pier".split()
-    rows = [{"note": f"note {i}: " + " ".join(words[(i + k) % len(words)] for k in range(60)),
-             "question": "which way does the ferry go?", "answer": ["north", "south", "east", "west"][i % 4]}
-            for i in range(40)]
+    rows = [
+        {
+            "note": f"note {i}: " + " ".join(words[(i + k) % len(words)] for k in range(60)),
+            "question": "which way does the ferry go?",
+            "answer": ["north", "south", "east", "west"][i % 4],
+        }
+        for i in range(40)
+    ]
     (tmp_path / "notes.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = causal_study(_with_template(model_dir, tmp_path, DEFAULT_SYSTEM),
-                         data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "notes.jsonl"}},
-                               "prompt_template": "{note}\nquestion: {question}", "response_field": "answer",
-                               "use_chat_template": True, "max_length": 40,
-                               "split": {"validation": 0.25, "test": 0.0, "seed": 0}})
+    study = causal_study(
+        _with_template(model_dir, tmp_path, DEFAULT_SYSTEM),
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "notes.jsonl"}},
+            "prompt_template": "{note}\nquestion: {question}",
+            "response_field": "answer",
+            "use_chat_template": True,
+            "max_length": 40,
+            "split": {"validation": 0.25, "test": 0.0, "seed": 0},
+        },
+    )
     path = write_study(tmp_path, study)
     data = prepare_data(load_spec(path))
     tokenizer = data.tokenizer
@@ -134,8 +171,11 @@ def test_truncation_keeps_the_template_structure_and_the_response(model_dir: Pat
 
 def test_merged_system_text_survives_truncation(model_dir: Path) -> None:
     tokenizer = _tokenizer(model_dir, STRICT_SYSTEM)
-    chat = [{"role": "system", "content": "answer in one word"},
-            {"role": "user", "content": "first " * 30 + "question"}, {"role": "assistant", "content": "alpha"}]
+    chat = [
+        {"role": "system", "content": "answer in one word"},
+        {"role": "user", "content": "first " * 30 + "question"},
+        {"role": "assistant", "content": "alpha"},
+    ]
     fitted = lm_rows.fit_chat(tokenizer, chat, 20, "merge")
     text = tokenizer.decode(fitted.ids)
     assert fitted.truncated and text.startswith("< user > answer in one word first") and len(fitted.ids) <= 20
@@ -144,9 +184,14 @@ def test_merged_system_text_survives_truncation(model_dir: Path) -> None:
 
 def test_a_chat_too_long_loses_its_oldest_exchanges_first(model_dir: Path) -> None:
     tokenizer = _tokenizer(model_dir, DEFAULT_SYSTEM)
-    chat = [{"role": "user", "content": "first question about boats"}, {"role": "assistant", "content": "alpha"},
-            {"role": "user", "content": "second question about trains"}, {"role": "assistant", "content": "beta"},
-            {"role": "user", "content": "third question about planes"}, {"role": "assistant", "content": "gamma"}]
+    chat = [
+        {"role": "user", "content": "first question about boats"},
+        {"role": "assistant", "content": "alpha"},
+        {"role": "user", "content": "second question about trains"},
+        {"role": "assistant", "content": "beta"},
+        {"role": "user", "content": "third question about planes"},
+        {"role": "assistant", "content": "gamma"},
+    ]
     whole = lm_rows.fit_chat(tokenizer, chat, 200)
     assert whole is not None and not whole.truncated
     fitted = lm_rows.fit_chat(tokenizer, chat, len(whole.ids) - 5)
@@ -157,15 +202,21 @@ def test_a_chat_too_long_loses_its_oldest_exchanges_first(model_dir: Path) -> No
     assert lm_rows.fit_chat(tokenizer, chat, 12) is None  # the system prompt and the reply alone do not fit
 
 
-def test_a_template_that_rewrites_history_is_refused_unless_it_marks_replies(model_dir: Path, tmp_path: Path,
-                                                                              monkeypatch, capsys) -> None:
-    chat = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "alpha beta"},
-            {"role": "user", "content": "second question"}, {"role": "assistant", "content": "gamma"}]
+def test_a_template_that_rewrites_history_is_refused_unless_it_marks_replies(
+    model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    chat = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "alpha beta"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "gamma"},
+    ]
     with pytest.raises(lm_rows.RowError, match="renders the conversation up to assistant turn 1 differently"):
         lm_rows.chat_tokens(_tokenizer(model_dir, REWRITES), chat)
     rows = [{"messages": chat}] * 3 + SHOPS[:37]
-    code, out = run_cli(["validate", str(_chat_study(tmp_path, model_dir, rows, REWRITES, system_turn="drop"))],
-                        monkeypatch, capsys)
+    code, out = run_cli(
+        ["validate", str(_chat_study(tmp_path, model_dir, rows, REWRITES, system_turn="drop"))], monkeypatch, capsys
+    )
     assert code == 2 and "rewrites earlier turns" in out and "{% generation %}" in out, out
     tokenizer = _tokenizer(model_dir, REWRITES_WITH_GENERATION)  # the template's own mask is used
     ids, mask, start = lm_rows.chat_tokens(tokenizer, chat)
@@ -189,10 +240,17 @@ def test_a_template_that_changes_the_reply_is_refused_saying_so(model_dir: Path)
         lm_rows.chat_tokens(_tokenizer(model_dir, upper), chat)
 
 
-def test_message_content_given_as_parts_is_described_as_such(model_dir: Path, tmp_path: Path, monkeypatch,
-                                                             capsys) -> None:
-    rows = [{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
-                          {"role": "assistant", "content": "hello"}]}] * 40
+def test_message_content_given_as_parts_is_described_as_such(
+    model_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {"role": "assistant", "content": "hello"},
+            ]
+        }
+    ] * 40
     code, out = run_cli(["validate", str(_chat_study(tmp_path, model_dir, rows, DEFAULT_SYSTEM))], monkeypatch, capsys)
     assert code == 2 and "content is a list of parts, not text; join the text parts" in out
     assert "null or a number" not in out

@@ -21,8 +21,6 @@ def _expected(path: Path) -> str:
     return first.removeprefix("# expect: ")
 
 
-
-
 def test_corpus_is_large_enough() -> None:
     assert len(FILES) >= 40
 
@@ -53,8 +51,9 @@ def test_python_tag_is_not_executed(tmp_path: Path, monkeypatch, capsys) -> None
 def test_real_process_exit_code_and_no_traceback(tmp_path: Path) -> None:
     study = tmp_path / "bad.yaml"
     study.write_text((CORPUS / "target_r_ge_init_r.yaml").read_text())
-    proc = subprocess.run([sys.executable, "-m", "adalora_search", "validate", str(study)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adalora_search", "validate", str(study)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert "target_r must be < init_r" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -67,13 +66,17 @@ def test_errors_carry_yaml_line_numbers(tmp_path: Path, monkeypatch, capsys) -> 
     assert code == 2 and f"{study}:{line}:" in output
 
 
-@pytest.mark.parametrize("name, said, not_said", [
-    ("objective_direction_typo.yaml", "1 problem(s)", "valid list"),  # one mistake, one line
-    ("deep_nesting.yaml", "nested deeper than 50 levels", "= None"),
-    ("tab_indent.yaml", "indent with spaces, not tabs", "= None"),
-])
-def test_a_mistake_is_said_once_and_plainly(name: str, said: str, not_said: str, tmp_path: Path, monkeypatch,
-                                            capsys) -> None:
+@pytest.mark.parametrize(
+    "name, said, not_said",
+    [
+        ("objective_direction_typo.yaml", "1 problem(s)", "valid list"),  # one mistake, one line
+        ("deep_nesting.yaml", "nested deeper than 50 levels", "= None"),
+        ("tab_indent.yaml", "indent with spaces, not tabs", "= None"),
+    ],
+)
+def test_a_mistake_is_said_once_and_plainly(
+    name: str, said: str, not_said: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Issue #21 items 7 and 8: a second confusing union line, `= None` on whole-file problems."""
     code, output = run_cli(["validate", "--no-data", str(CORPUS / name)], monkeypatch, capsys)
     assert code == 2 and said in output and not_said not in output, output

@@ -30,9 +30,11 @@ def test_study_carries_its_metric_names_for_the_dashboard(tmp_path: Path, monkey
 
 
 def test_importing_the_package_leaves_transformers_logging_alone() -> None:
-    code = ("import transformers; from transformers.utils import logging as l; before = l.get_verbosity(); "
-            "import adalora_search.train.modeling, adalora_search.train.engine, adalora_search.search.runner; "
-            "assert l.get_verbosity() == before, (before, l.get_verbosity()); print('ok')")
+    code = (
+        "import transformers; from transformers.utils import logging as l; before = l.get_verbosity(); "
+        "import adalora_search.train.modeling, adalora_search.train.engine, adalora_search.search.runner; "
+        "assert l.get_verbosity() == before, (before, l.get_verbosity()); print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-500:]
 

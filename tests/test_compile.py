@@ -20,15 +20,26 @@ from adalora_search.train.data import batches
 from adalora_search.train.engine import TrialRun
 
 # rank pruning at steps 2, 4, 6 (t_init 2, delta_t 2), the final allocation from step 7 on
-SCHEDULE = {"target_modules": ["query", "value"], "init_r": 4, "target_r": 2, "lora_alpha": 8.0,
-            "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2}}
+SCHEDULE = {
+    "target_modules": ["query", "value"],
+    "init_r": 4,
+    "target_r": 2,
+    "lora_alpha": 8.0,
+    "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 2},
+}
 
 
 def traced_run(monkeypatch: pytest.MonkeyPatch, **training) -> tuple[TrialRun, list[dict]]:
     """A trial on the tiny BERT whose micro-steps are recorded: loss, batch shape, graphs compiled so far."""
-    spec = parse_spec(yaml.safe_dump(study_dict(
-        training={"max_steps": 10, "max_grad_norm": 1.0, **training},
-        data={"pad_to_multiple_of": 8}, adalora=SCHEDULE)))
+    spec = parse_spec(
+        yaml.safe_dump(
+            study_dict(
+                training={"max_steps": 10, "max_grad_norm": 1.0, **training},
+                data={"pad_to_multiple_of": 8},
+                adalora=SCHEDULE,
+            )
+        )
+    )
     run = TrialRun(sample(spec, optuna.trial.FixedTrial({})), prepare_data(spec))
     steps: list[dict] = []
     real = run._forward_backward
@@ -36,9 +47,15 @@ def traced_run(monkeypatch: pytest.MonkeyPatch, **training) -> tuple[TrialRun, l
     def recorded(batch):
         before = compiling._graph_count()
         loss, restarted = real(batch)
-        steps.append({"loss": float(loss), "shape": tuple(batch["input_ids"].shape),
-                      "new_graphs": compiling._graph_count() - before})
+        steps.append(
+            {
+                "loss": float(loss),
+                "shape": tuple(batch["input_ids"].shape),
+                "new_graphs": compiling._graph_count() - before,
+            }
+        )
         return loss, restarted
+
     monkeypatch.setattr(run, "_forward_backward", recorded)
     return run, steps
 
@@ -80,7 +97,9 @@ def failing_compile(error: Exception, at_call: int):
             if calls["n"] == at_call:
                 raise error
             return fn(batch)
+
         return compiled
+
     return compile_, calls
 
 
@@ -116,6 +135,7 @@ def test_fullgraph_with_a_graph_break_falls_back_naming_where(monkeypatch) -> No
     def with_break(self):
         torch._dynamo.graph_break()
         return real(self)
+
     monkeypatch.setattr(regularizer.OrthogonalRegularizer, "loss", with_break)
     run, _ = traced_run(monkeypatch, compile={"fullgraph": True})
     result = run.train()
@@ -129,8 +149,9 @@ def test_pad_to_multiple_of_rounds_batch_widths_up_to_max_length() -> None:
     spec = parse_spec(yaml.safe_dump(study_dict(data={"max_length": 20})))
     data = prepare_data(spec)
     split = data.splits["train"]
-    widths = {b["input_ids"].shape[1] for b in batches(split, 8, data.pad_token_id, 0, pad_to_multiple_of=8,
-                                                       max_width=20)}
+    widths = {
+        b["input_ids"].shape[1] for b in batches(split, 8, data.pad_token_id, 0, pad_to_multiple_of=8, max_width=20)
+    }
     natural = {b["input_ids"].shape[1] for b in batches(split, 8, data.pad_token_id, 0)}
     assert widths <= {8, 16, 20} and len(widths) < len(natural)
     assert all(w % 8 == 0 or w == 20 for w in widths)
@@ -140,8 +161,9 @@ def test_pad_to_multiple_of_rounds_batch_widths_up_to_max_length() -> None:
 
 def test_compile_and_padding_are_run_options_not_part_of_the_fingerprint() -> None:
     plain = parse_spec(yaml.safe_dump(study_dict()))
-    compiled = parse_spec(yaml.safe_dump(study_dict(training={"compile": {"mode": "reduce-overhead"}},
-                                                    data={"pad_to_multiple_of": 8})))
+    compiled = parse_spec(
+        yaml.safe_dump(study_dict(training={"compile": {"mode": "reduce-overhead"}}, data={"pad_to_multiple_of": 8}))
+    )
     assert fingerprint.hashes(fingerprint.sections(plain)) == fingerprint.hashes(fingerprint.sections(compiled))
 
 
@@ -153,14 +175,37 @@ def test_status_says_compile_time_and_each_fallback() -> None:
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("objectives", [{"metric": "accuracy", "direction": "maximize"}])
     metrics = {"final": {"accuracy": 0.9}}
-    study.add_trial(create_trial(value=0.9, user_attrs={"metrics": metrics, "timing": {
-        "wall_s": 100.0, "compile": {"mode": "default", "graphs": 2, "compile_s": 40.0}}}))
-    study.add_trial(create_trial(value=0.8, user_attrs={"metrics": metrics, "timing": {
-        "wall_s": 60.0, "compile": {"mode": "default", "graphs": 0, "compile_s": 0.0,
-                                    "fallback": "Unsupported: graph break; File x.py, line 3"}}}))
+    study.add_trial(
+        create_trial(
+            value=0.9,
+            user_attrs={
+                "metrics": metrics,
+                "timing": {"wall_s": 100.0, "compile": {"mode": "default", "graphs": 2, "compile_s": 40.0}},
+            },
+        )
+    )
+    study.add_trial(
+        create_trial(
+            value=0.8,
+            user_attrs={
+                "metrics": metrics,
+                "timing": {
+                    "wall_s": 60.0,
+                    "compile": {
+                        "mode": "default",
+                        "graphs": 0,
+                        "compile_s": 0.0,
+                        "fallback": "Unsupported: graph break; File x.py, line 3",
+                    },
+                },
+            },
+        )
+    )
     study.add_trial(create_trial(value=0.7, user_attrs={"metrics": metrics, "timing": {"wall_s": 50.0}}))
     lines = status_lines(study)
-    assert ("compiled trials: 2, compile time 40 s of 160 s trial wall time (median 20.0 s per trial, at most "
-            "2 graphs per trial)") in lines
+    assert (
+        "compiled trials: 2, compile time 40 s of 160 s trial wall time (median 20.0 s per trial, at most "
+        "2 graphs per trial)"
+    ) in lines
     assert "WARNING: trial 1 could not compile and ran eager: Unsupported: graph break; File x.py, line 3" in lines
     assert [row["compile"] for row in status_data(study)["trials"]][2] is None

@@ -40,8 +40,9 @@ def test_dropping_blank_labels_is_explicit_and_validate_lists_class_counts(tmp_p
 
 
 def test_csv_delimiter_option_reads_the_file(tmp_path, monkeypatch, capsys) -> None:
-    path = _fixed(tmp_path, "csv_other_delimiter", source={"delimiter": ";"}, split={"validation": 0.5, "test": 0.0,
-                                                                                     "seed": 0})
+    path = _fixed(
+        tmp_path, "csv_other_delimiter", source={"delimiter": ";"}, split={"validation": 0.5, "test": 0.0, "seed": 0}
+    )
     code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
     assert code == 0, out
     spec = load_spec(path)
@@ -74,8 +75,14 @@ def _checkpoint_with_head(directory: Path, num_labels: int) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     path = directory / "ckpt"
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(path)
     return path
@@ -98,18 +105,23 @@ def test_head_of_another_size_is_refused_before_trial_0_unless_asked(tmp_path, m
     assert code == 0, out
 
 
-def test_a_regression_study_on_a_classifier_checkpoint_is_refused_in_validate(tmp_path, monkeypatch,
-                                                                               capsys) -> None:
+def test_a_regression_study_on_a_classifier_checkpoint_is_refused_in_validate(tmp_path, monkeypatch, capsys) -> None:
     """Issue #21 item 8: the head check did not cover regression (validate exited 0, trial 0 failed)."""
     from conftest import study_dict, write_study
 
     ckpt = _checkpoint_with_head(tmp_path, 3)  # an NLI-style classifier; regression needs one output
     rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
     (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
-    study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {},
-                              "task": "regression"}, study={"objective": {"metric": "pearson"}},
-                       data={"source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
-                             "text_fields": ["text"], "label_field": "score", "split": {"validation": 0.3}})
+    study = study_dict(
+        model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}, "task": "regression"},
+        study={"objective": {"metric": "pearson"}},
+        data={
+            "source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
+            "text_fields": ["text"],
+            "label_field": "score",
+            "split": {"validation": 0.3},
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and "head has 3 outputs but model.task regression needs 1 here" in out, out
     assert "study.yaml:" in out  # located in the study file
@@ -118,8 +130,10 @@ def test_a_regression_study_on_a_classifier_checkpoint_is_refused_in_validate(tm
 def _rows(n: int, offset: int = 0) -> dict[str, list]:
     """Unique headlines of two topics (repeated rows would be removed by data.deduplicate)."""
     topics = ["sport", "tech"]
-    return {"headline": [f"headline {i + offset} on {topics[i % 2]} news" for i in range(n)],
-            "label": [topics[i % 2] for i in range(n)]}
+    return {
+        "headline": [f"headline {i + offset} on {topics[i % 2]} news" for i in range(n)],
+        "label": [topics[i % 2] for i in range(n)],
+    }
 
 
 def _disk_study(tmp_path: Path, path: str, **data: object) -> Path:
@@ -134,9 +148,13 @@ def test_saved_dataset_dict_gives_its_splits_by_name(tmp_path, monkeypatch, caps
     """Issue #16 item 2: a DatasetDict written by save_to_disk, path relative to the study file."""
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(_rows(40)),
-                          "dev": datasets.Dataset.from_dict(_rows(12, 100)),
-                          "test": datasets.Dataset.from_dict(_rows(10, 200))}).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(_rows(40)),
+            "dev": datasets.Dataset.from_dict(_rows(12, 100)),
+            "test": datasets.Dataset.from_dict(_rows(10, 200)),
+        }
+    ).save_to_disk(str(tmp_path / "saved"))
     path = _disk_study(tmp_path, "saved", splits={"validation": "dev"})
     monkeypatch.chdir(tmp_path.parent)  # not the study file's folder
     code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
@@ -174,16 +192,23 @@ def test_a_directory_that_is_not_a_saved_dataset_exits_2(tmp_path, monkeypatch, 
         assert "Traceback" not in out
 
 
-def test_a_head_of_another_kind_and_size_is_found_from_the_checkpoint_shapes(tmp_path, monkeypatch,
-                                                                             capsys) -> None:
+def test_a_head_of_another_kind_and_size_is_found_from_the_checkpoint_shapes(tmp_path, monkeypatch, capsys) -> None:
     """A token-classification checkpoint (9 tags) for 5-topic classification: its config names no sequence
     head, but its `classifier` tensors have 9 rows; loading would fail in trial 0."""
     from conftest import study_dict, write_study
     from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
 
     ckpt = tmp_path / "ner-ckpt"
-    BertForTokenClassification(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                          intermediate_size=64, num_labels=9)).save_pretrained(ckpt)
+    BertForTokenClassification(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=9,
+        )
+    ).save_pretrained(ckpt)
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(ckpt)
     study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)

@@ -80,8 +80,13 @@ def test_final_allocation_happens_even_if_the_final_step_is_skipped() -> None:
 
 def test_orthogonal_regularizer_in_training_loss_not_in_evaluation() -> None:
     run = make_run(adalora={"orth_reg_weight": 5.0})
-    batch = next(iter(__import__("adalora_search.train.data", fromlist=["batches"]).batches(
-        run.data.splits["validation"], 16, run.data.pad_token_id, None)))
+    batch = next(
+        iter(
+            __import__("adalora_search.train.data", fromlist=["batches"]).batches(
+                run.data.splits["validation"], 16, run.data.pad_token_id, None
+            )
+        )
+    )
     run.model.eval()
     with torch.no_grad():
         train_loss = float(run.model(**batch).loss)  # labels given: PEFT adds the regularizer
@@ -136,8 +141,14 @@ def _double_run(orth_reg_weight: float) -> tuple[TrialRun, dict[str, torch.Tenso
     """A float64 AdaLoRA run with P and Q moved away from orthogonality, and one batch."""
     from adalora_search.train.data import batches
 
-    run = make_run(adalora={"orth_reg_weight": orth_reg_weight, "init_r": 6, "target_r": 2,
-                            "target_modules": ["query", "key", "value", "dense"]})
+    run = make_run(
+        adalora={
+            "orth_reg_weight": orth_reg_weight,
+            "init_r": 6,
+            "target_r": 2,
+            "target_modules": ["query", "key", "value", "dense"],
+        }
+    )
     run.model.double()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -208,8 +219,12 @@ def test_lora_and_full_methods_train() -> None:
     full = TrialRun(cfg.model_copy(update={"method": "full"}), data).train()
     assert full.trainable_params["final"] == full.trainable_params["model_total"]
     names = list(modeling.adapted_modules(TrialRun(cfg, data).model))
-    lora_cfg = cfg.model_copy(update={"method": "lora", "lora": LoraKnobs(
-        rank_pattern={n: 3 for n in names}, alpha_pattern={n: 6.0 for n in names})})
+    lora_cfg = cfg.model_copy(
+        update={
+            "method": "lora",
+            "lora": LoraKnobs(rank_pattern={n: 3 for n in names}, alpha_pattern={n: 6.0 for n in names}),
+        }
+    )
     run = TrialRun(lora_cfg, data)
     before = {n: p.detach().clone() for n, p in run.model.named_parameters() if "lora_B" in n}
     lora = run.train()
@@ -222,22 +237,35 @@ def test_lora_and_full_methods_train() -> None:
 def test_regression_reports_pearson_and_spearman(tmp_path) -> None:
     rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
     (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
-    run = make_run(model={"task": "regression"}, study={"objective": {"metric": "pearson"}},
-                   data={"source": {"type": "files", "format": "csv", "paths": {"train": str(tmp_path / "r.csv")}},
-                         "text_fields": ["text"], "label_field": "score",
-                         "split": {"validation": 0.3, "test": 0.0, "seed": 0}})
+    run = make_run(
+        model={"task": "regression"},
+        study={"objective": {"metric": "pearson"}},
+        data={
+            "source": {"type": "files", "format": "csv", "paths": {"train": str(tmp_path / "r.csv")}},
+            "text_fields": ["text"],
+            "label_field": "score",
+            "split": {"validation": 0.3, "test": 0.0, "seed": 0},
+        },
+    )
     result = run.train()
     assert {"pearson", "spearman"} <= set(result.metrics["final"])
 
 
 def test_batched_allocator_gives_exactly_peft_allocation(monkeypatch) -> None:
-    sections = dict(adalora={"target_modules": ["query", "key", "value", "dense"], "init_r": 6, "target_r": 2,
-                             "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 1}},
-                    training={"max_steps": 16})
+    sections = dict(
+        adalora={
+            "target_modules": ["query", "key", "value", "dense"],
+            "init_r": 6,
+            "target_r": 2,
+            "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 1},
+        },
+        training={"max_steps": 16},
+    )
     batched = make_run(**sections)
     assert type(batched.model.base_model.rankallocator).__name__ == "BatchedRankAllocator"
     fast = batched.train()
     from adalora_search.train import allocator
+
     monkeypatch.setattr(allocator, "install", lambda model: None)
     reference = make_run(**sections)
     assert type(reference.model.base_model.rankallocator).__name__ == "RankAllocator"
@@ -260,11 +288,13 @@ def test_memory_options_platform_checks_and_load_arguments(monkeypatch) -> None:
     spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "4bit", "init": "pretrained"})))
     on_cpu = memory.platform_problems(spec, cuda=False)
     assert [p.field for p in on_cpu] == ["model.quantization"] and "needs a CUDA GPU" in on_cpu[0].message
-    spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "8bit", "init": "pretrained"},
-                                                training={"device": "cpu"})))
+    spec = parse_spec(
+        yaml.safe_dump(study_dict(model={"quantization": "8bit", "init": "pretrained"}, training={"device": "cpu"}))
+    )
     assert "needs a CUDA GPU" in memory.platform_problems(spec, cuda=True)[0].message  # CUDA there, not chosen
-    spec = parse_spec(yaml.safe_dump(study_dict(model={"quantization": "4bit"},
-                                                study={"references": [{"kind": "full"}]})))
+    spec = parse_spec(
+        yaml.safe_dump(study_dict(model={"quantization": "4bit"}, study={"references": [{"kind": "full"}]}))
+    )
     fields = {p.field: p.message for p in memory.platform_problems(spec, cuda=True)}
     assert "model.init: random" in fields["model.quantization"] or "bitsandbytes" in fields["model.quantization"]
     assert "full fine-tuning cannot train quantized weights" in fields["study.references"]
@@ -286,11 +316,17 @@ def test_checkpoint_weights_load_in_the_spec_dtype_not_the_stored_one(tmp_path) 
     """transformers 5 keeps a bf16 checkpoint in bf16 unless told: model.dtype auto means fp32 weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=64, num_labels=2)
+    config = AutoConfig.for_model(
+        "bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2
+    )
     AutoModelForSequenceClassification.from_config(config).to(torch.bfloat16).save_pretrained(tmp_path)
     for dtype, expected in (("auto", torch.float32), ("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        spec = parse_spec(yaml.safe_dump(study_dict(model={"name_or_path": str(tmp_path), "init": "pretrained",
-                                                           "config_overrides": {}, "dtype": dtype})))
+        spec = parse_spec(
+            yaml.safe_dump(
+                study_dict(
+                    model={"name_or_path": str(tmp_path), "init": "pretrained", "config_overrides": {}, "dtype": dtype}
+                )
+            )
+        )
         model = modeling.build_base(spec.model, ["a", "b"], 0)
         assert {p.dtype for p in model.parameters()} == {expected}, dtype

@@ -34,8 +34,9 @@ def _tiny_bert(directory: Path) -> Path:
 
     path = directory / "tiny-bert"
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(path)
+    BertModel(
+        BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(path)
     AutoTokenizer.from_pretrained(resolve_model("minilm-l6")).save_pretrained(path)
     return path
 
@@ -43,10 +44,15 @@ def _tiny_bert(directory: Path) -> Path:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[optuna.Study, Path, Path]:
     tmp = tmp_path_factory.mktemp("export_use")
-    data = study_dict(study={"n_trials": 2, "keep_top_k_adapters": 1,
-                             "references": [{"kind": "lora", "learning_rate": [1e-3, 1e-2]}]},
-                      model={"name_or_path": str(_tiny_bert(tmp)), "init": "pretrained", "config_overrides": {}},
-                      training={"learning_rate": {"low": 5e-3, "high": 2e-2, "log": True}})
+    data = study_dict(
+        study={
+            "n_trials": 2,
+            "keep_top_k_adapters": 1,
+            "references": [{"kind": "lora", "learning_rate": [1e-3, 1e-2]}],
+        },
+        model={"name_or_path": str(_tiny_bert(tmp)), "init": "pretrained", "config_overrides": {}},
+        training={"learning_rate": {"low": 5e-3, "high": 2e-2, "log": True}},
+    )
     path = write_study(tmp, data)
     run_session(str(path), None, None, None, 1, [])
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp / 'study.db'}")
@@ -58,8 +64,12 @@ def _evaluate(model: torch.nn.Module, path: Path) -> dict[str, float]:
     spec = load_spec(path)
     data = prepare_data(spec)
     split = data.splits["validation"]
-    ctx = EvalContext(forward=lambda batch: model(**batch).logits.float(), split=split, label_names=data.label_names,
-                      batches=lambda: batches(split, spec.training.eval_batch_size, data.pad_token_id, None))
+    ctx = EvalContext(
+        forward=lambda batch: model(**batch).logits.float(),
+        split=split,
+        label_names=data.label_names,
+        batches=lambda: batches(split, spec.training.eval_batch_size, data.pad_token_id, None),
+    )
     with torch.no_grad():
         return get_task(spec.model.task).evaluate(ctx)
 
@@ -95,11 +105,15 @@ def test_export_recommends_the_lora_reference_rate_and_documents_the_trial(expor
     study, _, out = exported
     rank_config = json.loads((out / "rank_config.json").read_text())
     reference = study.user_attrs["references"]["lora"]
-    assert rank_config["lora_learning_rate"] == {"value": reference["learning_rate"], "tried": [1e-3, 1e-2],
-                                                 "source": "reference lora run of this study",
-                                                 "of_trial": reference["of_trial"]}
-    assert learning_rates(ExportManifest.model_validate(rank_config).lora_learning_rate, None)[0] == \
-        [reference["learning_rate"]]  # searched on the same data
+    assert rank_config["lora_learning_rate"] == {
+        "value": reference["learning_rate"],
+        "tried": [1e-3, 1e-2],
+        "source": "reference lora run of this study",
+        "of_trial": reference["of_trial"],
+    }
+    assert learning_rates(ExportManifest.model_validate(rank_config).lora_learning_rate, None)[0] == [
+        reference["learning_rate"]
+    ]  # searched on the same data
     best = study.best_trial
     for directory in (out, out / "adapter", out / "lora"):
         card = (directory / "README.md").read_text()
@@ -110,8 +124,9 @@ def test_export_recommends_the_lora_reference_rate_and_documents_the_trial(expor
 
 def test_base_is_the_named_model_when_it_loads_as_the_trial_built_it(tmp_path: Path) -> None:
     llama = tiny_decoder(tmp_path)
-    pretrained = sample(load_spec(write_study(tmp_path, causal_study(llama, model={"init": "pretrained"}))),
-                        optuna.trial.FixedTrial({}))
+    pretrained = sample(
+        load_spec(write_study(tmp_path, causal_study(llama, model={"init": "pretrained"}))), optuna.trial.FixedTrial({})
+    )
     assert base_model(pretrained, None, tmp_path / "base", tmp_path / "final") == str(llama.resolve())
     assert not (tmp_path / "base").exists()  # causal LM, no overrides: nothing to copy
     random = pretrained.model_copy(update={"model": pretrained.model.model_copy(update={"init": "random"})})
@@ -127,7 +142,8 @@ def test_retrain_learning_rates_default_override_and_recommendation() -> None:
     assert learning_rates(single, None)[0] == [5e-3, *LORA_LEARNING_RATES]  # not a search: tried first, then the list
     study = optuna.create_study()  # no lora reference stored
     assert lora_learning_rate(study).model_dump(exclude_defaults=True) == {
-                                         "source": f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}"}
+        "source": f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}"
+    }
 
 
 def test_chance_level_is_flagged() -> None:
@@ -149,9 +165,14 @@ def test_retrained_export_learns_on_real_minilm_and_bbc_slice(tmp_path: Path, mo
     study["data"].update(max_train_samples=192, max_eval_samples=64)
     # AdaLoRA learns at 3e-2 here (0.87), plain LoRA at that rate predicts the majority class (0.28)
     study["training"].update(epochs=None, max_steps=24, eval_every=8, batch_size=16, learning_rate=3.0e-2)
-    study["adalora"].update(target_modules=["query", "value"], init_r=12, target_r=4, lora_alpha=32,
-                            orth_reg_weight=0.1, schedule={"unit": "fraction", "t_init": 0.1, "t_final": 0.2,
-                                                           "delta_t": 2})
+    study["adalora"].update(
+        target_modules=["query", "value"],
+        init_r=12,
+        target_r=4,
+        lora_alpha=32,
+        orth_reg_weight=0.1,
+        schedule={"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 2},
+    )
     study.pop("baselines")
     path = write_study(tmp_path, study)
     assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0

@@ -17,8 +17,9 @@ def gpu_check_smoke(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedPro
     """``bench/gpu_check.py --smoke ARGS``: the finished process and the JSON it wrote."""
     out = tmp_path / "gpu_check.json"
     cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", *args, "--out", str(out)]
-    proc = subprocess.run(cmd, env=dict(os.environ, ADALORA_SEARCH_THREADS="1"), capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        cmd, env=dict(os.environ, ADALORA_SEARCH_THREADS="1"), capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc, json.loads(out.read_text())
 

@@ -29,11 +29,10 @@ def load(url: str, name: str = "t") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=url)
 
 
-
-
 def _always_failing_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ValueError("metric exploded")
+
     monkeypatch.setattr(SequenceClassification, "scores", broken)
 
 
@@ -67,8 +66,9 @@ def test_edited_study_file_is_refused_on_the_stored_study(tmp_path: Path, monkey
     v2["adalora"]["target_modules"]["choices"].append(["query", "key", "value"])
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert run_cli(["run", str(write_study(tmp_path, v1, "v1.yaml")), "--storage", url], monkeypatch, capsys)[0] == 0
-    code, output = run_cli(["run", str(write_study(tmp_path, v2, "v2.yaml")), "--storage", url, "--n-trials", "2"],
-                           monkeypatch, capsys)
+    code, output = run_cli(
+        ["run", str(write_study(tmp_path, v2, "v2.yaml")), "--storage", url, "--n-trials", "2"], monkeypatch, capsys
+    )
     assert code == 2 and "changed: space" in output and "adalora.target_modules" in output
     assert "use a new study.name" in output and "--allow-changed-study" in output
     assert len(load(url).trials) == 1  # nothing stored
@@ -88,13 +88,17 @@ def test_fingerprint_ignores_run_details_and_sees_every_comparable_section(tmp_p
     from adalora_search.search import fingerprint
 
     base = fingerprint.hashes(fingerprint.sections(parse_spec(yaml.safe_dump(study_dict()))))
-    same = study_dict(study={"n_trials": 9, "sampler": {"type": "tpe"}},
-                      training={"num_threads": 2, "device": "cpu", "eval_batch_size": 7})
+    same = study_dict(
+        study={"n_trials": 9, "sampler": {"type": "tpe"}},
+        training={"num_threads": 2, "device": "cpu", "eval_batch_size": 7},
+    )
     assert fingerprint.hashes(fingerprint.sections(parse_spec(yaml.safe_dump(same)))) == base
-    edits = {"model": {"model": {**study_dict()["model"], "config_overrides": {"num_hidden_layers": 1}}},
-             "data": {"data": {**study_dict()["data"], "max_length": 16}},
-             "training": {"training": {**study_dict()["training"], "batch_size": 4}},
-             "space": {"adalora": {**study_dict()["adalora"], "lora_alpha": {"low": 4.0, "high": 8.0}}}}
+    edits = {
+        "model": {"model": {**study_dict()["model"], "config_overrides": {"num_hidden_layers": 1}}},
+        "data": {"data": {**study_dict()["data"], "max_length": 16}},
+        "training": {"training": {**study_dict()["training"], "batch_size": 4}},
+        "space": {"adalora": {**study_dict()["adalora"], "lora_alpha": {"low": 4.0, "high": 8.0}}},
+    }
     for section, edit in edits.items():
         changed = fingerprint.hashes(fingerprint.sections(parse_spec(yaml.safe_dump(study_dict(**edit)))))
         assert [k for k in base if base[k] != changed[k]] == [section]
@@ -132,27 +136,36 @@ def test_resumed_study_proposes_new_parameters(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 4. baselines
 def test_baselines_differing_only_in_a_fixed_knob_both_run(tmp_path: Path) -> None:
     """Field case case05."""
-    data = study_dict(training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
-                      baselines=[{"name": "alpha8",
-                                  "params": {"training.learning_rate": 1e-3, "adalora.lora_alpha": 8.0}},
-                                 {"name": "alpha32", "params": {"training.learning_rate": 1e-3,
-                                                                "adalora.lora_alpha": 32.0}}])
+    data = study_dict(
+        training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
+        baselines=[
+            {"name": "alpha8", "params": {"training.learning_rate": 1e-3, "adalora.lora_alpha": 8.0}},
+            {"name": "alpha32", "params": {"training.learning_rate": 1e-3, "adalora.lora_alpha": 32.0}},
+        ],
+    )
     spec = load_spec(write_study(tmp_path, data))
     url = f"sqlite:///{tmp_path / 'b.db'}"
     work(spec, url, Budget(2, None), tmp_path / "a", **QUIET)
     work(spec, url, Budget(3, None), tmp_path / "a", **QUIET)  # resume: no baseline again
     trials = load(url).trials
-    runs = {t.user_attrs["baseline"]: t.user_attrs["config"]["adalora"]["lora_alpha"]
-            for t in trials if "baseline" in t.user_attrs}
+    runs = {
+        t.user_attrs["baseline"]: t.user_attrs["config"]["adalora"]["lora_alpha"]
+        for t in trials
+        if "baseline" in t.user_attrs
+    }
     assert runs == {"alpha8": 8.0, "alpha32": 32.0}
     assert sum("baseline" in t.user_attrs for t in trials) == 2
 
 
 def test_comma_joined_target_modules_in_a_baseline_is_a_list(tmp_path: Path) -> None:
     """Field case case12: the form validate and the report print."""
-    data = study_dict(adalora={"target_modules": ["query", "key", "value"]},
-                      baselines=[{"name": "qv", "params": {"adalora.target_modules": "query, value"}},
-                                 {"name": "qv-list", "params": {"adalora.target_modules": ["query,value"]}}])
+    data = study_dict(
+        adalora={"target_modules": ["query", "key", "value"]},
+        baselines=[
+            {"name": "qv", "params": {"adalora.target_modules": "query, value"}},
+            {"name": "qv-list", "params": {"adalora.target_modules": ["query,value"]}},
+        ],
+    )
     spec = load_spec(write_study(tmp_path, data))
     assert spec.baselines[0].params["adalora.target_modules"] == ["query", "value"]
     for name in ("qv", "qv-list"):
@@ -187,8 +200,19 @@ def test_yaml_reads_numbers_and_booleans_as_they_look() -> None:
     from adalora_search.study.loader import StudyLoader
 
     text = "a: [1e-3, -1E+3, 5e-2, 010, 0x10, 1:30, yes, no, on, true, 1.0e3]"
-    assert yaml.load(text, Loader=StudyLoader)["a"] == [0.001, -1000.0, 0.05, 10, 16, "1:30", "yes", "no", "on",
-                                                       True, 1000.0]
+    assert yaml.load(text, Loader=StudyLoader)["a"] == [
+        0.001,
+        -1000.0,
+        0.05,
+        10,
+        16,
+        "1:30",
+        "yes",
+        "no",
+        "on",
+        True,
+        1000.0,
+    ]
 
 
 def test_duplicate_keys_are_refused_with_both_lines(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -197,8 +221,10 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path: Path, monkeypatch,
     study.write_text((FIELD / "case06" / "study.yaml").read_text())
     code, output = run_cli(["validate", "--no-data", str(study)], monkeypatch, capsys)
     assert code == 2
-    assert f"{study}:24: training.learning_rate = '1.0e-3': duplicate key 'learning_rate': first at line 23, " \
-           "again at line 24" in output
+    assert (
+        f"{study}:24: training.learning_rate = '1.0e-3': duplicate key 'learning_rate': first at line 23, "
+        "again at line 24" in output
+    )
     assert f"{study}:32: adalora = '{{...}}': duplicate key 'adalora': first at line 25, again at line 32" in output
 
 
@@ -213,8 +239,9 @@ def test_huge_study_file_exits_2(tmp_path: Path, monkeypatch, capsys) -> None:
 PASSWORD = "winter@2031"
 
 
-@pytest.mark.parametrize("command", ["run", "validate", "status", "report", "run --storage", "status --storage",
-                                     "report --storage"])
+@pytest.mark.parametrize(
+    "command", ["run", "validate", "status", "report", "run --storage", "status --storage", "report --storage"]
+)
 def test_password_with_raw_at_is_refused_and_never_shown(tmp_path: Path, monkeypatch, capsys, command: str) -> None:
     """Field case case13."""
     url = f"postgresql+psycopg://alice:{PASSWORD}@127.0.0.1:5432/study_db"
@@ -232,15 +259,21 @@ def test_password_with_raw_at_is_refused_and_never_shown(tmp_path: Path, monkeyp
 
 
 def test_password_fragment_in_port_is_not_a_traceback(monkeypatch, capsys) -> None:
-    code, output = run_cli(["status", "--storage", "postgresql://alice:p@ss:w0rd@127.0.0.1:5432/x", "--study", "x"],
-                           monkeypatch, capsys)
+    code, output = run_cli(
+        ["status", "--storage", "postgresql://alice:p@ss:w0rd@127.0.0.1:5432/x", "--study", "x"], monkeypatch, capsys
+    )
     assert code == 2 and "w0rd" not in output and "Traceback" not in output
 
 
-@pytest.mark.parametrize("url", ["postgresql://alice:winter@2031@127.0.0.1:5432/db",
-                                 "postgresql://alice:wint:er@2031@127.0.0.1/db",
-                                 "postgresql://alice:win?ter@2031@127.0.0.1/db",
-                                 "postgresql://alice:winter:2031/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:winter@2031@127.0.0.1:5432/db",
+        "postgresql://alice:wint:er@2031@127.0.0.1/db",
+        "postgresql://alice:win?ter@2031@127.0.0.1/db",
+        "postgresql://alice:winter:2031/db",
+    ],
+)
 def test_storage_url_problems_never_quote_the_password(url: str) -> None:
     from adalora_search import urls
 
@@ -251,8 +284,14 @@ def test_storage_url_problems_never_quote_the_password(url: str) -> None:
     assert urls.url_problem("postgresql://alice:winter%402031@127.0.0.1:5432/db") is None
 
 
-@pytest.mark.parametrize("url", ["postgresql://alice:winter2031@127.0.0.1:5432/db", "http://alice:winter2031@host:5000",
-                                 "postgresql://alice:winter@2031@127.0.0.1/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:winter2031@127.0.0.1:5432/db",
+        "http://alice:winter2031@host:5000",
+        "postgresql://alice:winter@2031@127.0.0.1/db",
+    ],
+)
 def test_one_masker_for_storage_and_tracking_urls(url: str) -> None:
     """``urls.mask`` and ``urls.redact`` hide the password of any URL the study names (storage or MLflow)."""
     from adalora_search import urls
@@ -284,8 +323,9 @@ def test_eval_loss_study_is_minimized(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 8. grid
 def test_exhausted_grid_is_a_normal_end(tmp_path: Path, monkeypatch, capsys) -> None:
     """Field case case03: the grid has 2 points; n_trials allows 3."""
-    data = study_dict(study={"n_trials": 3, "sampler": {"type": "grid"}},
-                      training={"learning_rate": {"choices": [1e-3, 1e-2]}})
+    data = study_dict(
+        study={"n_trials": 3, "sampler": {"type": "grid"}}, training={"learning_rate": {"choices": [1e-3, 1e-2]}}
+    )
     path = write_study(tmp_path, data)
     code, output = run_cli(["run", str(path)], monkeypatch, capsys)
     assert code == 0, output

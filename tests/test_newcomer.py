@@ -22,10 +22,12 @@ from adalora_search.results import plots
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-trial study (a searched learning rate and init_r) with an export, kept adapter and report."""
     root = tmp_path_factory.mktemp("newcomer")
-    study = study_dict(study={"n_trials": 4, "sampler": {"type": "random", "seed": 1}},
-                       training={"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}},
-                       adalora={"init_r": {"low": 4, "high": 6}},
-                       baselines=[{"name": "low", "params": {"training.learning_rate": 1e-3, "adalora.init_r": 4}}])
+    study = study_dict(
+        study={"n_trials": 4, "sampler": {"type": "random", "seed": 1}},
+        training={"learning_rate": {"low": 1e-3, "high": 3e-2, "log": True}},
+        adalora={"init_r": {"low": 4, "high": 6}},
+        baselines=[{"name": "low", "params": {"training.learning_rate": 1e-3, "adalora.init_r": 4}}],
+    )
     path = write_study(root, study)
     with pytest.MonkeyPatch.context() as mp:
         assert run_cli(["run", str(path)], mp, _Capture())[0] == 0
@@ -38,8 +40,9 @@ class _Capture:
 
 
 # ---------------------------------------------------------------- 1. exports that travel
-def test_a_moved_export_loads_after_relocate_with_no_other_argument(finished: Path, tmp_path: Path, monkeypatch,
-                                                                    capsys) -> None:
+def test_a_moved_export_loads_after_relocate_with_no_other_argument(
+    finished: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     from peft import AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
@@ -97,8 +100,14 @@ def test_every_plot_has_a_title_a_true_legend_and_one_style(finished: Path, figu
 
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{finished.parent / 'study.db'}")
     write_report(study, tmp_path / "report")
-    assert {"heatmap_best.png", "heatmap_topk.png", "budget_curves.png", "pareto.png", "history.png",
-            "intermediate.png"} <= set(figures)
+    assert {
+        "heatmap_best.png",
+        "heatmap_topk.png",
+        "budget_curves.png",
+        "pareto.png",
+        "history.png",
+        "intermediate.png",
+    } <= set(figures)
     for name, fig in figures.items():
         ax = fig.axes[0]
         assert ax.get_title(), f"{name} has no title"
@@ -121,9 +130,13 @@ def test_importances_of_too_few_trials_are_left_out_and_said(tmp_path: Path, fig
 
     study = optuna.create_study()
     for i in range(3):
-        study.add_trial(optuna.trial.create_trial(
-            value=0.5, params={"a": float(i), "b": float(i)},
-            distributions={k: optuna.distributions.FloatDistribution(0, 3) for k in "ab"}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=0.5,
+                params={"a": float(i), "b": float(i)},
+                distributions={k: optuna.distributions.FloatDistribution(0, 3) for k in "ab"},
+            )
+        )
     assert plots.importances(study, tmp_path / "i.png") is None  # equal bars: no ranking to show
     write_report(study, tmp_path / "r")
     assert "importances.png" not in figures
@@ -157,9 +170,11 @@ def test_status_reads_like_the_run_summary_and_json_fills_a_running_trial(tmp_pa
 
 
 def test_status_and_a_wrong_retrain_folder_do_not_import_the_training_stack(finished: Path, tmp_path: Path) -> None:
-    probe = ("import sys; from adalora_search import cli; sys.argv = ['adalora-search', *sys.argv[1:]]\n"
-             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-             "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    probe = (
+        "import sys; from adalora_search import cli; sys.argv = ['adalora-search', *sys.argv[1:]]\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
     for args in (["status", str(finished)], ["retrain", str(tmp_path)]):
         out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
         assert "heavy: []" in out.stdout, (args, out.stdout, out.stderr)
@@ -223,8 +238,10 @@ def test_the_first_line_of_a_run_says_queued_baselines(finished: Path, tmp_path:
     from adalora_search.search.runner import open_study
     from adalora_search.study.loader import load_spec
 
-    assert stored_line(open_study(load_spec(path), f"sqlite:///{tmp_path / 'study.db'}")) == \
-        "new study, 2 baselines queued (a, b)"
+    assert (
+        stored_line(open_study(load_spec(path), f"sqlite:///{tmp_path / 'study.db'}"))
+        == "new study, 2 baselines queued (a, b)"
+    )
 
 
 def test_heatmaps_use_the_models_own_module_names() -> None:
@@ -240,9 +257,15 @@ def test_row_numbers_in_data_errors_are_the_files_lines(tmp_path: Path, monkeypa
     rows = [{"tokens": ["ann", "met", f"w{i}"], "ner": ["B-PER", "O", "O"]} for i in range(40)]
     rows[6] = {"tokens": ["ann", "met"], "ner": ["B-PER"]}  # the 7th record: line 7 of the file
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                       data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-                             "text_fields": ["tokens"], "label_field": "ner"})
+    study = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and "ner.jsonl line 7 must hold a list of words" in out, out
 
@@ -283,8 +306,12 @@ def test_a_best_trial_that_is_a_baseline_is_one_row_and_failures_are_listed(tmp_
     study.set_user_attr("objectives", [{"metric": "accuracy", "direction": "maximize"}])
     metrics = {"final": {"accuracy": 0.9}}
     study.add_trial(create_trial(value=0.9, user_attrs={"baseline": "peft-defaults", "metrics": metrics}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
-        "failure": {"type": "Interrupted", "message": "stopped by SIGINT/SIGTERM"}}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            user_attrs={"failure": {"type": "Interrupted", "message": "stopped by SIGINT/SIGTERM"}},
+        )
+    )
     study.enqueue_trial({}, user_attrs={"retried_from": 1})
     lines = status_lines(study)
     assert sum(line.startswith(("best trial 0", "baseline peft-defaults")) for line in lines) == 2  # row + knobs

@@ -17,24 +17,35 @@ from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.tasks import get_task
 
 
-@pytest.mark.parametrize("objective, pruning_metric, expect", [
-    ({"metric": "accuracy"}, None, ("accuracy", 1.0)),
-    ({"metric": "accuracy"}, "eval_loss", ("eval_loss", -1.0)),
-    ({"metric": "accuracy"}, "f1_macro", ("f1_macro", 1.0)),
-    ({"metric": "eval_loss"}, "accuracy", ("accuracy", -1.0)),
-    ({"metric": "eval_loss"}, None, ("eval_loss", 1.0)),
-    ({"metric": "accuracy", "direction": "minimize"}, None, ("accuracy", 1.0)),  # the objective is never negated
-])
+@pytest.mark.parametrize(
+    "objective, pruning_metric, expect",
+    [
+        ({"metric": "accuracy"}, None, ("accuracy", 1.0)),
+        ({"metric": "accuracy"}, "eval_loss", ("eval_loss", -1.0)),
+        ({"metric": "accuracy"}, "f1_macro", ("f1_macro", 1.0)),
+        ({"metric": "eval_loss"}, "accuracy", ("accuracy", -1.0)),
+        ({"metric": "eval_loss"}, None, ("eval_loss", 1.0)),
+        ({"metric": "accuracy", "direction": "minimize"}, None, ("accuracy", 1.0)),  # the objective is never negated
+    ],
+)
 def test_pruning_value_is_negated_only_when_better_the_other_way(objective, pruning_metric, expect) -> None:
     spec = parse_spec(yaml.safe_dump(study_dict(study={"objective": objective, "pruning_metric": pruning_metric})))
     assert pruning_value(spec, get_task("classification")) == expect
 
 
 def test_trials_report_negated_eval_loss_and_are_pruned_on_it(tmp_path: Path) -> None:
-    path = write_study(tmp_path, study_dict(study={
-        "n_trials": 4, "pruning_metric": "eval_loss", "sampler": {"type": "random", "seed": 0},
-        "pruner": {"type": "median", "n_startup_trials": 1}},
-        training={"learning_rate": {"low": 1.0e-4, "high": 5.0e-2, "log": True}}))
+    path = write_study(
+        tmp_path,
+        study_dict(
+            study={
+                "n_trials": 4,
+                "pruning_metric": "eval_loss",
+                "sampler": {"type": "random", "seed": 0},
+                "pruner": {"type": "median", "n_startup_trials": 1},
+            },
+            training={"learning_rate": {"low": 1.0e-4, "high": 5.0e-2, "log": True}},
+        ),
+    )
     run_session(str(path), None, None, None, 1, [])
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert study.user_attrs["intermediate_values"] == "-eval_loss"
@@ -47,8 +58,11 @@ def test_trials_report_negated_eval_loss_and_are_pruned_on_it(tmp_path: Path) ->
     assert pruned, "the median pruner stopped no trial"
     for trial in pruned:  # MedianPruner: its best -eval_loss so far below the completed trials' median there
         step = max(trial.intermediate_values)
-        before = [t.intermediate_values[step] for t in study.trials if t.number < trial.number
-                  and t.state == optuna.trial.TrialState.COMPLETE and step in t.intermediate_values]
+        before = [
+            t.intermediate_values[step]
+            for t in study.trials
+            if t.number < trial.number and t.state == optuna.trial.TrialState.COMPLETE and step in t.intermediate_values
+        ]
         assert max(trial.intermediate_values.values()) < statistics.median(before)
 
 

@@ -27,10 +27,12 @@ from adalora_search.train.modeling import build_base
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[optuna.Study, Path]:
     tmp = tmp_path_factory.mktemp("study")
-    data = study_dict(study={"n_trials": 3, "keep_top_k_adapters": 1, "sampler": {"type": "random", "seed": 1}},
-                      training={"learning_rate": {"low": 1e-3, "high": 2e-2, "log": True}},
-                      adalora={"target_modules": ["query", "key", "value", "dense"], "init_r": 6, "target_r": 2},
-                      baselines=[{"name": "defaults", "params": {"training.learning_rate": 1e-3}}])
+    data = study_dict(
+        study={"n_trials": 3, "keep_top_k_adapters": 1, "sampler": {"type": "random", "seed": 1}},
+        training={"learning_rate": {"low": 1e-3, "high": 2e-2, "log": True}},
+        adalora={"target_modules": ["query", "key", "value", "dense"], "init_r": 6, "target_r": 2},
+        baselines=[{"name": "defaults", "params": {"training.learning_rate": 1e-3}}],
+    )
     path = write_study(tmp, data)
     run_session(str(path), None, None, None, 1, [])
     return optuna.load_study(study_name="t", storage=f"sqlite:///{tmp / 'study.db'}"), path
@@ -39,9 +41,20 @@ def study(tmp_path_factory) -> tuple[optuna.Study, Path]:
 def test_report_writes_tables_markdown_html_and_pngs(study, tmp_path: Path) -> None:
     page = write_report(study[0], tmp_path / "report")
     files = {p.name for p in (tmp_path / "report").iterdir()}
-    assert {"trials.csv", "allocations.csv", "allocation_best.csv", "allocation_topk_share.csv",
-            "report.md", "report.html", "heatmap_best.png", "heatmap_topk.png", "budget_curves.png",
-            "pareto.png", "history.png", "intermediate.png"} <= files
+    assert {
+        "trials.csv",
+        "allocations.csv",
+        "allocation_best.csv",
+        "allocation_topk_share.csv",
+        "report.md",
+        "report.html",
+        "heatmap_best.png",
+        "heatmap_topk.png",
+        "budget_curves.png",
+        "pareto.png",
+        "history.png",
+        "intermediate.png",
+    } <= files
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 6 and "Best trial" in html
     trials = pd.read_csv(tmp_path / "report" / "trials.csv")
@@ -59,17 +72,30 @@ def _stored_study() -> optuna.Study:
     study = optuna.create_study(study_name="s<i>1</i>", direction="maximize")
     study.set_user_attr("objectives", [{"metric": "accuracy", "direction": "maximize"}])
     for lr, accuracy, ranks, baseline in ((1e-3, 0.61234, (3, 1), "<script>x</script>"), (5e-3, 0.81234, (4, 0), None)):
-        attrs = {"metrics": {"final": {"accuracy": accuracy}, "test": {"accuracy": accuracy - 0.01}},
-                 "rank_allocation": {"encoder.layer.0.attention.self.query": ranks[0],
-                                     "encoder.layer.1.attention.self.value": ranks[1]},
-                 "budget_curve": [[0, 8], [6, sum(ranks)]], "trainable_params": {"initial": 900, "final": 400,
-                                                                                  "model_total": 10000},
-                 **({"baseline": baseline} if baseline else {})}
-        study.add_trial(create_trial(value=accuracy, params={"training.learning_rate": lr}, user_attrs=attrs,
-                                     distributions={"training.learning_rate": FloatDistribution(1e-4, 1e-2)},
-                                     intermediate_values={2: accuracy - 0.1, 4: accuracy}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
-        "failure": {"type": "TrialFailure", "message": "loss | NaN\nat step 3"}}))
+        attrs = {
+            "metrics": {"final": {"accuracy": accuracy}, "test": {"accuracy": accuracy - 0.01}},
+            "rank_allocation": {
+                "encoder.layer.0.attention.self.query": ranks[0],
+                "encoder.layer.1.attention.self.value": ranks[1],
+            },
+            "budget_curve": [[0, 8], [6, sum(ranks)]],
+            "trainable_params": {"initial": 900, "final": 400, "model_total": 10000},
+            **({"baseline": baseline} if baseline else {}),
+        }
+        study.add_trial(
+            create_trial(
+                value=accuracy,
+                params={"training.learning_rate": lr},
+                user_attrs=attrs,
+                distributions={"training.learning_rate": FloatDistribution(1e-4, 1e-2)},
+                intermediate_values={2: accuracy - 0.1, 4: accuracy},
+            )
+        )
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL, user_attrs={"failure": {"type": "TrialFailure", "message": "loss | NaN\nat step 3"}}
+        )
+    )
     return study
 
 
@@ -104,8 +130,11 @@ def test_exported_lora_config_rebuilds_the_allocation_exactly(study, tmp_path: P
     spec = load_spec(path)
     base = build_base(spec.model, [str(i) for i in range(5)], 0)
     model = get_peft_model(base, config)
-    ranks = {name.removeprefix("base_model.model."): m.r["default"]
-             for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    ranks = {
+        name.removeprefix("base_model.model."): m.r["default"]
+        for name, m in model.named_modules()
+        if isinstance(m, LoraLayer)
+    }
     expected = {k: v for k, v in rank_config["rank_allocation"].items() if v > 0}
     assert ranks == expected
     init_r, alpha = rank_config["init_r"], rank_config["lora_alpha"]
@@ -168,10 +197,17 @@ def test_export_of_a_file_path_parent_is_a_clear_error(study, tmp_path: Path) ->
 
 
 def test_pareto_study_export_picks_by_name(tmp_path: Path) -> None:
-    data = study_dict(study={"n_trials": 3, "objective": [{"metric": "accuracy", "direction": "maximize"},
-                                                           {"metric": "trainable_params", "direction": "minimize"}],
-                             "sampler": {"type": "nsga2", "seed": 0, "population_size": 2}},
-                      adalora={"target_r": {"choices": [1, 2, 3]}})
+    data = study_dict(
+        study={
+            "n_trials": 3,
+            "objective": [
+                {"metric": "accuracy", "direction": "maximize"},
+                {"metric": "trainable_params", "direction": "minimize"},
+            ],
+            "sampler": {"type": "nsga2", "seed": 0, "population_size": 2},
+        },
+        adalora={"target_r": {"choices": [1, 2, 3]}},
+    )
     path = write_study(tmp_path, data)
     run_session(str(path), None, None, None, 1, [])
     st = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'study.db'}")

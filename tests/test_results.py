@@ -27,9 +27,14 @@ from adalora_search.tasks.sequence_classification import SequenceClassification
 def _study(directions: list[str], points: list[tuple[float, ...]]) -> optuna.Study:
     study = optuna.create_study(directions=directions)
     for values in points:
-        study.add_trial(create_trial(values=list(values), params={"x": 0.5},
-                                     distributions={"x": FloatDistribution(0, 1)},
-                                     user_attrs={"rank_allocation": {"a.query": 1}, "config": {}}))
+        study.add_trial(
+            create_trial(
+                values=list(values),
+                params={"x": 0.5},
+                distributions={"x": FloatDistribution(0, 1)},
+                user_attrs={"rank_allocation": {"a.query": 1}, "config": {}},
+            )
+        )
     return study
 
 
@@ -50,8 +55,13 @@ def test_single_objective_ties_go_to_the_earlier_trial_as_in_optuna() -> None:
 
 
 def test_pivot_separates_not_adapted_from_pruned_away() -> None:
-    rows = [(1, "l.0.query", 0, "query", 4), (1, "l.0.value", 0, "value", 2),
-            (2, "l.0.query", 0, "query", 2), (2, "l.0.value", 0, "value", 0), (2, "l.0.key", 0, "key", 0)]
+    rows = [
+        (1, "l.0.query", 0, "query", 4),
+        (1, "l.0.value", 0, "value", 2),
+        (2, "l.0.query", 0, "query", 2),
+        (2, "l.0.value", 0, "value", 0),
+        (2, "l.0.key", 0, "key", 0),
+    ]
     frame = pd.DataFrame(rows, columns=["trial", "module", "layer", "module_type", "rank"])
     table = tables.pivot(frame, [1, 2])
     assert table.loc[0, "query"] == 3 and table.loc[0, "value"] == 1
@@ -78,8 +88,14 @@ def test_export_of_a_trial_pruned_trial_says_so(tmp_path: Path, caplog, monkeypa
     work(spec, url, Budget(1, None), tmp_path / "artifacts", log=lambda _: None)
     study = optuna.load_study(study_name="t", storage=url)
     done = study.trials[0]
-    study.add_trial(create_trial(state=TrialState.PRUNED, params=done.params, distributions=done.distributions,
-                                 user_attrs=dict(done.user_attrs, timing={"steps": 4})))
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params=done.params,
+            distributions=done.distributions,
+            user_attrs=dict(done.user_attrs, timing={"steps": 4}),
+        )
+    )
     with caplog.at_level(logging.WARNING):
         out = export_trial(study, tmp_path / "export", number=1)
     assert "is PRUNED at step 4 of 12" in caplog.text
@@ -90,8 +106,15 @@ def test_export_of_a_trial_pruned_trial_says_so(tmp_path: Path, caplog, monkeypa
 
 
 def test_keep_top_k_adapters_in_a_pareto_study_is_refused() -> None:
-    data = study_dict(study={"keep_top_k_adapters": 1, "objective": [
-        {"metric": "accuracy", "direction": "maximize"}, {"metric": "trainable_params", "direction": "minimize"}]})
+    data = study_dict(
+        study={
+            "keep_top_k_adapters": 1,
+            "objective": [
+                {"metric": "accuracy", "direction": "maximize"},
+                {"metric": "trainable_params", "direction": "minimize"},
+            ],
+        }
+    )
     with pytest.raises(UserError) as info:
         parse_spec(yaml.safe_dump(data))
     assert "study.keep_top_k_adapters" in str(info.value)

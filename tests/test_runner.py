@@ -49,8 +49,16 @@ def test_completed_trial_stores_every_result(tmp_path: Path) -> None:
     trial = load(f"sqlite:///{tmp_path / 'study.db'}", "t").trials[0]  # default: <study file stem>.db
     for key in ("metrics", "rank_allocation", "budget_curve", "trainable_params", "timing", "config"):
         assert trial.user_attrs[key], key
-    assert {"data_s", "build_s", "train_s", "eval_s", "train_tokens_per_s", "peak_memory_mb", "device",
-            "wall_s"} <= set(trial.user_attrs["timing"])
+    assert {
+        "data_s",
+        "build_s",
+        "train_s",
+        "eval_s",
+        "train_tokens_per_s",
+        "peak_memory_mb",
+        "device",
+        "wall_s",
+    } <= set(trial.user_attrs["timing"])
     assert "test" in trial.user_attrs["metrics"]
 
 
@@ -67,6 +75,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
             if calls["n"] == 1:
                 raise ValueError("metric exploded")
             return real(*args, **kwargs)
+
         monkeypatch.setattr(SequenceClassification, "scores", broken)
     else:
         from adalora_search.train import engine
@@ -78,6 +87,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
             if calls["n"] == 3:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
             return real_fb(self, batch)
+
         monkeypatch.setattr(engine.TrialRun, "_forward_backward", oom)
     url = f"sqlite:///{tmp_path / 't.db'}"
     work(spec, url, Budget(2, None), tmp_path / "artifacts", log=lambda _: None)
@@ -91,8 +101,13 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeyp
 
 def _worker(path: Path, url: str, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, ADALORA_SEARCH_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "adalora_search", "worker", str(path), "--storage", url, *extra],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adalora_search", "worker", str(path), "--storage", url, *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_running(url: str, name: str, timeout: float = 90) -> optuna.trial.FrozenTrial:
@@ -109,9 +124,11 @@ def _wait_running(url: str, name: str, timeout: float = 90) -> optuna.trial.Froz
 
 
 def _long_study(tmp_path: Path, name: str, n_trials: int) -> Path:
-    data = study_dict(study={"name": name, "n_trials": n_trials, "heartbeat_interval": 1},
-                      training={"max_steps": 600, "eval_every": 20},
-                      adalora={"schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 10}})
+    data = study_dict(
+        study={"name": name, "n_trials": n_trials, "heartbeat_interval": 1},
+        training={"max_steps": 600, "eval_every": 20},
+        adalora={"schedule": {"unit": "fraction", "t_init": 0.1, "t_final": 0.2, "delta_t": 10}},
+    )
     return write_study(tmp_path, data)
 
 
@@ -167,10 +184,14 @@ def test_sigint_marks_the_running_trial_and_resume_finishes(tmp_path: Path) -> N
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_on_postgresql_end_with_exact_trial_count(tmp_path: Path, pg_url: str, workers: int) -> None:
     name = f"pg_{workers}_{uuid.uuid4().hex[:8]}"
-    data = study_dict(study={"name": name, "n_trials": 5, "sampler": {"type": "tpe", "seed": 0}},
-                      training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
-                      baselines=[{"name": "a", "params": {"training.learning_rate": 2e-3}},
-                                 {"name": "b", "params": {"training.learning_rate": 4e-3}}])
+    data = study_dict(
+        study={"name": name, "n_trials": 5, "sampler": {"type": "tpe", "seed": 0}},
+        training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
+        baselines=[
+            {"name": "a", "params": {"training.learning_rate": 2e-3}},
+            {"name": "b", "params": {"training.learning_rate": 4e-3}},
+        ],
+    )
     path = write_study(tmp_path, data)
     procs = [_worker(path, pg_url) for _ in range(workers)]
     for p in procs:
@@ -204,8 +225,7 @@ def test_status_and_locating_a_stored_study(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_count(tmp_path: Path,
-                                                                                    monkeypatch) -> None:
+def test_workers_per_gpu_on_cpu_starts_the_workers_and_ends_with_exact_trial_count(tmp_path: Path, monkeypatch) -> None:
     from adalora_search.search import workers
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine without a GPU: they share the CPU
@@ -243,13 +263,18 @@ def test_status_json_is_machine_readable(tmp_path: Path, monkeypatch, capsys) ->
     from conftest import cli_exit_code
     from optuna.trial import create_trial
 
-    path = write_study(tmp_path, study_dict(study={"n_trials": 2},
-                                            training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}))
+    path = write_study(
+        tmp_path,
+        study_dict(study={"n_trials": 2}, training={"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}),
+    )
     url = f"sqlite:///{tmp_path / 'study.db'}"
     work(load_spec(path), url, Budget(2, None), tmp_path / "artifacts", log=lambda _: None)
     study = optuna.load_study(study_name="t", storage=url)
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
-        "failure": {"type": "TrialFailure", "message": "loss is NaN at step 3"}}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL, user_attrs={"failure": {"type": "TrialFailure", "message": "loss is NaN at step 3"}}
+        )
+    )
     capsys.readouterr()
     code = cli_exit_code(["status", str(path), "--json"], monkeypatch)
     out = capsys.readouterr().out  # stdout only: log messages go to stderr

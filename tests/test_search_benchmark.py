@@ -45,10 +45,12 @@ def test_arms_are_schema_default_strategies_with_the_seed():
 
 
 def test_anytime_curve_keeps_the_first_best_and_counts_pruned_steps():
-    log = [{"number": 0, "finished_s": 5.0, "steps": 10, "validation": None, "test": None},  # pruned first
-           {"number": 1, "finished_s": 9.0, "steps": 20, "validation": 0.8, "test": 0.7},
-           {"number": 3, "finished_s": 14.0, "steps": 20, "validation": 0.8, "test": 0.9},  # a tie: not chosen
-           {"number": 2, "finished_s": 12.0, "steps": 5, "validation": 0.6, "test": 0.95}]
+    log = [
+        {"number": 0, "finished_s": 5.0, "steps": 10, "validation": None, "test": None},  # pruned first
+        {"number": 1, "finished_s": 9.0, "steps": 20, "validation": 0.8, "test": 0.7},
+        {"number": 3, "finished_s": 14.0, "steps": 20, "validation": 0.8, "test": 0.9},  # a tie: not chosen
+        {"number": 2, "finished_s": 12.0, "steps": 5, "validation": 0.6, "test": 0.95},
+    ]
     curve = sb.anytime(log)
     assert [p["trial"] for p in curve] == [0, 1, 2, 3]  # finishing order
     assert [p["steps"] for p in curve] == [10, 30, 35, 55]
@@ -61,8 +63,12 @@ def test_anytime_curve_keeps_the_first_best_and_counts_pruned_steps():
 def test_goals_against_random_and_hf_of_the_same_seed():
     def run(points, steps, wall):  # (finished_s, steps so far, best validation, its test)
         curve = [{"finished_s": f, "steps": n, "best_validation": v, "test_of_best": t} for f, n, v, t in points]
-        return {"curve": curve, "optimizer_steps": steps, "wall_s": wall,
-                "best_validation": curve[-1]["best_validation"]}
+        return {
+            "curve": curve,
+            "optimizer_steps": steps,
+            "wall_s": wall,
+            "best_validation": curve[-1]["best_validation"],
+        }
 
     rnd = run([(10, 100, 0.80, 0.7), (20, 200, 0.90, 0.8)], 200, 20)
     hf = run([(5, 30, 0.85, 0.8), (30, 90, 0.88, 0.85)], 90, 30)
@@ -82,8 +88,16 @@ def _finished(trial: dict) -> float:
 def test_smoke_run_writes_raw_runs_summary_and_plot(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    cmd = [sys.executable, str(REPO / "bench" / "search_benchmark.py"), "--smoke", "--arms", "default", "random",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "search_benchmark.py"),
+        "--smoke",
+        "--arms",
+        "default",
+        "random",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -106,7 +120,12 @@ def test_smoke_run_writes_raw_runs_summary_and_plot(tmp_path):
     random = summary["arms"]["random"]
     assert random["steps_vs_random_pct"] == {"mean": 100.0, "std": 0.0, "n": 2} and random["pruned"]["mean"] == 0
     assert set(summary["arms"]["default"]) >= {"best_validation", "test_of_chosen", "time_to_hf_best_s", "per_seed"}
-    plot = subprocess.run([sys.executable, str(REPO / "bench" / "plot_search_benchmark.py"), "--results", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    plot = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "plot_search_benchmark.py"), "--results", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert plot.returncode == 0, plot.stderr[-3000:]
     assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

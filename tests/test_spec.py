@@ -67,20 +67,23 @@ def test_every_field_of_the_schema_is_described_with_its_default() -> None:
     assert schema["$id"] == SCHEMA_ID and schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     properties = _properties(schema)
     assert len(properties) > 150  # every model of the spec, the baseline knob paths too
-    undescribed = [where for where, prop in properties
-                   if not prop.get("description", "").split("Default:")[0].strip(" .")]
+    undescribed = [
+        where for where, prop in properties if not prop.get("description", "").split("Default:")[0].strip(" .")
+    ]
     assert undescribed == []
     defs = schema["$defs"]
     assert defs["TrainingSpec"]["properties"]["batch_size"]["description"].endswith("Default: 32.")
-    assert "Default: [\"query\", \"value\"]" in defs["AdaLoraSpec"]["properties"]["target_modules"]["description"]
+    assert 'Default: ["query", "value"]' in defs["AdaLoraSpec"]["properties"]["target_modules"]["description"]
     assert "seconds" in defs["StudySection"]["properties"]["timeout"]["description"]
 
 
 def test_a_study_with_the_editor_modeline_loads_and_validates(tmp_path: Path) -> None:
     (tmp_path / "study.schema.json").write_text(json.dumps(_schema()))
     path = tmp_path / "study.yaml"
-    path.write_text("# adalora-search run study.yaml\n# yaml-language-server: $schema=./study.schema.json\n"
-                    + yaml.safe_dump(study_dict()))  # the modeline as README shows it
+    path.write_text(
+        "# adalora-search run study.yaml\n# yaml-language-server: $schema=./study.schema.json\n"
+        + yaml.safe_dump(study_dict())
+    )  # the modeline as README shows it
     assert load_spec(path).study.name == "t"
     modeline = next(line for line in path.read_text().splitlines() if line.startswith("# yaml-language-server:"))
     modeline = modeline.split("$schema=")[1]  # what the editor resolves, relative to the study file
@@ -92,8 +95,12 @@ def test_schema_checks_baseline_knob_paths_and_value_types() -> None:
     schema = _schema()
     params = {"training.learning_rate": 1e-3, "adalora.init_r": 8, "adalora.target_modules": "query,value"}
     jsonschema.validate(study_dict(baselines=[{"name": "b", "params": params}]), schema)
-    for bad in ({"adalora.init_rr": 8}, {"adalora.init_r": "8"}, {"adalora.init_r": 0},
-                {"training.learning_rate": [1e-3]}):
+    for bad in (
+        {"adalora.init_rr": 8},
+        {"adalora.init_r": "8"},
+        {"adalora.init_r": 0},
+        {"training.learning_rate": [1e-3]},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(study_dict(baselines=[{"name": "b", "params": {**params, **bad}}]), schema)
 
@@ -119,9 +126,14 @@ def test_all_problems_are_reported_at_once() -> None:
 
 
 def test_knob_forms_fixed_range_and_list_choices() -> None:
-    spec = parse_spec(yaml.safe_dump(study_dict(
-        training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
-        adalora={"target_modules": {"choices": [["query"], ["query", "value"]]}, "init_r": 6, "target_r": 2})))
+    spec = parse_spec(
+        yaml.safe_dump(
+            study_dict(
+                training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                adalora={"target_modules": {"choices": [["query"], ["query", "value"]]}, "init_r": 6, "target_r": 2},
+            )
+        )
+    )
     searched = dict(searched_knobs(spec))
     assert isinstance(searched["training.learning_rate"], FloatRange)
     assert isinstance(searched["adalora.target_modules"], Choices)
@@ -129,12 +141,26 @@ def test_knob_forms_fixed_range_and_list_choices() -> None:
 
 
 def test_sample_with_fixed_trial_gives_a_concrete_config() -> None:
-    spec = parse_spec(yaml.safe_dump(study_dict(
-        training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
-        adalora={"target_modules": {"choices": [["query"], ["query", "value"]]}, "init_r": {"low": 4, "high": 8},
-                 "target_r": {"choices": [1, 2, 3]}})))
-    trial = optuna.trial.FixedTrial({"training.learning_rate": 3e-3, "adalora.target_modules": "query,value",
-                                     "adalora.init_r": 6, "adalora.target_r": 2})
+    spec = parse_spec(
+        yaml.safe_dump(
+            study_dict(
+                training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                adalora={
+                    "target_modules": {"choices": [["query"], ["query", "value"]]},
+                    "init_r": {"low": 4, "high": 8},
+                    "target_r": {"choices": [1, 2, 3]},
+                },
+            )
+        )
+    )
+    trial = optuna.trial.FixedTrial(
+        {
+            "training.learning_rate": 3e-3,
+            "adalora.target_modules": "query,value",
+            "adalora.init_r": 6,
+            "adalora.target_r": 2,
+        }
+    )
     cfg = sample(spec, trial)
     assert cfg.training.learning_rate == 3e-3
     assert cfg.adalora.target_modules == ["query", "value"]
@@ -143,8 +169,9 @@ def test_sample_with_fixed_trial_gives_a_concrete_config() -> None:
 
 
 def test_sampling_every_corner_never_gives_target_r_ge_init_r() -> None:
-    spec = parse_spec(yaml.safe_dump(study_dict(adalora={"init_r": {"low": 6, "high": 12},
-                                                         "target_r": {"low": 1, "high": 5}})))
+    spec = parse_spec(
+        yaml.safe_dump(study_dict(adalora={"init_r": {"low": 6, "high": 12}, "target_r": {"low": 1, "high": 5}}))
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(30):
         cfg = sample(spec, study.ask())
@@ -152,9 +179,16 @@ def test_sampling_every_corner_never_gives_target_r_ge_init_r() -> None:
 
 
 def test_baseline_overrides_fixed_knobs_and_enqueues_searched_ones() -> None:
-    spec = parse_spec(yaml.safe_dump(study_dict(
-        training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
-        baselines=[{"name": "paper", "params": {"training.learning_rate": 5e-4, "adalora.orth_reg_weight": 0.1}}])))
+    spec = parse_spec(
+        yaml.safe_dump(
+            study_dict(
+                training={"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                baselines=[
+                    {"name": "paper", "params": {"training.learning_rate": 5e-4, "adalora.orth_reg_weight": 0.1}}
+                ],
+            )
+        )
+    )
     trial = optuna.trial.FixedTrial({"training.learning_rate": 5e-4})
     cfg = sample(spec, trial, spec.baselines[0].params)
     assert cfg.training.learning_rate == 5e-4 and cfg.adalora.orth_reg_weight == 0.1

@@ -66,7 +66,7 @@ def test_response_only_loss_equals_cross_entropy_by_hand(llama: Path) -> None:
             p = tokenizer(f"Headline: {headline}\nTopic:")["input_ids"]
             r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             logits = run.model(input_ids=torch.tensor([p + r])).logits[0]
-            total += float(torch.nn.functional.cross_entropy(logits[len(p) - 1:-1], torch.tensor(r), reduction="sum"))
+            total += float(torch.nn.functional.cross_entropy(logits[len(p) - 1 : -1], torch.tensor(r), reduction="sum"))
             count += len(r)
     assert len(data.splits["validation"]) == len(raw)  # nothing dropped at this max_length
     assert scores["eval_loss"] == pytest.approx(total / count, rel=1e-4)
@@ -75,8 +75,12 @@ def test_response_only_loss_equals_cross_entropy_by_hand(llama: Path) -> None:
 
 def test_chat_template_masks_assistant_turns_only(llama: Path) -> None:
     tokenizer = load_tokenizer(load_spec_model(llama))
-    turns = [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "alpha beta"},
-             {"role": "user", "content": "second question"}, {"role": "assistant", "content": "gamma"}]
+    turns = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "alpha beta"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "gamma"},
+    ]
     ids, mask, start = chat_tokens(tokenizer, turns)
     learned = tokenizer.decode([t for t, m in zip(ids, mask) if m])
     assert learned.split() == ["alpha", "beta", "[SEP]", "gamma", "[SEP]"]  # assistant text + end of turn
@@ -110,7 +114,7 @@ def test_first_sub_token_alignment() -> None:
 def _ner_files(directory: Path) -> dict[str, str]:
     words = ["alice", "visited", "paris", "and", "bob", "saw", "london", "today"]
     tags = ["B-PER", "O", "B-LOC", "O", "B-PER", "O", "B-LOC", "O"]
-    rows = [{"tokens": words[i % 4:i % 4 + 4], "ner": tags[i % 4:i % 4 + 4]} for i in range(40)]
+    rows = [{"tokens": words[i % 4 : i % 4 + 4], "ner": tags[i % 4 : i % 4 + 4]} for i in range(40)]
     rows = [dict(r, tokens=r["tokens"] + [f"w{i}"], ner=r["ner"] + ["O"]) for i, r in enumerate(rows)]
     path = directory / "ner.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -128,10 +132,14 @@ def _whole_path(path: Path, monkeypatch, tmp: Path) -> tuple[optuna.Study, dict]
     return study, json.loads((tmp / "export" / "rank_config.json").read_text())
 
 
-def test_causal_lm_whole_path_with_zero_shot_and_lora_references(llama: Path, tmp_path: Path, monkeypatch,
-                                                                  capsys) -> None:
-    data = causal_study(llama, study={"references": [{"kind": "zero_shot"}, {"kind": "lora"}]},
-                        training={"generation": {"max_new_tokens": 3, "max_samples": 8, "at_evals": True}})
+def test_causal_lm_whole_path_with_zero_shot_and_lora_references(
+    llama: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    data = causal_study(
+        llama,
+        study={"references": [{"kind": "zero_shot"}, {"kind": "lora"}]},
+        training={"generation": {"max_new_tokens": 3, "max_samples": 8, "at_evals": True}},
+    )
     study, exported = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
     out = capsys.readouterr().out
     assert "reference zero_shot" in out and "reference lora" in out and "fixed-rank LoRA" in out
@@ -159,16 +167,26 @@ def test_gpt2_conv1d_modules_are_adapted_reported_and_exported(gpt2: Path, tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         model = get_peft_model(base, exported)
-    rebuilt = {n.removeprefix("base_model.model."): m.r["default"] for n, m in model.named_modules()
-               if isinstance(m, LoraLayer)}
+    rebuilt = {
+        n.removeprefix("base_model.model."): m.r["default"]
+        for n, m in model.named_modules()
+        if isinstance(m, LoraLayer)
+    }
     assert rebuilt == {k: v for k, v in ranks.items() if v > 0}
 
 
 def test_token_classification_whole_path(tmp_path: Path, monkeypatch) -> None:
-    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                      data={"source": {"type": "files", "format": "jsonl", "paths": _ner_files(tmp_path)},
-                            "text_fields": ["tokens"], "label_field": "ner", "deduplicate": False,
-                            "split": {"validation": 0.25, "test": 0.25, "seed": 0}})
+    data = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": _ner_files(tmp_path)},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+            "deduplicate": False,
+            "split": {"validation": 0.25, "test": 0.25, "seed": 0},
+        },
+    )
     study, exported = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
     metrics = study.best_trial.user_attrs["metrics"]
     assert {"f1", "precision", "recall", "accuracy", "eval_loss"} <= set(metrics["final"])
@@ -179,10 +197,16 @@ def test_token_classification_whole_path(tmp_path: Path, monkeypatch) -> None:
 def test_regression_whole_path(tmp_path: Path, monkeypatch, capsys) -> None:
     rows = "\n".join(f"sentence number {i} is {'good' if i % 2 else 'bad'},{(i % 5) / 4}" for i in range(60))
     (tmp_path / "r.csv").write_text("text,score\n" + rows + "\n")
-    data = study_dict(model={"task": "regression"}, study={"objective": {"metric": "spearman"}},
-                      data={"source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
-                            "text_fields": ["text"], "label_field": "score",
-                            "split": {"validation": 0.3, "test": 0.2, "seed": 0}})
+    data = study_dict(
+        model={"task": "regression"},
+        study={"objective": {"metric": "spearman"}},
+        data={
+            "source": {"type": "files", "format": "csv", "paths": {"train": "r.csv"}},
+            "text_fields": ["text"],
+            "label_field": "score",
+            "split": {"validation": 0.3, "test": 0.2, "seed": 0},
+        },
+    )
     study, _ = _whole_path(write_study(tmp_path, data), monkeypatch, tmp_path)
     assert {"pearson", "spearman"} <= set(study.best_trial.user_attrs["metrics"]["test"])
     capsys.readouterr()
@@ -198,31 +222,41 @@ def _chat_rows(directory: Path, rows: list[dict]) -> dict[str, str]:
     return {"train": str(path)}
 
 
-CHATS = [{"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
-         for w in ["yes", "no", "maybe", "never", "always", "often", "seldom", "sometimes"] * 5]
+CHATS = [
+    {"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}]}
+    for w in ["yes", "no", "maybe", "never", "always", "often", "seldom", "sometimes"] * 5
+]
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("prompt_column_missing", "data.prompt_template: column 'title' is not in"),
-    ("response_column_missing", "data.response_field: column 'answer' is not in"),
-    ("messages_column_missing", "data.messages_field: column 'conversation' is not in"),
-    ("no_form", "causal_lm needs response_field"),
-    ("unused_field", "data.label_field"),
-    ("empty_responses", "every response of the train split is empty"),
-    ("responses_too_long", "no row of the train split fits in max_length tokens"),
-    ("no_chat_template", "the tokenizer has no chat template"),
-    ("metric_of_another_task", "not a causal_lm metric"),
-    ("generation_metric_on_plain_text", "plain text has none"),
-    ("max_length_above_positions", "data.max_length = 512"),
-    ("generation_on_plain_text", "plain text has no responses to generate"),
-    ("pruning_on_a_metric_of_the_end", "generation metrics are computed after training only; prune on eval_loss"),
-])
-def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tmp_path: Path, monkeypatch,
-                                                      capsys) -> None:
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("prompt_column_missing", "data.prompt_template: column 'title' is not in"),
+        ("response_column_missing", "data.response_field: column 'answer' is not in"),
+        ("messages_column_missing", "data.messages_field: column 'conversation' is not in"),
+        ("no_form", "causal_lm needs response_field"),
+        ("unused_field", "data.label_field"),
+        ("empty_responses", "every response of the train split is empty"),
+        ("responses_too_long", "no row of the train split fits in max_length tokens"),
+        ("no_chat_template", "the tokenizer has no chat template"),
+        ("metric_of_another_task", "not a causal_lm metric"),
+        ("generation_metric_on_plain_text", "plain text has none"),
+        ("max_length_above_positions", "data.max_length = 512"),
+        ("generation_on_plain_text", "plain text has no responses to generate"),
+        ("pruning_on_a_metric_of_the_end", "generation metrics are computed after training only; prune on eval_loss"),
+    ],
+)
+def test_causal_lm_bad_input_exits_2_naming_the_field(
+    case: str, expect: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
     model = tiny_decoder(tmp_path, "llama", chat_template=case != "no_chat_template")
-    chat = {"source": {"type": "files", "format": "jsonl", "paths": _chat_rows(tmp_path, CHATS)},
-            "prompt_template": None, "response_field": None, "messages_field": "messages",
-            "split": {"validation": 0.2, "test": 0.0, "seed": 0}}
+    chat = {
+        "source": {"type": "files", "format": "jsonl", "paths": _chat_rows(tmp_path, CHATS)},
+        "prompt_template": None,
+        "response_field": None,
+        "messages_field": "messages",
+        "split": {"validation": 0.2, "test": 0.0, "seed": 0},
+    }
     sections = {
         "prompt_column_missing": {"data": {"prompt_template": "Title: {title}"}},
         "response_column_missing": {"data": {"response_field": "answer"}},
@@ -233,14 +267,18 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
         "responses_too_long": {"data": {"prompt_template": "{headline}", "response_field": "body", "max_length": 16}},
         "no_chat_template": {"data": chat},
         "metric_of_another_task": {"study": {"objective": {"metric": "accuracy"}}},
-        "generation_metric_on_plain_text": {"study": {"objective": {"metric": "rouge_l"}},
-                                            "data": {"prompt_template": None, "response_field": None,
-                                                     "text_fields": ["body"]}},
+        "generation_metric_on_plain_text": {
+            "study": {"objective": {"metric": "rouge_l"}},
+            "data": {"prompt_template": None, "response_field": None, "text_fields": ["body"]},
+        },
         "max_length_above_positions": {"data": {"max_length": 512}},
-        "generation_on_plain_text": {"data": {"prompt_template": None, "response_field": None, "text_fields": ["body"]},
-                                     "training": {"generation": {"max_new_tokens": 4}}},
-        "pruning_on_a_metric_of_the_end": {"study": {"objective": {"metric": "exact_match"},
-                                                     "pruning_metric": "exact_match"}},
+        "generation_on_plain_text": {
+            "data": {"prompt_template": None, "response_field": None, "text_fields": ["body"]},
+            "training": {"generation": {"max_new_tokens": 4}},
+        },
+        "pruning_on_a_metric_of_the_end": {
+            "study": {"objective": {"metric": "exact_match"}, "pruning_metric": "exact_match"}
+        },
     }[case]
     data = causal_study(model, **sections)
     data["data"] = {k: v for k, v in data["data"].items() if v is not None}
@@ -258,8 +296,11 @@ def test_causal_lm_bad_input_exits_2_naming_the_field(case: str, expect: str, tm
 def test_gradient_checkpointing_trains_the_same_model(llama: Path) -> None:
     results = []
     for checkpointing in (False, True):
-        spec = parse_spec(yaml.safe_dump(causal_study(llama, training={"gradient_checkpointing": checkpointing,
-                                                                       "max_steps": 6, "eval_every": 6})))
+        spec = parse_spec(
+            yaml.safe_dump(
+                causal_study(llama, training={"gradient_checkpointing": checkpointing, "max_steps": 6, "eval_every": 6})
+            )
+        )
         run = TrialRun(sample(spec, optuna.trial.FixedTrial({})), prepare_data(spec))
         assert run.model.base_model.model.is_gradient_checkpointing == checkpointing
         results.append(run.train())
@@ -267,14 +308,17 @@ def test_gradient_checkpointing_trains_the_same_model(llama: Path) -> None:
     assert results[0].rank_allocation == results[1].rank_allocation
 
 
-@pytest.mark.parametrize("template, response, expect", [
-    ("Headline: {headline", "label", "data.prompt_template = 'Headline: {headline': not a usable template"),
-    ("no placeholders", "label", "it names no column"),
-    ("{} {headline}", "label", "are not column names"),
-    ("{headline:>5000000000}", "label", "format specs and conversions"),
-    ("{headline!x}", "label", "format specs and conversions"),
-    ("H: {headline}", None, "data.response_field = None: name the column the model learns to write"),
-])
+@pytest.mark.parametrize(
+    "template, response, expect",
+    [
+        ("Headline: {headline", "label", "data.prompt_template = 'Headline: {headline': not a usable template"),
+        ("no placeholders", "label", "it names no column"),
+        ("{} {headline}", "label", "are not column names"),
+        ("{headline:>5000000000}", "label", "format specs and conversions"),
+        ("{headline!x}", "label", "format specs and conversions"),
+        ("H: {headline}", None, "data.response_field = None: name the column the model learns to write"),
+    ],
+)
 def test_prompt_templates_that_cannot_work_are_refused(template: str, response: str | None, expect: str) -> None:
     data = causal_study(Path("unused"), data={"prompt_template": template, "response_field": response})
     with pytest.raises(UserError) as info:
@@ -282,35 +326,58 @@ def test_prompt_templates_that_cannot_work_are_refused(template: str, response: 
     assert expect in str(info.value)
 
 
-@pytest.mark.parametrize("rows, expect", [
-    ([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}],
-     "has a turn whose role or content is not text"),
-    ([{"messages": [{"role": "human", "content": "q"}, {"role": "bot", "content": "a"}]}],
-     "has no turn with role 'assistant' (roles: ['bot', 'human'])"),
-    ([{"messages": [{"content": "q"}]}], "has a turn without both 'role' and 'content'"),
-    ([{"messages": []}], "is not a non-empty list of turns"),
-    ([], "the file is empty"),
-])
-def test_bad_chat_rows_say_which_rule_and_show_the_value(rows: list, expect: str, llama: Path, tmp_path: Path,
-                                                         monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "rows, expect",
+    [
+        (
+            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}],
+            "has a turn whose role or content is not text",
+        ),
+        (
+            [{"messages": [{"role": "human", "content": "q"}, {"role": "bot", "content": "a"}]}],
+            "has no turn with role 'assistant' (roles: ['bot', 'human'])",
+        ),
+        ([{"messages": [{"content": "q"}]}], "has a turn without both 'role' and 'content'"),
+        ([{"messages": []}], "is not a non-empty list of turns"),
+        ([], "the file is empty"),
+    ],
+)
+def test_bad_chat_rows_say_which_rule_and_show_the_value(
+    rows: list, expect: str, llama: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
-    data = causal_study(llama, data={"source": {"type": "files", "format": "jsonl",
-                                                "paths": {"train": str(tmp_path / "chat.jsonl")}},
-                                     "prompt_template": None, "response_field": None, "messages_field": "messages"})
+    data = causal_study(
+        llama,
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": str(tmp_path / "chat.jsonl")}},
+            "prompt_template": None,
+            "response_field": None,
+            "messages_field": "messages",
+        },
+    )
     data["data"] = {k: v for k, v in data["data"].items() if v is not None}
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out
 
 
-@pytest.mark.parametrize("rows, expect", [
-    ([{"tokens": ["john", "went"], "ner": ["B-PER", None]}], "has a blank tag"),
-    ([{"tokens": [], "ner": []}], "has no words"),
-])
+@pytest.mark.parametrize(
+    "rows, expect",
+    [
+        ([{"tokens": ["john", "went"], "ner": ["B-PER", None]}], "has a blank tag"),
+        ([{"tokens": [], "ner": []}], "has no words"),
+    ],
+)
 def test_bad_tagging_rows_are_refused(rows: list, expect: str, tmp_path: Path, monkeypatch, capsys) -> None:
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
-    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                      data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-                            "text_fields": ["tokens"], "label_field": "ner"})
+    data = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out
 
@@ -324,9 +391,21 @@ def test_generation_settings_on_a_task_that_does_not_generate_are_refused() -> N
 def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeypatch, capsys) -> None:
     rows = [{"tokens": ["john", "went", f"w{i % 30}"], "ner": ["B-PER", "O", "O"]} for i in range(60)]
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                      data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-                            "text_fields": ["tokens"], "label_field": "ner"})
+    data = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
-    assert code == 0 and ("rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
-                          "train 30 of 60 source rows") in out
+    assert (
+        code == 0
+        and (
+            "rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
+            "train 30 of 60 source rows"
+        )
+        in out
+    )

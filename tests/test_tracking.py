@@ -25,9 +25,14 @@ BOTH = {"mlflow": {"enabled": True}, "tensorboard": {"enabled": True}}
 def tracked(tmp_path_factory) -> dict[str, Any]:
     """A 2-trial study with both trackers at their default places, run from another working directory."""
     root = tmp_path_factory.mktemp("tracked")
-    path = write_study(root / "", study_dict(
-        study={"n_trials": 2, "sampler": {"type": "random", "seed": 3}},
-        training={"learning_rate": {"low": 1e-3, "high": 2e-2, "log": True}}, tracking=BOTH))
+    path = write_study(
+        root / "",
+        study_dict(
+            study={"n_trials": 2, "sampler": {"type": "random", "seed": 3}},
+            training={"learning_rate": {"low": 1e-3, "high": 2e-2, "log": True}},
+            tracking=BOTH,
+        ),
+    )
     elsewhere = tmp_path_factory.mktemp("cwd")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(elsewhere)  # the default stores go beside the study file, not into the working directory
@@ -72,7 +77,8 @@ def test_tensorboard_event_files_hold_the_curves(tracked) -> None:
         history = trial.user_attrs["history"]
         for key in ("train_loss", "accuracy", "budget"):
             assert [(e.step, e.value) for e in events.Scalars(key)] == [
-                (h["step"], pytest.approx(h[key], rel=1e-6)) for h in history]
+                (h["step"], pytest.approx(h[key], rel=1e-6)) for h in history
+            ]
         (final,) = events.Scalars("final/accuracy")
         assert final.value == pytest.approx(trial.user_attrs["metrics"]["final"]["accuracy"], rel=1e-6)
         (text,) = events.Tensors("rank_allocation/text_summary")
@@ -80,10 +86,12 @@ def test_tensorboard_event_files_hold_the_curves(tracked) -> None:
         assert json.loads(shown) == trial.user_attrs["rank_allocation"]
 
 
-@pytest.mark.parametrize("tracker, blocked", [("mlflow", ["mlflow"]),
-                                              ("tensorboard", ["tensorboard", "torch.utils.tensorboard"])])
-def test_an_enabled_tracker_that_is_not_installed_names_the_extra(tracker: str, blocked: list[str],
-                                                                   monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "tracker, blocked", [("mlflow", ["mlflow"]), ("tensorboard", ["tensorboard", "torch.utils.tensorboard"])]
+)
+def test_an_enabled_tracker_that_is_not_installed_names_the_extra(
+    tracker: str, blocked: list[str], monkeypatch
+) -> None:
     for module in blocked:
         monkeypatch.setitem(sys.modules, module, None)  # as on a machine without the tracking extra
     with pytest.raises(UserError) as info:
@@ -111,8 +119,7 @@ def test_a_bad_mlflow_store_is_a_user_error() -> None:
         Tracker(TrackingSpec.model_validate({"mlflow": {"enabled": True, "tracking_uri": uri}}), "t")
 
 
-def test_a_deleted_mlflow_experiment_is_restored_with_a_line_saying_so(tmp_path: Path, caplog,
-                                                                      monkeypatch) -> None:
+def test_a_deleted_mlflow_experiment_is_restored_with_a_line_saying_so(tmp_path: Path, caplog, monkeypatch) -> None:
     """Issue #21 item 7: the restore happened silently."""
     import logging
 

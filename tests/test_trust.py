@@ -42,24 +42,35 @@ def test_integer_tags_need_names_and_then_read_as_the_named_tags(tmp_path: Path,
     assert named.label_names == ["O", "B-PER", "I-PER", "B-LOC"]  # the names' order is the ids' order
     for split in ("train", "validation"):
         tags = [[named.label_names[i] for i in row if i != -100] for row in named.splits[split].columns["labels"]]
-        assert tags == [[strings.label_names[i] for i in row if i != -100]
-                        for row in strings.splits[split].columns["labels"]]
+        assert tags == [
+            [strings.label_names[i] for i in row if i != -100] for row in strings.splits[split].columns["labels"]
+        ]
     assert run_cli(["run", "study_ints.yaml"], monkeypatch, capsys)[0] == 0
 
 
-@pytest.mark.parametrize("tags, expect", [
-    (["PER", "O", "LOC"], "are not entity tags seqeval reads"),
-    (["1", "0", "3"], "they look like ids: store them as integers"),
-    (["per-B", "O", "O"], "are not entity tags seqeval reads"),
-    (["O", "O", "O"], "every tag of the train split is O"),
-])
-def test_tags_that_would_score_f1_zero_are_refused(tags: list[str], expect: str, tmp_path: Path, monkeypatch,
-                                                   capsys) -> None:
+@pytest.mark.parametrize(
+    "tags, expect",
+    [
+        (["PER", "O", "LOC"], "are not entity tags seqeval reads"),
+        (["1", "0", "3"], "they look like ids: store them as integers"),
+        (["per-B", "O", "O"], "are not entity tags seqeval reads"),
+        (["O", "O", "O"], "every tag of the train split is O"),
+    ],
+)
+def test_tags_that_would_score_f1_zero_are_refused(
+    tags: list[str], expect: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
     rows = [{"tokens": ["ann", "met", f"w{i}"], "ner": tags} for i in range(40)]
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                       data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-                             "text_fields": ["tokens"], "label_field": "ner"})
+    study = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out, out
 
@@ -76,8 +87,12 @@ def test_bilou_tags_are_scored_as_entities() -> None:
     def forward(batch: dict) -> torch.Tensor:
         return torch.nn.functional.one_hot(gold.clamp(min=0), len(names)).float() * 10
 
-    ctx = EvalContext(forward=forward, batches=lambda: [{"input_ids": gold.clone(), "labels": gold.clone()}],
-                      split=split, label_names=names)
+    ctx = EvalContext(
+        forward=forward,
+        batches=lambda: [{"input_ids": gold.clone(), "labels": gold.clone()}],
+        split=split,
+        label_names=names,
+    )
     assert get_task("token_classification").evaluate(ctx)["f1"] == 1.0
 
 
@@ -116,9 +131,18 @@ def _reviews(path: Path, n: int = 60, third: int = 0) -> None:
 
 
 def _review_study(tmp_path: Path) -> Path:
-    return write_study(tmp_path, study_dict(
-        study={"n_trials": 1}, data={"source": {"type": "files", "format": "csv", "paths": {"train": "reviews.csv"}},
-                                     "text_fields": ["text"], "max_train_samples": None, "max_eval_samples": None}))
+    return write_study(
+        tmp_path,
+        study_dict(
+            study={"n_trials": 1},
+            data={
+                "source": {"type": "files", "format": "csv", "paths": {"train": "reviews.csv"}},
+                "text_fields": ["text"],
+                "max_train_samples": None,
+                "max_eval_samples": None,
+            },
+        ),
+    )
 
 
 def test_a_data_file_edited_in_place_is_read_again_even_with_its_size_and_mtime(tmp_path: Path) -> None:
@@ -134,8 +158,9 @@ def test_a_data_file_edited_in_place_is_read_again_even_with_its_size_and_mtime(
     assert before.label_names == ["neg", "pos"] and after.label_names == ["POS", "neg"]
 
 
-def test_a_stored_study_refuses_changed_data_and_export_keeps_the_trial_labels(tmp_path: Path, monkeypatch,
-                                                                               capsys) -> None:
+def test_a_stored_study_refuses_changed_data_and_export_keeps_the_trial_labels(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     _reviews(tmp_path / "reviews.csv")
     path = _review_study(tmp_path)
     assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0
@@ -184,6 +209,7 @@ def test_a_relative_sqlite_storage_is_beside_the_study_file(tmp_path: Path, monk
 # ---------------------------------------------------------------- item 5: writes are whole, errors are exit 2
 def _full_disk(monkeypatch: pytest.MonkeyPatch, after: int = 100) -> None:
     """Writes through ``files`` fail with ENOSPC after ``after`` bytes, as on a full disk."""
+
     class Full:
         def __init__(self, fd: int, mode: str):
             self.f = os.fdopen(fd, mode)
@@ -202,8 +228,9 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, after: int = 100) -> None:
     monkeypatch.setattr(files, "os", types.SimpleNamespace(**{**vars(os), "fdopen": Full}))
 
 
-def test_report_on_a_full_disk_or_under_a_file_exits_2_and_leaves_nothing_partial(tmp_path: Path, monkeypatch,
-                                                                                  capsys) -> None:
+def test_report_on_a_full_disk_or_under_a_file_exits_2_and_leaves_nothing_partial(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Field case case30 (b, c): tracebacks, and a 0-byte trials.csv left behind."""
     path = write_study(tmp_path, study_dict(study={"n_trials": 1}))
     assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0
@@ -277,12 +304,17 @@ def test_an_artifact_store_that_fills_up_keeps_the_trained_trial(tmp_path: Path,
 
 
 # ---------------------------------------------------------------- item 8: results that learned nothing are said
-def test_a_single_class_result_is_flagged_in_summary_report_export_and_card(tmp_path: Path, monkeypatch,
-                                                                           capsys) -> None:
+def test_a_single_class_result_is_flagged_in_summary_report_export_and_card(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     """A LoRA reference that learned nothing was not flagged; export of such a trial said nothing."""
-    path = write_study(tmp_path, study_dict(study={"n_trials": 1, "references": [{"kind": "lora",
-                                                                                  "learning_rate": 1e-9}]},
-                                            training={"learning_rate": 1e-9}))
+    path = write_study(
+        tmp_path,
+        study_dict(
+            study={"n_trials": 1, "references": [{"kind": "lora", "learning_rate": 1e-9}]},
+            training={"learning_rate": 1e-9},
+        ),
+    )
     code, out = run_cli(["run", str(path)], monkeypatch, capsys)
     lines = out.splitlines()
     ref = next(i for i, line in enumerate(lines) if line.startswith("reference lora"))
@@ -319,8 +351,11 @@ def test_export_force_replaces_only_an_earlier_export(target: str, tmp_path: Pat
     monkeypatch.chdir(tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
     code, out = run_cli(["export", "study.yaml", "--out", target, "--force"], monkeypatch, capsys)
-    assert code == 2 and "Traceback" not in out and ("holds the working directory" in out or "is a file" in out
-                                                     or "not an export" in out), out
+    assert (
+        code == 2
+        and "Traceback" not in out
+        and ("holds the working directory" in out or "is a file" in out or "not an export" in out)
+    ), out
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert run_cli(["export", "study.yaml", "--out", "e"], monkeypatch, capsys)[0] == 0
     assert run_cli(["export", "study.yaml", "--out", "e", "--force"], monkeypatch, capsys)[0] == 0  # an export
@@ -331,21 +366,30 @@ def test_out_under_a_file_says_a_file_is_in_the_way(tmp_path: Path, monkeypatch,
     assert run_cli(["run", str(path)], monkeypatch, capsys)[0] == 0
     (tmp_path / "reviews.csv").write_text("a file")
     for command in ("export", "report"):
-        code, out = run_cli([command, str(path), "--out", str(tmp_path / "reviews.csv" / "sub" / "x")], monkeypatch,
-                            capsys)
+        code, out = run_cli(
+            [command, str(path), "--out", str(tmp_path / "reviews.csv" / "sub" / "x")], monkeypatch, capsys
+        )
         assert code == 2 and ("a part of the path is a file, not a folder" in out) and "free space" not in out, out
 
 
 def _saved(tmp_path: Path, names: list[str]) -> Path:
     import datasets
 
-    rows = {"text": [f"review number {i} was {'good' if i % 3 else 'bad'}" for i in range(60)],
-            "label": [i % 3 for i in range(60)]}
+    rows = {
+        "text": [f"review number {i} was {'good' if i % 3 else 'bad'}" for i in range(60)],
+        "label": [i % 3 for i in range(60)],
+    }
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "saved"))
-    study = study_dict(study={"n_trials": 1}, data={"source": {"type": "disk", "path": "saved"},
-                                                    "text_fields": ["text"], "max_train_samples": None,
-                                                    "max_eval_samples": None})
+    study = study_dict(
+        study={"n_trials": 1},
+        data={
+            "source": {"type": "disk", "path": "saved"},
+            "text_fields": ["text"],
+            "max_train_samples": None,
+            "max_eval_samples": None,
+        },
+    )
     return write_study(tmp_path, study)
 
 
@@ -364,17 +408,29 @@ def test_a_validation_split_without_entities_is_refused(tmp_path: Path, monkeypa
     validation = [{"tokens": ["it", "rained", f"w{i}"], "ner": ["O", "O", "O"]} for i in range(10)]
     for name, rows in (("train", train), ("validation", validation)):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = study_dict(model={"task": "token_classification"}, study={"objective": {"metric": "f1"}},
-                       data={"source": {"type": "files", "format": "jsonl",
-                                        "paths": {"train": "train.jsonl", "validation": "validation.jsonl"}},
-                             "text_fields": ["tokens"], "label_field": "ner", "split": None})
+    study = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {
+                "type": "files",
+                "format": "jsonl",
+                "paths": {"train": "train.jsonl", "validation": "validation.jsonl"},
+            },
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+            "split": None,
+        },
+    )
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and "the validation split has no entity" in out, out
 
 
 def test_validate_checks_the_storage_as_run_would(tmp_path: Path, monkeypatch, capsys) -> None:
-    for url, expect in (("sqlite:///nosuch/x.db", "nosuch does not exist"),
-                        ("SQLITE:///x.db", "is not a database SQLAlchemy can open here")):
+    for url, expect in (
+        ("sqlite:///nosuch/x.db", "nosuch does not exist"),
+        ("SQLITE:///x.db", "is not a database SQLAlchemy can open here"),
+    ):
         path = write_study(tmp_path, study_dict(study={"storage": url}))
         code, out = run_cli(["validate", "--no-data", str(path)], monkeypatch, capsys)
         assert code == 2 and expect in out, out

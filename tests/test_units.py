@@ -12,24 +12,27 @@ from adalora_search.tasks.sequence_classification import Regression, SequenceCla
 from adalora_search.train.data import Split, batches
 
 
-@pytest.mark.parametrize("name, kind, layer", [
-    ("bert.encoder.layer.3.attention.self.query", "query", 3),
-    ("bert.encoder.layer.0.attention.output.dense", "attn_out", 0),
-    ("bert.encoder.layer.11.intermediate.dense", "ffn_in", 11),
-    ("bert.encoder.layer.11.output.dense", "ffn_out", 11),
-    ("bert.pooler.dense", "pooler", -1),
-    ("model.layers.7.self_attn.k_proj", "key", 7),
-    ("model.layers.7.self_attn.o_proj", "attn_out", 7),
-    ("model.layers.2.mlp.gate_proj", "ffn_gate", 2),
-    ("model.layers.2.mlp.up_proj", "ffn_in", 2),
-    ("model.layers.2.mlp.down_proj", "ffn_out", 2),
-    ("transformer.h.5.attn.c_attn", "qkv", 5),
-    ("transformer.h.5.attn.c_proj", "attn_out", 5),
-    ("transformer.h.5.mlp.c_fc", "ffn_in", 5),
-    ("transformer.h.5.mlp.c_proj", "ffn_out", 5),
-    ("encoder.block.4.layer.0.SelfAttention.v", "value", 4),
-    ("some.custom.proj", "custom.proj", -1),
-])
+@pytest.mark.parametrize(
+    "name, kind, layer",
+    [
+        ("bert.encoder.layer.3.attention.self.query", "query", 3),
+        ("bert.encoder.layer.0.attention.output.dense", "attn_out", 0),
+        ("bert.encoder.layer.11.intermediate.dense", "ffn_in", 11),
+        ("bert.encoder.layer.11.output.dense", "ffn_out", 11),
+        ("bert.pooler.dense", "pooler", -1),
+        ("model.layers.7.self_attn.k_proj", "key", 7),
+        ("model.layers.7.self_attn.o_proj", "attn_out", 7),
+        ("model.layers.2.mlp.gate_proj", "ffn_gate", 2),
+        ("model.layers.2.mlp.up_proj", "ffn_in", 2),
+        ("model.layers.2.mlp.down_proj", "ffn_out", 2),
+        ("transformer.h.5.attn.c_attn", "qkv", 5),
+        ("transformer.h.5.attn.c_proj", "attn_out", 5),
+        ("transformer.h.5.mlp.c_fc", "ffn_in", 5),
+        ("transformer.h.5.mlp.c_proj", "ffn_out", 5),
+        ("encoder.block.4.layer.0.SelfAttention.v", "value", 4),
+        ("some.custom.proj", "custom.proj", -1),
+    ],
+)
 def test_module_type_and_layer_index(name: str, kind: str, layer: int) -> None:
     assert module_type(name) == kind
     assert layer_index(name) == layer
@@ -40,7 +43,9 @@ def test_pareto_front_of_metric_against_parameters() -> None:
     assert _pareto(points, maximize=True).tolist() == [[10.0, 0.5], [15.0, 0.6], [20.0, 0.7]]
     # minimising the metric (a loss): more parameters only count when the loss is lower
     assert _pareto(np.array([[10.0, 0.5], [20.0, 0.3], [30.0, 0.4]]), maximize=False).tolist() == [
-        [10.0, 0.5], [20.0, 0.3]]
+        [10.0, 0.5],
+        [20.0, 0.3],
+    ]
 
 
 def test_classification_and_regression_scores() -> None:
@@ -67,8 +72,13 @@ def test_regression_correlations_equal_scipys() -> None:
 
 
 def test_batches_pad_per_batch_and_cover_every_row_once() -> None:
-    split = Split({"input_ids": [[1] * n for n in (3, 7, 2, 5, 4)], "labels": [0, 1, 0, 1, 0],
-                   "token_type_ids": [[0] * n for n in (3, 7, 2, 5, 4)]})
+    split = Split(
+        {
+            "input_ids": [[1] * n for n in (3, 7, 2, 5, 4)],
+            "labels": [0, 1, 0, 1, 0],
+            "token_type_ids": [[0] * n for n in (3, 7, 2, 5, 4)],
+        }
+    )
     fixed = list(batches(split, 2, pad_id=9, shuffle_seed=None))
     assert [b["input_ids"].shape for b in fixed] == [torch.Size([2, 3]), torch.Size([2, 5]), torch.Size([1, 7])]
     assert fixed[0]["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
@@ -95,9 +105,21 @@ def test_sampling_a_searched_spec_serialises_every_knob_form_cleanly() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # pydantic warns when a union member is serialised as the wrong form
         dumped = spec.adalora.model_dump()
-        cfg = sample(spec, optuna.trial.FixedTrial({
-            "training.learning_rate": 0.01, "adalora.target_modules": "query,value", "adalora.init_r": 12,
-            "adalora.target_r": 4, "adalora.lora_alpha": 16.0, "adalora.schedule.t_init": 0.1,
-            "adalora.schedule.t_final": 0.2, "adalora.schedule.delta_t": 3, "adalora.orth_reg_weight": 0.1}))
+        cfg = sample(
+            spec,
+            optuna.trial.FixedTrial(
+                {
+                    "training.learning_rate": 0.01,
+                    "adalora.target_modules": "query,value",
+                    "adalora.init_r": 12,
+                    "adalora.target_r": 4,
+                    "adalora.lora_alpha": 16.0,
+                    "adalora.schedule.t_init": 0.1,
+                    "adalora.schedule.t_final": 0.2,
+                    "adalora.schedule.delta_t": 3,
+                    "adalora.orth_reg_weight": 0.1,
+                }
+            ),
+        )
     assert dumped["init_r"] == {"choices": [12, 16]}
     assert cfg.adalora.schedule.delta_t == 3 and cfg.adalora.target_modules == ["query", "value"]

@@ -38,8 +38,11 @@ def _worker(study_file: str, urls: list[str], store: str, barrier, results) -> N
 
 
 def _race(tmp_path: Path, urls: list[str]) -> None:
-    study = study_dict(study={"n_trials": N_TRIALS}, training={"max_steps": 2, "eval_every": 2},
-                       adalora={"schedule": {"unit": "steps", "t_init": 1, "t_final": 0, "delta_t": 1}})
+    study = study_dict(
+        study={"n_trials": N_TRIALS},
+        training={"max_steps": 2, "eval_every": 2},
+        adalora={"schedule": {"unit": "steps", "t_init": 1, "t_final": 0, "delta_t": 1}},
+    )
     path = write_study(tmp_path, study)
     from adalora_search.search.runner import prepare_data
     from adalora_search.study.loader import load_spec
@@ -47,8 +50,10 @@ def _race(tmp_path: Path, urls: list[str]) -> None:
     prepare_data(load_spec(path))  # tokenized once, as `run` does before it starts workers
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(WORKERS), context.Queue()
-    procs = [context.Process(target=_worker, args=(str(path), urls, str(tmp_path / "store"), barrier, results))
-             for _ in range(WORKERS)]
+    procs = [
+        context.Process(target=_worker, args=(str(path), urls, str(tmp_path / "store"), barrier, results))
+        for _ in range(WORKERS)
+    ]
     for p in procs:
         p.start()
     said = [results.get(timeout=600) for _ in procs]

@@ -15,11 +15,13 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
     """Lines describing the study: objective, knobs, steps, data sizes, budget per target-module choice."""
     s = spec.study
     n_train = len(data.splits["train"]) if data is not None else None
-    lines = [f"study {s.name!r}: objective " + ", ".join(f"{o.resolved_direction} {o.metric}" for o in s.objectives),
-             f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
-             f"n_trials {s.n_trials}" + (f", timeout {s.timeout:g} s" if s.timeout else ""),
-             f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",
-             "knobs:"]
+    lines = [
+        f"study {s.name!r}: objective " + ", ".join(f"{o.resolved_direction} {o.metric}" for o in s.objectives),
+        f"  sampler {s.sampler.root.type}, trial pruner {s.pruner.root.type}, "
+        f"n_trials {s.n_trials}" + (f", timeout {s.timeout:g} s" if s.timeout else ""),
+        f"  model {spec.model.name_or_path} ({spec.model.init}), task {spec.model.task}",
+        "knobs:",
+    ]
     lines += [f"  {path:28s} {describe(knob(spec, path))}" for path in KNOBS]
     steps = total_steps(spec, n_train)
     if steps is not None:
@@ -39,8 +41,10 @@ def _data(data: TokenizedData) -> list[str]:
     labels = data.splits["train"].columns["labels"]
     if data.label_names is not None and labels and not isinstance(labels[0], list):
         counts = Counter(labels)
-        lines.append(f"  {len(data.label_names)} classes in train: "
-                     + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.label_names[:30])))
+        lines.append(
+            f"  {len(data.label_names)} classes in train: "
+            + ", ".join(f"{name} {counts[i]}" for i, name in enumerate(data.label_names[:30]))
+        )
     elif data.label_names is not None:
         lines.append(f"  {len(data.label_names)} tags: {', '.join(data.label_names[:30])}")
     return lines

@@ -61,14 +61,23 @@ def _budget(spec: StudySpec, n_trials: int | None, timeout: float | None) -> Bud
 
     budget = Budget(n_trials or spec.study.n_trials, timeout or spec.study.timeout)
     if budget.n_trials is None and budget.timeout is None:
-        raise UserError("study.n_trials: neither n_trials nor timeout is set; add study.n_trials to the "
-                        "file or pass --n-trials / --timeout")
+        raise UserError(
+            "study.n_trials: neither n_trials nor timeout is set; add study.n_trials to the "
+            "file or pass --n-trials / --timeout"
+        )
     return budget
 
 
-def run_session(study: Study, n_trials: int | None, timeout: float | None, storage: str | None,
-                workers: int, gpus: list[str], allow_changed: bool = False,
-                workers_per_gpu: int = 1) -> tuple[optuna.Study, list[str]]:
+def run_session(
+    study: Study,
+    n_trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    workers: int,
+    gpus: list[str],
+    allow_changed: bool = False,
+    workers_per_gpu: int = 1,
+) -> tuple[optuna.Study, list[str]]:
     """Validate everything, create/resume the study, run the trials, then the reference runs.
 
     Returns the stored study, and the summary (best trial, baselines and references side by side) with
@@ -84,8 +93,10 @@ def run_session(study: Study, n_trials: int | None, timeout: float | None, stora
     slots = worker_slots(workers, gpus, workers_per_gpu)
     spec, study_file = resolve(study)
     if (len(slots) > 1 or slots[0] is not None) and (not Path(study_file).is_file() or spec != load_spec(study_file)):
-        raise UserError("workers: worker processes read the study from its file, and this spec was built or "
-                        "changed in Python; save it as YAML and run that file, or run with one worker and no gpus")
+        raise UserError(
+            "workers: worker processes read the study from its file, and this spec was built or "
+            "changed in Python; save it as YAML and run that file, or run with one worker and no gpus"
+        )
     budget = _budget(spec, n_trials, timeout)
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
@@ -97,20 +108,26 @@ def run_session(study: Study, n_trials: int | None, timeout: float | None, stora
     if len(slots) > 1 or slots[0] is not None:
         code = spawn_workers(study_file, url, budget, slots, allow_changed)
         if code != 0:
-            raise UserError(f"a worker exited with code {code} (its message is above); the study stopped before "
-                            "the reference runs; fix the cause and `run` again to resume")
+            raise UserError(
+                f"a worker exited with code {code} (its message is above); the study stopped before "
+                "the reference runs; fix the cause and `run` again to resume"
+            )
     else:
         work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed, study=study)
-    return study, [*finish_study(spec, study, data), f"report: adalora-search report {study_file}",
-                   f"export: adalora-search export {study_file} --out DIR"]
+    return study, [
+        *finish_study(spec, study, data),
+        f"report: adalora-search report {study_file}",
+        f"export: adalora-search export {study_file} --out DIR",
+    ]
 
 
 def stored_line(study: optuna.Study) -> str:
     """``3 trials stored, 2 baselines queued (a, b)``: what a run starts from (queued trials have not run yet)."""
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
-    baselines = [t.user_attrs["baseline"] for t in waiting
-                 if "baseline" in t.user_attrs and "retried_from" not in t.user_attrs]
+    baselines = [
+        t.user_attrs["baseline"] for t in waiting if "baseline" in t.user_attrs and "retried_from" not in t.user_attrs
+    ]
     parts = [f"{_count(len(trials) - len(waiting), 'trial')} stored" if len(trials) > len(waiting) else "new study"]
     parts += [f"{_count(len(baselines), 'baseline')} queued ({', '.join(baselines)})"] if baselines else []
     parts += [f"{_count(len(waiting) - len(baselines), 'trial')} re-queued"] if len(waiting) > len(baselines) else []
@@ -145,14 +162,20 @@ def check_inputs(spec: StudySpec, study_file: str) -> tuple[TokenizedData, dict[
         raise located(exc, study_file) from None
 
 
-def run_worker(study_file: str, n_trials: int | None, timeout: float | None, storage: str | None,
-               allow_changed: bool = False) -> None:
+def run_worker(
+    study_file: str, n_trials: int | None, timeout: float | None, storage: str | None, allow_changed: bool = False
+) -> None:
     """One worker on a study that ``run`` (or another worker) may already have created."""
     from adalora_search.search.runner import work
 
     spec = load_spec(study_file)
-    work(spec, storage_url(spec, study_file, storage), _budget(spec, n_trials, timeout),
-         artifact_store(spec, study_file), allow_changed=allow_changed)
+    work(
+        spec,
+        storage_url(spec, study_file, storage),
+        _budget(spec, n_trials, timeout),
+        artifact_store(spec, study_file),
+        allow_changed=allow_changed,
+    )
 
 
 def locate(study: Study | None, storage: str | None, study_name: str | None) -> optuna.Study:

@@ -68,17 +68,28 @@ def pick_trial(study: optuna.Study, number: int | None, pick: str = "metric") ->
     for note in record.warnings:
         _log.warning("trial %d: WARNING: %s", trial.number, note)
     if record.state != optuna.trial.TrialState.COMPLETE:
-        _log.warning("trial %d is %s at step %s of %s: its allocation is where rank pruning had got to, not "
-                     "AdaLoRA's final one (rank_config.json records this)", trial.number, trial.state.name,
-                     record.steps, record.total_steps)
+        _log.warning(
+            "trial %d is %s at step %s of %s: its allocation is where rank pruning had got to, not "
+            "AdaLoRA's final one (rank_config.json records this)",
+            trial.number,
+            trial.state.name,
+            record.steps,
+            record.total_steps,
+        )
     if not record.rank_allocation or record.config is None:
-        raise UserError(f"--trial = {trial.number}: the trial ({trial.state.name}) stored no rank allocation "
-                        "and config; pick another trial with --trial")
+        raise UserError(
+            f"--trial = {trial.number}: the trial ({trial.state.name}) stored no rank allocation "
+            "and config; pick another trial with --trial"
+        )
     return trial
 
 
-def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_names: list[str] | None = None,
-                base_model: str | None = None) -> ExportManifest:
+def rank_config(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    label_names: list[str] | None = None,
+    base_model: str | None = None,
+) -> ExportManifest:
     """What ``rank_config.yaml/.json`` records: the trial, its metrics, its allocation and its full config.
 
     Also the task's label names in id order, the base model the exported configs point to and the
@@ -88,13 +99,28 @@ def rank_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, label_name
     cfg = TrialConfig.model_validate(record.config)
     a = cfg.adalora
     return ExportManifest(
-        study=study.study_name, trial=trial.number, state=trial.state.name, baseline=record.baseline,
-        values=trial.values, metrics=record.metrics, model=cfg.model.name_or_path, task=cfg.model.task,
-        label_names=label_names, base_model_name_or_path=base_model, target_modules=a.target_modules,
-        init_r=a.init_r, target_r=a.target_r, lora_alpha=a.lora_alpha, rank_allocation=record.rank_allocation,
-        lora_learning_rate=lora_learning_rate(study), trainable_params=record.trainable_params,
-        total_steps=record.total_steps, params=trial.params, config=cfg.model_dump(mode="json"),
-        complete=trial.state == optuna.trial.TrialState.COMPLETE, steps_trained=record.steps,
+        study=study.study_name,
+        trial=trial.number,
+        state=trial.state.name,
+        baseline=record.baseline,
+        values=trial.values,
+        metrics=record.metrics,
+        model=cfg.model.name_or_path,
+        task=cfg.model.task,
+        label_names=label_names,
+        base_model_name_or_path=base_model,
+        target_modules=a.target_modules,
+        init_r=a.init_r,
+        target_r=a.target_r,
+        lora_alpha=a.lora_alpha,
+        rank_allocation=record.rank_allocation,
+        lora_learning_rate=lora_learning_rate(study),
+        trainable_params=record.trainable_params,
+        total_steps=record.total_steps,
+        params=trial.params,
+        config=cfg.model_dump(mode="json"),
+        complete=trial.state == optuna.trial.TrialState.COMPLETE,
+        steps_trained=record.steps,
         data_content=StudyRecord.of(study).fingerprint_sections.get("data", {}).get("content"),
         adapter_failure=record.adapter_failure,
     )
@@ -108,13 +134,15 @@ def lora_learning_rate(study: optuna.Study) -> LoraLearningRate:
     ref = StudyRecord.of(study).references.get("lora")
     if ref is not None and ref.trained and ref.learning_rate:
         tried = [t.learning_rate for t in ref.tried if t.learning_rate is not None] or [ref.learning_rate]
-        return LoraLearningRate(value=ref.learning_rate, source="reference lora run of this study",
-                                of_trial=ref.of_trial, tried=tried)
+        return LoraLearningRate(
+            value=ref.learning_rate, source="reference lora run of this study", of_trial=ref.of_trial, tried=tried
+        )
     return LoraLearningRate(source=f"not searched: retrain chooses from {list(LORA_LEARNING_RATES)}")
 
 
-def export_trial(study: optuna.Study, out: Path, number: int | None = None, force: bool = False,
-                 pick: str = "metric") -> Path:
+def export_trial(
+    study: optuna.Study, out: Path, number: int | None = None, force: bool = False, pick: str = "metric"
+) -> Path:
     """Write rank_config.yaml/.json, README.md, base/, lora/, adalora/ (and adapter/ when kept), atomically.
 
     Raises:
@@ -151,8 +179,9 @@ def _check_replaceable(out: Path, target: Path, force: bool) -> None:
         raise UserError(f"--out = {str(out)!r} holds the working directory; name a folder of its own for the export")
     if not (target.is_dir() and (target / "rank_config.json").is_file()):
         what = "a file" if not target.is_dir() else "a folder that is not an export (it has no rank_config.json)"
-        raise UserError(f"--out = {str(out)!r} is {what}; --force replaces only an earlier export, so choose "
-                        "another path")
+        raise UserError(
+            f"--out = {str(out)!r} is {what}; --force replaces only an earlier export, so choose another path"
+        )
 
 
 def base_model(cfg: TrialConfig, label_names: list[str] | None, tmp: Path, final: Path) -> str:
@@ -176,8 +205,11 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
     record = TrialRecord.of(trial)
     cfg = TrialConfig.model_validate(record.config)
     task = get_task(cfg.model.task)
-    labels = (record.label_names if record.has_label_names  # as trained, even if the data changed since
-              else load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names)
+    labels = (
+        record.label_names
+        if record.has_label_names  # as trained, even if the data changed since
+        else load_tokenized(cfg.data, modeling.load_tokenizer(cfg.model), task).label_names
+    )
     base = base_model(cfg, labels, tmp / "base", final / "base")
     manifest = rank_config(study, trial, labels, base)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest.as_json(), indent=2))
@@ -193,8 +225,11 @@ def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, tmp: Path, fina
     if has_adapter:
         path = tmp / "adapter" / "adapter_config.json"
         stored = json.loads(path.read_text())  # the training machine's path -> the exported base
-        path.write_text(json.dumps({**stored, "base_model_name_or_path": base, "task_type": task.peft_task_type},
-                                   indent=2, sort_keys=True))
+        path.write_text(
+            json.dumps(
+                {**stored, "base_model_name_or_path": base, "task_type": task.peft_task_type}, indent=2, sort_keys=True
+            )
+        )
         modeling.load_tokenizer(cfg.model).save_pretrained(str(tmp / "adapter"))  # beside it, chat template too
     card = model_card(study, trial, manifest, final, has_adapter)
     for directory in (tmp, *([tmp / "adapter"] if has_adapter else [])):
@@ -211,12 +246,16 @@ This folder holds `adapter_config.json` only, no weights: loading it with PEFT's
 fails. {how} The trained adapter of the trial, when the study kept it, is `adapter/`.
 
 """
-LORA_USE = ("It is fixed-rank LoRA with the trial's final ranks and AdaLoRA's per-direction scale: "
-            "`adalora-search retrain EXPORT_DIR` trains it (choosing the learning rate on validation), or PEFT: "
-            "`get_peft_model(base_model, LoraConfig.from_pretrained(\"lora\"))`.")
-ADALORA_USE = ("It is AdaLoRA with the trial's settings (budget, schedule, total steps): train it with PEFT, "
-               "`get_peft_model(base_model, AdaLoraConfig.from_pretrained(\"adalora\"))`, calling "
-               "`model.base_model.update_and_allocate(step)` after each optimizer step, as PEFT's AdaLoRA docs say.")
+LORA_USE = (
+    "It is fixed-rank LoRA with the trial's final ranks and AdaLoRA's per-direction scale: "
+    "`adalora-search retrain EXPORT_DIR` trains it (choosing the learning rate on validation), or PEFT: "
+    '`get_peft_model(base_model, LoraConfig.from_pretrained("lora"))`.'
+)
+ADALORA_USE = (
+    "It is AdaLoRA with the trial's settings (budget, schedule, total steps): train it with PEFT, "
+    '`get_peft_model(base_model, AdaLoraConfig.from_pretrained("adalora"))`, calling '
+    "`model.base_model.update_and_allocate(step)` after each optimizer step, as PEFT's AdaLoRA docs say."
+)
 
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -228,4 +267,3 @@ def _swap(tmp: Path, out: Path) -> None:
     os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
-

@@ -17,13 +17,20 @@ def describe_export(out: Path) -> list[str]:
     data = read_manifest(out, "--out")
     lines = [f"export written: {out}"]
     if (out / "adapter").is_dir():
-        lines.append(f"  adapter/: trial {data.trial}'s trained adapter and tokenizer: "
-                     f"{peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})")
+        lines.append(
+            f"  adapter/: trial {data.trial}'s trained adapter and tokenizer: "
+            f"{peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})"
+        )
     else:
-        why = (f"it could not be kept when it trained: {data.adapter_failure}" if data.adapter_failure
-               else "study.keep_top_k_adapters: 0, or it was pushed out of the top k")
-        lines.append(f"  no adapter/: the study kept no trained adapter for trial {data.trial} ({why}); "
-                     f"`adalora-search retrain {out}` trains the exported LoRA")
+        why = (
+            f"it could not be kept when it trained: {data.adapter_failure}"
+            if data.adapter_failure
+            else "study.keep_top_k_adapters: 0, or it was pushed out of the top k"
+        )
+        lines.append(
+            f"  no adapter/: the study kept no trained adapter for trial {data.trial} ({why}); "
+            f"`adalora-search retrain {out}` trains the exported LoRA"
+        )
     lines.append("  lora/, adalora/: configurations to train with (retrain), not trained adapters")
     if str(out.resolve()) not in str(data.base_model_name_or_path) and (out / "base").is_dir():
         lines.append(f"  base/: moved since export; run `adalora-search export --relocate {out}`")

@@ -82,10 +82,13 @@ def read_manifest(out: Path, field: str) -> ExportManifest:
     """
     path = out / MANIFEST_FILE
     if not path.is_file():
-        raise UserError(f"{field} = {str(out)!r}: no {MANIFEST_FILE} there; name a folder written by "
-                        "`adalora-search export`")
+        raise UserError(
+            f"{field} = {str(out)!r}: no {MANIFEST_FILE} there; name a folder written by `adalora-search export`"
+        )
     try:
         return ExportManifest.model_validate(json.loads(path.read_text()))
     except ValueError as exc:  # JSONDecodeError, pydantic's ValidationError
-        raise UserError(f"{field} = {str(out)!r}: {MANIFEST_FILE} cannot be read ({str(exc).splitlines()[0]}); "
-                        "export the trial again") from None
+        raise UserError(
+            f"{field} = {str(out)!r}: {MANIFEST_FILE} cannot be read ({str(exc).splitlines()[0]}); "
+            "export the trial again"
+        ) from None

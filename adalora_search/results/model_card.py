@@ -28,25 +28,44 @@ def hub_id(name: str) -> str | None:
     return None if name in MODELS or name in GGUF_MODELS or Path(name).exists() else name
 
 
-def model_card(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportManifest, out: Path,
-               has_adapter: bool) -> str:
+def model_card(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportManifest, out: Path, has_adapter: bool
+) -> str:
     """The card of an export of ``trial`` (``data``: what rank_config.json holds; ``out``: the export's path)."""
-    meta = ModelCardData(library_name="peft", base_model=hub_id(data.model),
-                         tags=["adalora", "lora", "peft", "adalora-search", data.task])
-    lines = [f"# {data.model}: AdaLoRA rank allocation of study `{study.study_name}`, trial {trial.number}", "",
-             f"Exported by `adalora-search export` from trial {trial.number} ({trial.state.name}"
-             + (f", baseline `{data.baseline}`" if data.baseline else "") + f") of study "
-             f"`{study.study_name}`: model `{data.model}`, task `{data.task}`"
-             + (f" with labels {', '.join(f'`{n}`' for n in data.label_names)} (ids in this order)"
-                if data.label_names else "") + ".", ""]
+    meta = ModelCardData(
+        library_name="peft",
+        base_model=hub_id(data.model),
+        tags=["adalora", "lora", "peft", "adalora-search", data.task],
+    )
+    lines = [
+        f"# {data.model}: AdaLoRA rank allocation of study `{study.study_name}`, trial {trial.number}",
+        "",
+        f"Exported by `adalora-search export` from trial {trial.number} ({trial.state.name}"
+        + (f", baseline `{data.baseline}`" if data.baseline else "")
+        + f") of study "
+        f"`{study.study_name}`: model `{data.model}`, task `{data.task}`"
+        + (
+            f" with labels {', '.join(f'`{n}`' for n in data.label_names)} (ids in this order)"
+            if data.label_names
+            else ""
+        )
+        + ".",
+        "",
+    ]
     lines += _searched(study, trial) + _result(study, trial, data) + _allocation(data)
     lines += _files(data, out, has_adapter)
     return str(ModelCard(f"---\n{meta.to_yaml()}\n---\n" + "\n".join(lines) + "\n"))
 
 
 def _searched(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> list[str]:
-    out = ["## What was searched", "", f"{len(study.trials)} trials; this trial's values of the searched knobs:", "",
-           "| knob | value | searched over |", "|---|---|---|"]
+    out = [
+        "## What was searched",
+        "",
+        f"{len(study.trials)} trials; this trial's values of the searched knobs:",
+        "",
+        "| knob | value | searched over |",
+        "|---|---|---|",
+    ]
     for name, value in sorted(trial.params.items()):
         out.append(f"| `{name}` | {_value(value)} | {_space(trial.distributions.get(name))} |")
     return [*out, ""]
@@ -68,8 +87,10 @@ def _result(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportMa
     objectives = StudyRecord.of(study).objectives
     out = ["## Result", ""]
     for objective, value in zip(objectives, trial.values or []):
-        out.append(f"- objective: **{objective['metric']} = {value:.4f}** ({objective.get('direction')}, "
-                   "validation at the end of training)")
+        out.append(
+            f"- objective: **{objective['metric']} = {value:.4f}** ({objective.get('direction')}, "
+            "validation at the end of training)"
+        )
     final, test = data.metrics.get("final", {}), data.metrics.get("test", {})
     names = [m for m in get_task(data.task).metrics if m in final]
     out += ["", "| metric | validation | test |", "|---|---|---|"]
@@ -77,31 +98,52 @@ def _result(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportMa
     out += [f"\n**Warning:** {note}" for note in TrialRecord.of(trial).warnings]
     params = data.trainable_params
     if params:
-        out += ["", f"Trainable parameters: {params.get('initial', 0):,} at the start, {params.get('final', 0):,} "
-                f"after rank pruning, of {params.get('model_total', 0):,} in the model."]
+        out += [
+            "",
+            f"Trainable parameters: {params.get('initial', 0):,} at the start, {params.get('final', 0):,} "
+            f"after rank pruning, of {params.get('model_total', 0):,} in the model.",
+        ]
     return [*out, ""]
 
 
 def _allocation(data: ExportManifest) -> list[str]:
     ranks = data.rank_allocation
-    out = ["## Final rank allocation", "",
-           f"init_r {data.init_r} per module at the start, target_r {data.target_r} on average at the end: "
-           f"total rank {sum(ranks.values())} over {len(ranks)} modules "
-           f"({sum(1 for r in ranks.values() if r == 0)} pruned to rank 0).", "", "| module | rank |", "|---|---|"]
+    out = [
+        "## Final rank allocation",
+        "",
+        f"init_r {data.init_r} per module at the start, target_r {data.target_r} on average at the end: "
+        f"total rank {sum(ranks.values())} over {len(ranks)} modules "
+        f"({sum(1 for r in ranks.values() if r == 0)} pruned to rank 0).",
+        "",
+        "| module | rank |",
+        "|---|---|",
+    ]
     out += [f"| `{name}` | {rank} |" for name, rank in ranks.items()]
     return [*out, ""]
 
 
 def _files(data: ExportManifest, out: Path, has_adapter: bool) -> list[str]:
     lr = data.lora_learning_rate
-    lines = ["## Files and use", "",
-             f"- base model: `{data.base_model_name_or_path}` (`base_model_name_or_path` of every config here)"]
+    lines = [
+        "## Files and use",
+        "",
+        f"- base model: `{data.base_model_name_or_path}` (`base_model_name_or_path` of every config here)",
+    ]
     if has_adapter:
-        lines += ["- `adapter/`: the trained AdaLoRA adapter (and head); it loads with no other argument:", "",
-                  "```python", f"from peft import {peft_class(data.task)}", "",
-                  f"model = {peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})", "```", ""]
-    lines += ["- `lora/`: fixed-rank LoRA with the final ranks and AdaLoRA's per-direction scale "
-              "(`adalora-search retrain EXPORT_DIR` trains it); `adalora/`: AdaLoRA with the trial's settings",
-              f"- LoRA learning rate: {_value(lr.value) if lr.value else '-'} ({lr.source})",
-              "- `rank_config.json` / `.yaml`: the trial, its metrics, allocation and full config"]
+        lines += [
+            "- `adapter/`: the trained AdaLoRA adapter (and head); it loads with no other argument:",
+            "",
+            "```python",
+            f"from peft import {peft_class(data.task)}",
+            "",
+            f"model = {peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})",
+            "```",
+            "",
+        ]
+    lines += [
+        "- `lora/`: fixed-rank LoRA with the final ranks and AdaLoRA's per-direction scale "
+        "(`adalora-search retrain EXPORT_DIR` trains it); `adalora/`: AdaLoRA with the trial's settings",
+        f"- LoRA learning rate: {_value(lr.value) if lr.value else '-'} ({lr.source})",
+        "- `rank_config.json` / `.yaml`: the trial, its metrics, allocation and full config",
+    ]
     return lines

@@ -28,10 +28,12 @@ STYLE = "ggplot"  # the style of Optuna's matplotlib plots: every figure of the 
 
 def _styled(plot: Callable[..., Path | None]) -> Callable[..., Path | None]:
     """Draw ``plot`` in ``STYLE`` without changing matplotlib's settings for anyone else."""
+
     @functools.wraps(plot)
     def draw(*args: object, **kwargs: object) -> Path | None:
         with plt.style.context(STYLE):
             return plot(*args, **kwargs)
+
     return draw
 
 
@@ -47,8 +49,15 @@ def heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "{:.0f}", la
         if np.isnan(v):  # no trial adapted this cell; 0 would mean adapted and pruned away
             ax.text(c, r, "n/a", ha="center", va="center", fontsize=7, color="gray")
         else:
-            ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if v > np.nanmax(values) * 0.6 else "black")
+            ax.text(
+                c,
+                r,
+                fmt.format(v),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if v > np.nanmax(values) * 0.6 else "black",
+            )
     ax.grid(False)
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title)
@@ -130,8 +139,14 @@ def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
         if best is not None and t.number == best.number:
             ax.plot(steps, values, color="black", lw=2, label=f"best trial ({t.number})", zorder=3)
         else:
-            ax.plot(steps, values, color="tab:gray" if pruned else "tab:blue", alpha=0.7, lw=1,
-                    label=labels.pop("pruned" if pruned else "complete", None))
+            ax.plot(
+                steps,
+                values,
+                color="tab:gray" if pruned else "tab:blue",
+                alpha=0.7,
+                lw=1,
+                label=labels.pop("pruned" if pruned else "complete", None),
+            )
         if pruned:
             ax.plot(steps[-1], values[-1], "rx", label=labels.pop("stop", None))
     ax.set_xlabel("optimizer step")
@@ -150,7 +165,8 @@ def history(study: optuna.Study, metric: str, path: Path) -> Path:
     """
     with _optuna_plot():
         ax = optuna.visualization.matplotlib.plot_optimization_history(
-            study, target=_first_objective(study), target_name=f"objective ({metric})")
+            study, target=_first_objective(study), target_name=f"objective ({metric})"
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Optimisation history: the objective of each trial, and the best so far", fontsize=11)
     ax.legend(fontsize=8, loc="best")  # inside the axes: Optuna's sits outside and squeezes the plot
@@ -174,7 +190,8 @@ def _importances(study: optuna.Study, path: Path) -> Path | None:
     try:
         with _optuna_plot():
             ax = optuna.visualization.matplotlib.plot_param_importances(
-                study, target=_first_objective(study, for_importance=True), target_name="objective")
+                study, target=_first_objective(study, for_importance=True), target_name="objective"
+            )
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None
     widths = [p.get_width() for p in ax.patches]
@@ -200,8 +217,10 @@ def _optuna_plot() -> Iterator[None]:
     """Optuna's matplotlib plots are experimental in Optuna 5: used as they are, without the warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message=".*(target_name|to achieve low|No artists|quantiles select the same|"
-                                "number of trials is too small)")
+        warnings.filterwarnings(
+            "ignore",
+            message=".*(target_name|to achieve low|No artists|quantiles select the same|number of trials is too small)",
+        )
         yield
 
 

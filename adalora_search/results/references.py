@@ -31,8 +31,9 @@ _log = logging.getLogger(__name__)
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
     """The best trial's config turned into a reference run (uniform LoRA at its final budget, full, zero-shot)."""
-    training = cfg.training.model_copy(update={
-        k: v for k, v in (("learning_rate", lr), ("epochs", ref.epochs)) if v is not None})
+    training = cfg.training.model_copy(
+        update={k: v for k, v in (("learning_rate", lr), ("epochs", ref.epochs)) if v is not None}
+    )
     if ref.kind in ("full", "zero_shot"):
         return cfg.model_copy(update={"method": "full" if ref.kind == "full" else "none", "training": training})
     r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
@@ -54,9 +55,15 @@ def train_reference(cfg: TrialConfig, data: TokenizedData) -> ReferenceResult:
         return ReferenceResult(failure=f"{type(exc).__name__}: {exc}", learning_rate=cfg.training.learning_rate)
     final = run.result.metrics.get("final", {})
     chance = run.task.chance_note(final, data.splits["validation"], data.label_names) if final else None
-    return ReferenceResult.of({"metrics": {**run.result.metrics, "test": test},
-                               "trainable_params": run.result.trainable_params, "timing": run.result.timing,
-                               "learning_rate": cfg.training.learning_rate, "warnings": [chance] if chance else []})
+    return ReferenceResult.of(
+        {
+            "metrics": {**run.result.metrics, "test": test},
+            "trainable_params": run.result.trainable_params,
+            "timing": run.result.timing,
+            "learning_rate": cfg.training.learning_rate,
+            "warnings": [chance] if chance else [],
+        }
+    )
 
 
 def pick_best(results: list[ReferenceResult], task: Task) -> ReferenceResult:
@@ -91,9 +98,12 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
             continue
         results = []
         for lr in ref.learning_rates:
-            _log.info(f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
-                  if ref.kind == "zero_shot" else f"[reference {ref.kind}] with the best trial's ({best.number}) "
-                  f"settings, learning rate {lr or cfg.training.learning_rate:g}")
+            _log.info(
+                f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
+                if ref.kind == "zero_shot"
+                else f"[reference {ref.kind}] with the best trial's ({best.number}) "
+                f"settings, learning rate {lr or cfg.training.learning_rate:g}"
+            )
             results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
         stored[ref.kind] = replace(pick_best(results, task), of_trial=best.number)
         study.set_user_attr("references", {kind: result.as_attr() for kind, result in stored.items()})

@@ -65,13 +65,18 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
-    gains = [*_gains(trials, best, metric, StudyRecord.of(study).references),
-             *budget_sentences(frames["allocation_best"], best), *diagnostics.study_notes(study)]
+    gains = [
+        *_gains(trials, best, metric, StudyRecord.of(study).references),
+        *budget_sentences(frames["allocation_best"], best),
+        *diagnostics.study_notes(study),
+    ]
     if (note := references_note(study)) is not None:
         gains.append(note.strip().strip("_"))
     if "Parameter importances" not in figures and best is not None:
-        gains.append(f"Parameter importances are left out: fewer than {plots.MIN_TRIALS_FOR_IMPORTANCE} completed "
-                     "trials, or knobs Optuna's evaluator cannot tell apart (every one as important).")
+        gains.append(
+            f"Parameter importances are left out: fewer than {plots.MIN_TRIALS_FOR_IMPORTANCE} completed "
+            "trials, or knobs Optuna's evaluator cannot tell apart (every one as important)."
+        )
     files.write_text(out / "report.md", _markdown(study, frames, figures, gains, metric))
     page = out / "report.html"
     files.write_text(page, _html(study, frames, figures, gains, metric))
@@ -82,15 +87,19 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
     figs: dict[str, Path] = {}
     if best is not None:
         figs["Final ranks of the best trial (layer x module)"] = plots.heatmap(
-            frames["allocation_best"], f"Trial {best.number}: final rank per matrix", out / "heatmap_best.png")
+            frames["allocation_best"], f"Trial {best.number}: final rank per matrix", out / "heatmap_best.png"
+        )
         figs[f"Mean rank share over the top {len(top)} trials"] = plots.heatmap(
-            100 * frames["allocation_topk_share"], f"Top-{len(top)} trials: % of the budget",
-            out / "heatmap_topk.png", fmt="{:.1f}", label="% of total rank")
+            100 * frames["allocation_topk_share"],
+            f"Top-{len(top)} trials: % of the budget",
+            out / "heatmap_topk.png",
+            fmt="{:.1f}",
+            label="% of total rank",
+        )
         figs["Budget schedule of the top trials"] = plots.budget_curves(top, metric, out / "budget_curves.png")
     if not trials.empty and f"final_{metric}" in trials:
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-        figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize,
-                                                                        out / "pareto.png")
+        figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize, out / "pareto.png")
     figs["Optimisation history"] = plots.history(study, metric, out / "history.png")
     reported = StudyRecord.of(study).intermediate_values or metric  # the pruning metric, negated if opposite
     figs["Intermediate values and trial pruning"] = plots.intermediate(study, reported, out / "intermediate.png")
@@ -108,16 +117,20 @@ def _gains(trials: pd.DataFrame, best, metric: str, references: dict[str, Refere
     col = f"{split}_{metric}"
     label = "test" if split == "test" else "validation"
     best_value = trials.loc[best.number, col]
-    out = [f"Best trial {best.number}: {label} {metric} {best_value:.4f}, "
-           f"{100 * (trials.loc[best.number, 'params_share_final'] or 0):.2f}% of the parameters trainable."]
+    out = [
+        f"Best trial {best.number}: {label} {metric} {best_value:.4f}, "
+        f"{100 * (trials.loc[best.number, 'params_share_final'] or 0):.2f}% of the parameters trainable."
+    ]
     out += [f"WARNING (best trial {best.number}): {note}" for note in TrialRecord.of(best).warnings]
     out += [f"WARNING (reference {kind}): {note}" for kind, ref in references.items() for note in ref.warnings]
     for number, row in trials[(trials["baseline"] != "") & (trials["state"] == "COMPLETE")].iterrows():
         if number == best.number:
             out.append(f"The best trial is baseline '{row['baseline']}': the search found nothing better yet.")
         elif pd.notna(row.get(col)):
-            out.append(f"Gain over baseline '{row['baseline']}' (trial {number}): "
-                       f"{100 * (best_value - row[col]):+.2f} pt {label} {metric} ({row[col]:.4f}).")
+            out.append(
+                f"Gain over baseline '{row['baseline']}' (trial {number}): "
+                f"{100 * (best_value - row[col]):+.2f} pt {label} {metric} ({row[col]:.4f})."
+            )
     return out
 
 
@@ -136,15 +149,19 @@ def budget_sentences(table: pd.DataFrame, best) -> list[str]:
         named = [(_layer(k) if series.index.name == "layer" else k, f"{100 * v:.0f} %") for k, v in series.items()]
         if len(named) <= 3:
             return ", ".join(f"{k} {v}" for k, v in named)
-        return (f"{named[0][0]} ({named[0][1]}) and {named[1][0]} ({named[1][1]}) hold the most, "
-                f"{named[-1][0]} the least ({named[-1][1]})")
+        return (
+            f"{named[0][0]} ({named[0][1]}) and {named[1][0]} ({named[1][1]}) hold the most, "
+            f"{named[-1][0]} the least ({named[-1][1]})"
+        )
 
     pooler = 1 - float(by_layer.sum())
-    return [f"Where the budget went: the best trial ({best.number}) kept {total:.0f} singular triplets; by matrix, "
-            f"{shares(by_module)}.",
-            f"By layer, {shares(by_layer)} (an even spread would give each of the {len(by_layer)} layers "
-            f"{100 * (1 - pooler) / max(len(by_layer), 1):.0f} %)"
-            + (f"; the pooler holds {100 * pooler:.0f} %." if pooler > 1e-9 else ".")]
+    return [
+        f"Where the budget went: the best trial ({best.number}) kept {total:.0f} singular triplets; by matrix, "
+        f"{shares(by_module)}.",
+        f"By layer, {shares(by_layer)} (an even spread would give each of the {len(by_layer)} layers "
+        f"{100 * (1 - pooler) / max(len(by_layer), 1):.0f} %)"
+        + (f"; the pooler holds {100 * pooler:.0f} %." if pooler > 1e-9 else "."),
+    ]
 
 
 def _layer(index: int) -> str:
@@ -157,11 +174,15 @@ def references_note(study: optuna.Study) -> str | None:
     planned = stored.references_planned
     missing = [kind for kind in planned or [] if kind not in stored.references]
     if planned == [] or (planned is None and not stored.references):
-        return ("_This study names no reference run (`study.references`: `lora`, `full`, `zero_shot`) to compare "
-                "the best trial with._\n")
+        return (
+            "_This study names no reference run (`study.references`: `lora`, `full`, `zero_shot`) to compare "
+            "the best trial with._\n"
+        )
     if missing:
-        return (f"_Reference runs {', '.join(missing)} are not stored yet: `run` trains them once the study's last "
-                "trial has finished._\n")
+        return (
+            f"_Reference runs {', '.join(missing)} are not stored yet: `run` trains them once the study's last "
+            "trial has finished._\n"
+        )
     return None
 
 
@@ -181,14 +202,20 @@ def _markdown(study, frames, figures, gains, metric) -> str:
 
 @functools.cache
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("adalora_search.results", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("adalora_search.results", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     return env.get_template("report.html")
 
 
 def _html(study, frames, figures, gains, metric) -> str:
     """The page: every text escaped by the template; tables are pandas' HTML (cells escaped by pandas)."""
-    tables = [(name, frame.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""))
-              for name, frame in frames.items() if name != "allocations" and not frame.empty]
+    tables = [
+        (name, frame.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""))
+        for name, frame in frames.items()
+        if name != "allocations" and not frame.empty
+    ]
     pngs = [(title, base64.b64encode(path.read_bytes()).decode()) for title, path in figures.items()]
     return _template().render(study_name=study.study_name, metric=metric, gains=gains, figures=pngs, tables=tables)

@@ -76,16 +76,24 @@ def retrain(export_dir: Path, given: list[float] | None = None) -> RetrainResult
     lines = _table(data, best, task)
     lines.append(f"learning rate {best.learning_rate:g}: {source}")
     if len(results) > 1:
-        lines.append(f"learning rates tried (validation {task.main_metric}): " + ", ".join(
-            f"{t.learning_rate:g} -> " + (f"{t.validation:.4f}" if t.validation is not None else "failed")
-            for t in best.tried))
+        lines.append(
+            f"learning rates tried (validation {task.main_metric}): "
+            + ", ".join(
+                f"{t.learning_rate:g} -> " + (f"{t.validation:.4f}" if t.validation is not None else "failed")
+                for t in best.tried
+            )
+        )
     if data.data_content not in (None, sources.content_identity(cfg.data.source)):
-        lines.append("WARNING: the data files changed since the study ran (their content differs from what the "
-                     "trial trained on): the trial's figures above are not comparable with this run")
+        lines.append(
+            "WARNING: the data files changed since the study ran (their content differs from what the "
+            "trial trained on): the trial's figures above are not comparable with this run"
+        )
     note = best.warnings[0] if best.warnings else None  # train_reference's chance_note
     if note or best.failure:
-        lines.append(f"WARNING: the exported LoRA at learning rate {best.learning_rate:g}: "
-                     f"{note or best.failure}; try other rates with --learning-rate")
+        lines.append(
+            f"WARNING: the exported LoRA at learning rate {best.learning_rate:g}: "
+            f"{note or best.failure}; try other rates with --learning-rate"
+        )
     return RetrainResult(data, best, lines)
 
 
@@ -93,11 +101,22 @@ def _table(data: ExportManifest, best: ReferenceResult, task: Task) -> list[str]
     """The AdaLoRA trial and the kept LoRA run, one line per metric."""
     lines = [f"{'run':40s} {'metric':12s} {'validation':>10s} {'test':>10s} {'trainable':>10s}"]
     for label, v, t, n in (
-        (f"AdaLoRA trial {data.trial}", data.metrics.get("final", {}), data.metrics.get("test", {}),
-         data.trainable_params.get("final")),
-        (f"fixed-rank LoRA (exported), lr {best.learning_rate:.2g}", best.metrics.get("final", {}),
-         best.metrics.get("test", {}), best.trainable_params.get("final")),
+        (
+            f"AdaLoRA trial {data.trial}",
+            data.metrics.get("final", {}),
+            data.metrics.get("test", {}),
+            data.trainable_params.get("final"),
+        ),
+        (
+            f"fixed-rank LoRA (exported), lr {best.learning_rate:.2g}",
+            best.metrics.get("final", {}),
+            best.metrics.get("test", {}),
+            best.trainable_params.get("final"),
+        ),
     ):
-        lines += [f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
-                  for m in task.metrics if m in v]
+        lines += [
+            f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
+            for m in task.metrics
+            if m in v
+        ]
     return lines

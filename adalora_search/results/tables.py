@@ -72,15 +72,23 @@ def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
             if key not in ("step", "train_loss"):
                 row[f"{which}_{key}"] = value
     params = r.trainable_params
-    row.update({
-        "value": r.values[0] if r.values else None,
-        "budget_initial": r.budget_curve[0][1] if r.budget_curve else None,
-        "budget_final": r.total_rank if r.rank_allocation else None,
-        "params_initial": params.get("initial"), "params_final": params.get("final"),
-        "params_share_final": (params.get("final") or 0) / params["model_total"] if params.get("model_total") else None,
-        "steps": r.steps, "total_steps": r.total_steps, "wall_s": r.timing.get("wall_s"),
-        "failure": r.failure.get("message", "") if r.failure else "", "warnings": " | ".join(r.warnings),
-    })
+    row.update(
+        {
+            "value": r.values[0] if r.values else None,
+            "budget_initial": r.budget_curve[0][1] if r.budget_curve else None,
+            "budget_final": r.total_rank if r.rank_allocation else None,
+            "params_initial": params.get("initial"),
+            "params_final": params.get("final"),
+            "params_share_final": (params.get("final") or 0) / params["model_total"]
+            if params.get("model_total")
+            else None,
+            "steps": r.steps,
+            "total_steps": r.total_steps,
+            "wall_s": r.timing.get("wall_s"),
+            "failure": r.failure.get("message", "") if r.failure else "",
+            "warnings": " | ".join(r.warnings),
+        }
+    )
     return row
 
 
@@ -91,11 +99,21 @@ def allocations_table(study: optuna.Study) -> pd.DataFrame:
         record = TrialRecord.of(t)
         total = record.total_rank or 1
         for name, rank in record.rank_allocation.items():
-            rows.append({"trial": t.number, "state": t.state.name, "module": name, "layer": layer_index(name),
-                         "module_type": module_type(name), "module_name": module_name(name), "rank": rank,
-                         "rank_share": rank / total})
-    return pd.DataFrame(rows, columns=["trial", "state", "module", "layer", "module_type", "module_name", "rank",
-                                       "rank_share"])
+            rows.append(
+                {
+                    "trial": t.number,
+                    "state": t.state.name,
+                    "module": name,
+                    "layer": layer_index(name),
+                    "module_type": module_type(name),
+                    "module_name": module_name(name),
+                    "rank": rank,
+                    "rank_share": rank / total,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["trial", "state", "module", "layer", "module_type", "module_name", "rank", "rank_share"]
+    )
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -128,9 +146,17 @@ def references_table(study: optuna.Study) -> pd.DataFrame:
     metric = metric_name(study)
     rows = []
     for kind, ref in StudyRecord.of(study).references.items():
-        rows.append({"reference": kind, "of_trial": ref.of_trial, f"final_{metric}": ref.metric("final", metric),
-                     f"test_{metric}": ref.metric("test", metric), "params_final": ref.trainable_params.get("final"),
-                     "failure": ref.failure or "", "warnings": " | ".join(ref.warnings)})
+        rows.append(
+            {
+                "reference": kind,
+                "of_trial": ref.of_trial,
+                f"final_{metric}": ref.metric("final", metric),
+                f"test_{metric}": ref.metric("test", metric),
+                "params_final": ref.trainable_params.get("final"),
+                "failure": ref.failure or "",
+                "warnings": " | ".join(ref.warnings),
+            }
+        )
     columns = ["reference", "of_trial", f"final_{metric}", f"test_{metric}", "params_final", "failure", "warnings"]
     return pd.DataFrame(rows, columns=columns).set_index("reference")
 

@@ -65,8 +65,9 @@ def open_store(location: str, field: str = "study.artifact_store", create: bool 
         try:
             Path(location).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"{field} = {location!r}: cannot create the directory ({exc.strerror}); "
-                            "choose a writable directory") from None
+            raise UserError(
+                f"{field} = {location!r}: cannot create the directory ({exc.strerror}); choose a writable directory"
+            ) from None
     return AtomicFileSystemArtifactStore(location)
 
 
@@ -130,8 +131,13 @@ def keep_adapter(trial: optuna.Trial, save: Callable[[str], None], value: float,
                 with contextlib.suppress(ArtifactNotFound):
                     store.remove(meta.artifact_id)
         except Exception as exc:  # noqa: BLE001 - best effort (e.g. a store this machine cannot reach, S3 errors)
-            _log.warning("could not remove the adapter of trial %d, pushed out of the top-k (%s: %s); it stays in "
-                         "its store, and export says it was dropped", old.number, type(exc).__name__, exc)
+            _log.warning(
+                "could not remove the adapter of trial %d, pushed out of the top-k (%s: %s); it stays in "
+                "its store, and export says it was dropped",
+                old.number,
+                type(exc).__name__,
+                exc,
+            )
 
 
 def _upload(trial: optuna.Trial, save: Callable[[str], None], store, location: str) -> None:
@@ -159,30 +165,39 @@ def restore_adapter(study: optuna.Study, trial: FrozenTrial, dest: Path) -> bool
     if not metas:
         return _legacy_copy(trial, dest)
     if (failure := TrialRecord.of(trial).adapter_failure) is not None:  # Optuna recorded it before the write failed
-        _log.warning("trial %d's adapter could not be kept when it trained (%s); adapter/ is not exported",
-                     trial.number, failure)
+        _log.warning(
+            "trial %d's adapter could not be kept when it trained (%s); adapter/ is not exported", trial.number, failure
+        )
         return False
     pusher = dropped_by(study.get_trials(deepcopy=False)).get(trial.number)
     if pusher is not None:
-        _log.warning("trial %d's adapter was removed from the artifact store when trial %d pushed it out of the "
-                     "study's top keep_top_k_adapters; adapter/ is not exported", trial.number, pusher)
+        _log.warning(
+            "trial %d's adapter was removed from the artifact store when trial %d pushed it out of the "
+            "study's top keep_top_k_adapters; adapter/ is not exported",
+            trial.number,
+            pusher,
+        )
         return False
     location = TrialRecord.of(trial).adapter_store
     meta = metas[-1]
     looked = f"artifact {meta.artifact_id} ({ADAPTER_FILE}) in the artifact store {location!r}"
     if not location:
-        raise UserError(f"trial {trial.number}: has an adapter artifact {meta.artifact_id} but no {STORE_ATTR} "
-                        "user attr saying where it was stored; export another trial with --trial")
+        raise UserError(
+            f"trial {trial.number}: has an adapter artifact {meta.artifact_id} but no {STORE_ATTR} "
+            "user attr saying where it was stored; export another trial with --trial"
+        )
     store = open_store(location, f"trial {trial.number} {STORE_ATTR}")
     with tempfile.TemporaryDirectory(prefix="adalora-adapter-") as tmp:
         archive = Path(tmp) / ADAPTER_FILE
         try:
             download_artifact(artifact_store=store, file_path=str(archive), artifact_id=meta.artifact_id)
         except (ArtifactNotFound, OSError) as exc:
-            raise UserError(f"trial {trial.number}: its kept adapter is not found: looked for {looked} "
-                            f"({type(exc).__name__}); make that store reachable from this machine (mount or copy "
-                            "the directory to that path, or give boto3 credentials for the bucket) and export "
-                            "again") from None
+            raise UserError(
+                f"trial {trial.number}: its kept adapter is not found: looked for {looked} "
+                f"({type(exc).__name__}); make that store reachable from this machine (mount or copy "
+                "the directory to that path, or give boto3 credentials for the bucket) and export "
+                "again"
+            ) from None
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")
     return True
@@ -196,6 +211,10 @@ def _legacy_copy(trial: FrozenTrial, dest: Path) -> bool:
     if Path(kept).is_dir():
         shutil.copytree(kept, dest)
         return True
-    _log.warning("trial %d recorded its adapter in the local directory %s, which is not here (pushed out of the "
-                 "top-k, or kept on another machine); adapter/ is not exported", trial.number, kept)
+    _log.warning(
+        "trial %d recorded its adapter in the local directory %s, which is not here (pushed out of the "
+        "top-k, or kept on another machine); adapter/ is not exported",
+        trial.number,
+        kept,
+    )
     return False

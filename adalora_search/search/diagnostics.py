@@ -25,8 +25,10 @@ def constant_objectives(study: optuna.Study) -> list[str]:
     Said only when some other validation metric did move (so the runs trained) and there were at least
     two evaluations.
     """
-    histories = [TrialRecord.of(t).history for t in study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    histories = [
+        TrialRecord.of(t).history
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    ]
     evaluations = [h for history in histories for h in history]
     out = []
     for objective in StudyRecord.of(study).objectives:
@@ -39,15 +41,19 @@ def constant_objectives(study: optuna.Study) -> list[str]:
         moved = [k for k, vs in moving.items() if vs and max(vs) - min(vs) > CONSTANT]
         if moved:
             vs = moving[moved[0]]
-            out.append(f"the objective {metric} is {values[0]:.6g} at every one of {len(values)} evaluations of "
-                       f"the finished trials while {moved[0]} moves ({min(vs):.6g} to {max(vs):.6g}): it cannot "
-                       "rank the trials. Either nothing is learned yet (train longer, try other learning rates) "
-                       "or the metric cannot see what is learned (labels it cannot read, e.g. tags seqeval does "
-                       "not know; a single class in validation)")
+            out.append(
+                f"the objective {metric} is {values[0]:.6g} at every one of {len(values)} evaluations of "
+                f"the finished trials while {moved[0]} moves ({min(vs):.6g} to {max(vs):.6g}): it cannot "
+                "rank the trials. Either nothing is learned yet (train longer, try other learning rates) "
+                "or the metric cannot see what is learned (labels it cannot read, e.g. tags seqeval does "
+                "not know; a single class in validation)"
+            )
     return out
 
 
 def study_notes(study: optuna.Study) -> list[str]:
     """Every line a reader of this study's results must see: ``data: ...`` notes, then ``WARNING: ...``."""
-    return [*(f"data: {note}" for note in StudyRecord.of(study).data_notes),
-            *(f"WARNING: {note}" for note in constant_objectives(study))]
+    return [
+        *(f"data: {note}" for note in StudyRecord.of(study).data_notes),
+        *(f"WARNING: {note}" for note in constant_objectives(study)),
+    ]

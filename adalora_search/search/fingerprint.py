@@ -52,16 +52,17 @@ def sections(spec: StudySpec) -> dict[str, Any]:
     return {
         "model": spec.model.model_dump(mode="json", exclude={"dtype", "trust_remote_code"}, exclude_defaults=True),
         "data": data,
-        "training": spec.training.model_dump(mode="json", exclude=_TRAINING_KNOBS | _RUN_ONLY,
-                                              exclude_defaults=True),
+        "training": spec.training.model_dump(mode="json", exclude=_TRAINING_KNOBS | _RUN_ONLY, exclude_defaults=True),
         "space": space,
     }
 
 
 def hashes(readable: dict[str, Any]) -> dict[str, str]:
     """Section -> short SHA-256 of its canonical JSON."""
-    return {name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-            for name, value in readable.items()}
+    return {
+        name: hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+        for name, value in readable.items()
+    }
 
 
 def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log=_log.info) -> None:
@@ -82,12 +83,16 @@ def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log
         full = sections(spec)  # with the data's content, also where the stored study had none
         study.set_user_attr("fingerprint", hashes(full))
         study.set_user_attr("fingerprint_sections", full)
-        log(f"study {spec.study.name!r}: the study file changed ({', '.join(changed)}); the stored study holds no "
-            "result yet (only failed trials), so it goes on with the edited file")
+        log(
+            f"study {spec.study.name!r}: the study file changed ({', '.join(changed)}); the stored study holds no "
+            "result yet (only failed trials), so it goes on with the edited file"
+        )
         return
     details = _differences(study.user_attrs.get("fingerprint_sections", {}), readable, changed)
-    message = (f"study.name = {spec.study.name!r}: the stored study was created from a different study file; "
-               f"changed: {', '.join(changed)}{details}. Its trials and new ones would not be comparable; {FIX}")
+    message = (
+        f"study.name = {spec.study.name!r}: the stored study was created from a different study file; "
+        f"changed: {', '.join(changed)}{details}. Its trials and new ones would not be comparable; {FIX}"
+    )
     if not allow_changed:
         raise UserError(message)
     log(f"WARNING (--allow-changed-study): {message}")
@@ -95,9 +100,11 @@ def check(study: optuna.Study, spec: StudySpec, allow_changed: bool = False, log
 
 def _has_results(study: optuna.Study) -> bool:
     """Whether the study holds a trial whose results a new trial could be mixed with (not only failures)."""
-    return any(t.state != optuna.trial.TrialState.FAIL and not (t.state == optuna.trial.TrialState.WAITING
-                                                                  and t.user_attrs.get("baseline"))
-               for t in study.get_trials(deepcopy=False))
+    return any(
+        t.state != optuna.trial.TrialState.FAIL
+        and not (t.state == optuna.trial.TrialState.WAITING and t.user_attrs.get("baseline"))
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], changed: list[str], limit: int = 4) -> str:

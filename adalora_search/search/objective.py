@@ -32,8 +32,15 @@ from adalora_search.train.methods import METHODS
 _log = logging.getLogger(__name__)
 
 # exceptions a single trial may raise without stopping the study (anything else is a bug)
-TRIAL_ERRORS: tuple[type[BaseException], ...] = (TrialFailure, RuntimeError, ValueError, MemoryError,
-                                                 ArithmeticError, IndexError, KeyError)
+TRIAL_ERRORS: tuple[type[BaseException], ...] = (
+    TrialFailure,
+    RuntimeError,
+    ValueError,
+    MemoryError,
+    ArithmeticError,
+    IndexError,
+    KeyError,
+)
 Log = Callable[[str], None]
 
 
@@ -53,8 +60,9 @@ def pruning_value(spec: StudySpec, task: Task) -> tuple[str, float]:
 class Objective:
     """Callable objective; also usable directly with ``study.optimize`` for a single process."""
 
-    def __init__(self, spec: StudySpec, data: TokenizedData, artifact_store: str | Path | None = None,
-                 log: Log = _log.info):
+    def __init__(
+        self, spec: StudySpec, data: TokenizedData, artifact_store: str | Path | None = None, log: Log = _log.info
+    ):
         self.spec = spec
         self.data = data
         self.artifact_store = str(artifact_store) if artifact_store is not None else None
@@ -87,8 +95,9 @@ class Objective:
             self._write_attrs(trial, run, time.perf_counter() - started)
             tracked.finish(run.result if run is not None else None, sys.exc_info()[1])
 
-    def _on_eval(self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun,
-                 tracked: TrialTracking) -> Callable[[int, dict], None]:
+    def _on_eval(
+        self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun, tracked: TrialTracking
+    ) -> Callable[[int, dict], None]:
         objectives = self.spec.study.objectives
         metric = objectives[0].metric
         pruning, sign = pruning_value(self.spec, run.task)
@@ -100,8 +109,10 @@ class Objective:
             if self.on_progress is not None:
                 self.on_progress(trial.number, step, run.total_steps)
             shown = metric if metric in scores else run.task.main_metric  # e.g. exact_match comes after training
-            self.log(f"[trial {trial.number}] step {step}/{run.total_steps} train_loss {scores['train_loss']:.4f} "
-                     f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}")
+            self.log(
+                f"[trial {trial.number}] step {step}/{run.total_steps} train_loss {scores['train_loss']:.4f} "
+                f"{shown} {scores.get(shown, float('nan')):.4f} budget {scores['budget']}"
+            )
             tracked.log(step, scores)
             trial.set_user_attr("last_eval_step", step)
             trial.set_user_attr("trainable_params", dict(run.result.trainable_params))  # after rank pruning so far
@@ -161,6 +172,8 @@ class Objective:
         except Exception as exc:  # noqa: BLE001 - any failure of the upload leaves the trained trial COMPLETE
             reason = files.reason(exc)
             trial.set_user_attr("adapter_failure", reason)
-            return (f"its adapter could not be kept in the artifact store {self.artifact_store} ({reason}); the "
-                    "trial's results are stored, but export has no adapter/ for it")
+            return (
+                f"its adapter could not be kept in the artifact store {self.artifact_store} ({reason}); the "
+                "trial's results are stored, but export has no adapter/ for it"
+            )
         return None

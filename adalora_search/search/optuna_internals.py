@@ -38,7 +38,11 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
     def all_started(self, study: optuna.Study) -> bool:
         """Every point of this grid has a finished or running trial."""
-        started = {t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
-                   if "grid_id" in t.system_attrs and self._same_search_space(t.system_attrs["search_space"])
-                   and (t.state.is_finished() or t.state == TrialState.RUNNING)}
+        started = {
+            t.system_attrs["grid_id"]
+            for t in study.get_trials(deepcopy=False)
+            if "grid_id" in t.system_attrs
+            and self._same_search_space(t.system_attrs["search_space"])
+            and (t.state.is_finished() or t.state == TrialState.RUNNING)
+        }
         return len(started) >= len(self._all_grids)

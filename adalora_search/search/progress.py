@@ -29,12 +29,19 @@ class Progress:
         file: where the bars go (default stderr).
     """
 
-    def __init__(self, study: optuna.Study, n_trials: int | None, disable: bool | None = None,
-                 file: IO[str] | None = None):
+    def __init__(
+        self, study: optuna.Study, n_trials: int | None, disable: bool | None = None, file: IO[str] | None = None
+    ):
         self.study = study
         self.options = {"disable": disable, "file": file, "dynamic_ncols": True}
-        self.bar = tqdm(total=n_trials, initial=self._finished(), unit="trial", desc=f"study {study.study_name}",
-                        position=0, **self.options)
+        self.bar = tqdm(
+            total=n_trials,
+            initial=self._finished(),
+            unit="trial",
+            desc=f"study {study.study_name}",
+            position=0,
+            **self.options,
+        )
         self.trial_bar: tqdm | None = None
 
     def _finished(self) -> int:
@@ -43,8 +50,9 @@ class Progress:
     def step(self, number: int, step: int, total_steps: int) -> None:
         """The running trial ``number`` has done ``step`` of ``total_steps`` optimizer steps."""
         if self.trial_bar is None:
-            self.trial_bar = tqdm(total=total_steps, unit="step", desc=f"trial {number}", position=1,
-                                  leave=False, **self.options)
+            self.trial_bar = tqdm(
+                total=total_steps, unit="step", desc=f"trial {number}", position=1, leave=False, **self.options
+            )
         self.trial_bar.update(step - self.trial_bar.n)
 
     def trial_done(self, best: str | None) -> None:
@@ -63,8 +71,9 @@ class Progress:
 
 
 @contextlib.contextmanager
-def bars(study: optuna.Study, n_trials: int | None, disable: bool | None = None,
-         file: IO[str] | None = None) -> Iterator[Progress]:
+def bars(
+    study: optuna.Study, n_trials: int | None, disable: bool | None = None, file: IO[str] | None = None
+) -> Iterator[Progress]:
     """``Progress`` for the duration of a worker, with the package's log lines printed above it."""
     progress = Progress(study, n_trials, disable, file)
     try:

@@ -33,8 +33,11 @@ def top_k(study: optuna.Study, k: int, number: int, values: Sequence[float]) -> 
     """Numbers of the ``k`` first trials in ``ranked``'s order, counting trial ``number`` with ``values``,
     which is still running (its values are not stored yet) with the completed ones.
     """
-    done = [(t.number, t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and t.number != number]
+    done = [
+        (t.number, t.values)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and t.number != number
+    ]
     return {n for n, _ in _order([*done, (number, values)], study.directions)[:k]}
 
 

@@ -25,7 +25,7 @@ def _stored(attrs: Mapping[str, Any], key: str, empty: Callable[[], T]) -> T:
 
 
 def _scores(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """"final" / "best" / "test" -> metric -> value, without the splits that were not scored (null, empty)."""
+    """The splits that were scored: "final" / "best" / "test" -> metric -> value (null or empty ones left out)."""
     return {which: dict(scores) for which, scores in metrics.items() if scores}
 
 
@@ -61,16 +61,29 @@ class TrialRecord:
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         a = trial.user_attrs
         return cls(
-            number=trial.number, state=trial.state, values=trial.values, params=dict(trial.params),
-            config=a.get("config"), metrics=_scores(_stored(a, "metrics", dict)),
+            number=trial.number,
+            state=trial.state,
+            values=trial.values,
+            params=dict(trial.params),
+            config=a.get("config"),
+            metrics=_scores(_stored(a, "metrics", dict)),
             rank_allocation=dict(_stored(a, "rank_allocation", dict)),
-            budget_curve=list(_stored(a, "budget_curve", list)), history=list(_stored(a, "history", list)),
-            trainable_params=dict(_stored(a, "trainable_params", dict)), timing=dict(_stored(a, "timing", dict)),
-            total_steps=a.get("total_steps"), baseline=a.get("baseline"), failure=a.get("failure"),
-            warnings=list(_stored(a, "warnings", list)), adapter_store=a.get("adapter_store"),
-            adapter_failure=a.get("adapter_failure"), dropped_adapters=list(_stored(a, "dropped_adapters", list)),
-            adapter_dir=a.get("adapter_dir"), worker=a.get("worker"), last_eval_step=a.get("last_eval_step"),
-            label_names=a.get("label_names"), has_label_names="label_names" in a,
+            budget_curve=list(_stored(a, "budget_curve", list)),
+            history=list(_stored(a, "history", list)),
+            trainable_params=dict(_stored(a, "trainable_params", dict)),
+            timing=dict(_stored(a, "timing", dict)),
+            total_steps=a.get("total_steps"),
+            baseline=a.get("baseline"),
+            failure=a.get("failure"),
+            warnings=list(_stored(a, "warnings", list)),
+            adapter_store=a.get("adapter_store"),
+            adapter_failure=a.get("adapter_failure"),
+            dropped_adapters=list(_stored(a, "dropped_adapters", list)),
+            adapter_dir=a.get("adapter_dir"),
+            worker=a.get("worker"),
+            last_eval_step=a.get("last_eval_step"),
+            label_names=a.get("label_names"),
+            has_label_names="label_names" in a,
         )
 
     def metric(self, which: str, name: str) -> float | None:
@@ -118,12 +131,16 @@ class ReferenceResult:
 
     @classmethod
     def of(cls, stored: Mapping[str, Any]) -> ReferenceResult:
-        return cls(metrics=_scores(_stored(stored, "metrics", dict)),
-                   trainable_params=dict(_stored(stored, "trainable_params", dict)),
-                   timing=dict(_stored(stored, "timing", dict)), learning_rate=stored.get("learning_rate"),
-                   warnings=list(_stored(stored, "warnings", list)),
-                   tried=[TriedRate(**t) for t in _stored(stored, "tried", list)],
-                   of_trial=stored.get("of_trial"), failure=stored.get("failure"))
+        return cls(
+            metrics=_scores(_stored(stored, "metrics", dict)),
+            trainable_params=dict(_stored(stored, "trainable_params", dict)),
+            timing=dict(_stored(stored, "timing", dict)),
+            learning_rate=stored.get("learning_rate"),
+            warnings=list(_stored(stored, "warnings", list)),
+            tried=[TriedRate(**t) for t in _stored(stored, "tried", list)],
+            of_trial=stored.get("of_trial"),
+            failure=stored.get("failure"),
+        )
 
     def as_attr(self) -> dict[str, Any]:
         """The JSON object stored in the study attr (``of`` reads it back)."""
@@ -155,12 +172,16 @@ class StudyRecord:
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
         a = study.user_attrs
-        return cls(task=_stored(a, "task", lambda: "classification"), objectives=list(_stored(a, "objectives", list)),
-                   references={k: ReferenceResult.of(v) for k, v in _stored(a, "references", dict).items()},
-                   references_planned=a.get("references_planned"), data_notes=list(_stored(a, "data_notes", list)),
-                   budget=dict(_stored(a, "budget", dict)),
-                   fingerprint_sections=dict(_stored(a, "fingerprint_sections", dict)),
-                   intermediate_values=a.get("intermediate_values"))
+        return cls(
+            task=_stored(a, "task", lambda: "classification"),
+            objectives=list(_stored(a, "objectives", list)),
+            references={k: ReferenceResult.of(v) for k, v in _stored(a, "references", dict).items()},
+            references_planned=a.get("references_planned"),
+            data_notes=list(_stored(a, "data_notes", list)),
+            budget=dict(_stored(a, "budget", dict)),
+            fingerprint_sections=dict(_stored(a, "fingerprint_sections", dict)),
+            intermediate_values=a.get("intermediate_values"),
+        )
 
     def objective_metrics(self, default: str) -> list[str]:
         """The objectives' metrics, first first; ``[default]`` for a study that stored none."""

@@ -73,8 +73,12 @@ def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.
     """Create the study or load it; check its fingerprint; enqueue each named baseline exactly once."""
     storage = storage_mod.open_storage(url, spec.study.heartbeat_interval, spec.study.max_retry)
     directions = [o.resolved_direction for o in spec.study.objectives]
-    kwargs: dict[str, Any] = {"storage": storage, "study_name": spec.study.name,
-                              "sampler": build_sampler(spec), "pruner": spec.study.pruner.root.build()}
+    kwargs: dict[str, Any] = {
+        "storage": storage,
+        "study_name": spec.study.name,
+        "sampler": build_sampler(spec),
+        "pruner": spec.study.pruner.root.build(),
+    }
     try:
         study = optuna.create_study(directions=directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
@@ -82,8 +86,10 @@ def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.
     with storage_mod.claim_lock(url):  # workers starting together: exactly one records and enqueues
         fingerprint.check(study, spec, allow_changed, log)
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
-            raise UserError(f"study.objective: the stored study {spec.study.name!r} has directions "
-                            f"{[d.name.lower() for d in study.directions]}; rename the study to change them")
+            raise UserError(
+                f"study.objective: the stored study {spec.study.name!r} has directions "
+                f"{[d.name.lower() for d in study.directions]}; rename the study to change them"
+            )
         _enqueue_baselines(study, spec)
     return study
 
@@ -132,8 +138,9 @@ def _counts(study: optuna.Study) -> dict[TrialState, int]:
     return counts
 
 
-def _claim(study: optuna.Study, spec: StudySpec, url: str, budget: Budget,
-           deadline: float | None) -> optuna.Trial | None:
+def _claim(
+    study: optuna.Study, spec: StudySpec, url: str, budget: Budget, deadline: float | None
+) -> optuna.Trial | None:
     """Ask for a trial unless the study has enough finished or running trials, or its grid is done."""
     if deadline is not None and time.time() >= deadline:
         return None
@@ -158,8 +165,16 @@ def grid_done(study: optuna.Study, counts: dict[TrialState, int] | None = None) 
     return isinstance(sampler, AskTellGridSampler) and not counts[TrialState.WAITING] and sampler.all_started(study)
 
 
-def work(spec: StudySpec, url: str, budget: Budget, artifact_store: str | Path, log=_log.info,
-         data: TokenizedData | None = None, allow_changed: bool = False, study: optuna.Study | None = None) -> int:
+def work(
+    spec: StudySpec,
+    url: str,
+    budget: Budget,
+    artifact_store: str | Path,
+    log=_log.info,
+    data: TokenizedData | None = None,
+    allow_changed: bool = False,
+    study: optuna.Study | None = None,
+) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here.
 
     ``data`` and ``study``: already loaded and opened by the caller (else done here).
@@ -199,20 +214,26 @@ def check_failures(study: optuna.Study, limit: int) -> None:
     interrupt or a lost worker (no ``failure`` attr, or type ``Interrupted``) are re-queued, not counted.
     """
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))]
-    finished = [r for r in records
-                if r.state != TrialState.FAIL
-                or (r.failure is not None and r.failure.get("type") not in (None, "Interrupted"))]
+    finished = [
+        r
+        for r in records
+        if r.state != TrialState.FAIL or (r.failure is not None and r.failure.get("type") not in (None, "Interrupted"))
+    ]
     last = sorted(finished, key=lambda r: r.number)[-limit:]
     if len(last) < limit or any(r.state != TrialState.FAIL or r.failure is None for r in last):
         return
-    reasons = list(dict.fromkeys(f"{r.failure['type']}: {r.failure['message'][:300].rstrip('. ')}"
-                                 for r in last if r.failure is not None))
+    reasons = list(
+        dict.fromkeys(
+            f"{r.failure['type']}: {r.failure['message'][:300].rstrip('. ')}" for r in last if r.failure is not None
+        )
+    )
     said = reasons[0] if len(reasons) == 1 else " | ".join(reasons[:3])
     raise RepeatedFailure(
         f"study.max_consecutive_failures = {limit}: the last {limit} trials "
         f"({', '.join(str(t.number) for t in last)}) all failed, stopping the study: {said}. Fix the cause "
         "(the study file, the data or the machine) and run again; raise study.max_consecutive_failures "
-        "if occasional failures are expected")
+        "if occasional failures are expected"
+    )
 
 
 def _fail(study: optuna.Study, trial: optuna.Trial, exc: BaseException, log) -> None:
@@ -223,8 +244,7 @@ def _fail(study: optuna.Study, trial: optuna.Trial, exc: BaseException, log) -> 
     log(f"[trial {trial.number}] FAILED ({type(exc).__name__}): {exc}")
 
 
-def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec,
-             log) -> TrialState:
+def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spec: StudySpec, log) -> TrialState:
     """Run one claimed trial and tell its end state; a user error fails it, then stops the worker."""
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     with storage_mod.Heartbeat(storage_of(study), trial_id(trial), spec.study.heartbeat_interval):
@@ -259,8 +279,10 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
 
 def _sigterm_as_interrupt() -> None:
     """SIGINT and SIGTERM stop the worker cleanly (also when started with SIGINT ignored, e.g. by `&`)."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGINT, signal.default_int_handler)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, handler)
@@ -276,8 +298,10 @@ def progress_line(study: optuna.Study, budget: Budget, deadline: float | None, b
     """One line of study progress: counts by state, ``best`` (``best_text``), elapsed and time left."""
     counts = _counts(study)
     done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    line = (f"[study {study.study_name}] {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "
-            f"pruned, {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running")
+    line = (
+        f"[study {study.study_name}] {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} "
+        f"pruned, {counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running"
+    )
     if best is not None:
         line += f" | {best}"
     trials = study.get_trials(deepcopy=False)

@@ -33,14 +33,18 @@ def summary_lines(study: optuna.Study) -> list[str]:
     stored = StudyRecord.of(study)
     task = TASKS[stored.task]
     objective = stored.objective_metrics(task.main_metric)[0]
-    metrics = list(dict.fromkeys([task.main_metric if objective == "trainable_params" else objective,
-                                  task.main_metric]))
+    metrics = list(
+        dict.fromkeys([task.main_metric if objective == "trainable_params" else objective, task.main_metric])
+    )
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best_record = TrialRecord.of(best)
     label = f"best trial {best.number}" + (f" = baseline {best_record.baseline}" if best_record.baseline else "")
     rows: list[tuple[str, TrialRecord | ReferenceResult]] = [(label, best_record)]
-    rows += [(f"baseline {r.baseline} (trial {r.number})", r) for r in records
-             if r.baseline is not None and r.number != best.number]
+    rows += [
+        (f"baseline {r.baseline} (trial {r.number})", r)
+        for r in records
+        if r.baseline is not None and r.number != best.number
+    ]
     rows += [(f"reference {k}", ref) for k, ref in stored.references.items() if ref.trained]
     head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
     lines = [f"{'run':40s}{head} {'trainable':>10s}"]
@@ -50,8 +54,11 @@ def summary_lines(study: optuna.Study) -> list[str]:
         share = row.trainable_params
         frac = share.get("final", 0) / max(share.get("model_total", 1), 1)
         test = row.metric("test", metrics[0])
-        gain = "" if label.startswith("best") or test is None or best_test is None else \
-            f"  (best trial {_gain(metrics[0], best_test, test)})"
+        gain = (
+            ""
+            if label.startswith("best") or test is None or best_test is None
+            else f"  (best trial {_gain(metrics[0], best_test, test)})"
+        )
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
         lines += [f"  WARNING: {note}" for note in row.warnings]
     return lines
@@ -75,8 +82,10 @@ def status_lines(study: optuna.Study) -> list[str]:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    lines = [f"study {study.study_name}: " + (", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
-                                               or "no trial yet")]
+    lines = [
+        f"study {study.study_name}: "
+        + (", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())) or "no trial yet")
+    ]
     if (left := progress(study)) is not None:
         lines[0] += f" | {left}"
     best = ranking.best(study)
@@ -86,8 +95,10 @@ def status_lines(study: optuna.Study) -> list[str]:
         params = record.trainable_params
         knobs = "; ".join(f"{k.split('.')[-1]} {_value(v)}" for k, v in sorted(best.params.items()))
         lines.append(f"best trial {best.number}: {knobs or 'no searched knob'}")
-        lines.append(f"  budget: total rank {record.total_rank}, trainable params {params.get('initial', 0):,} at "
-                     f"the start -> {params.get('final', 0):,} after rank pruning")
+        lines.append(
+            f"  budget: total rank {record.total_rank}, trainable params {params.get('initial', 0):,} at "
+            f"the start -> {params.get('final', 0):,} after rank pruning"
+        )
     lines += diagnostics.study_notes(study)
     lines += _compile_lines([TrialRecord.of(t) for t in study.get_trials(deepcopy=False)])
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -95,8 +106,10 @@ def status_lines(study: optuna.Study) -> list[str]:
             lines.append(f"WARNING: trial {t.number}'s adapter was not kept ({failure}); its results are stored")
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         record = TrialRecord.of(t)
-        lines.append(f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, step {record.steps or 0} of "
-                     f"{record.total_steps or '?'}, worker {record.worker or '?'}")
+        lines.append(
+            f"running: trial {t.number} since {t.datetime_start:%H:%M:%S}, step {record.steps or 0} of "
+            f"{record.total_steps or '?'}, worker {record.worker or '?'}"
+        )
     return lines + _failed_and_queued(study)
 
 
@@ -109,11 +122,16 @@ def _compile_lines(records: list[TrialRecord]) -> list[str]:
         return []
     seconds = [c.get("compile_s", 0.0) for _, c in compiled]
     wall = sum(r.timing.get("wall_s") or 0.0 for r, _ in compiled)
-    lines = [f"compiled trials: {len(compiled)}, compile time {sum(seconds):.0f} s of {wall:.0f} s trial wall time "
-             f"(median {statistics.median(seconds):.1f} s per trial, at most "
-             f"{max(c.get('graphs', 0) for _, c in compiled)} graphs per trial)"]
-    lines += [f"WARNING: trial {r.number} could not compile and ran eager: {c['fallback'][:160]}"
-              for r, c in compiled if "fallback" in c]
+    lines = [
+        f"compiled trials: {len(compiled)}, compile time {sum(seconds):.0f} s of {wall:.0f} s trial wall time "
+        f"(median {statistics.median(seconds):.1f} s per trial, at most "
+        f"{max(c.get('graphs', 0) for _, c in compiled)} graphs per trial)"
+    ]
+    lines += [
+        f"WARNING: trial {r.number} could not compile and ran eager: {c['fallback'][:160]}"
+        for r, c in compiled
+        if "fallback" in c
+    ]
     return lines
 
 
@@ -124,8 +142,13 @@ def _failed_and_queued(study: optuna.Study, last: int = 3) -> list[str]:
         failure = TrialRecord.of(t).failure or {"type": "lost", "message": "its worker stopped answering"}
         lines.append(f"failed: trial {t.number} ({failure['type']}: {failure['message'][:120]})")
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        why = (f"re-run of trial {t.user_attrs['retried_from']}" if "retried_from" in t.user_attrs
-               else f"baseline {t.user_attrs['baseline']}" if "baseline" in t.user_attrs else "enqueued")
+        why = (
+            f"re-run of trial {t.user_attrs['retried_from']}"
+            if "retried_from" in t.user_attrs
+            else f"baseline {t.user_attrs['baseline']}"
+            if "baseline" in t.user_attrs
+            else "enqueued"
+        )
         lines.append(f"queued: trial {t.number} ({why})")
     return lines
 
@@ -138,8 +161,7 @@ def progress(study: optuna.Study, now: float | None = None) -> str | None:
     n_trials = StudyRecord.of(study).budget.get("n_trials")
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     records = [TrialRecord.of(t) for t in trials]
-    done = sum(r.steps or 0 for r in records if r.state in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                            TrialState.RUNNING))
+    done = sum(r.steps or 0 for r in records if r.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
     planned = [r.total_steps for r in records if r.total_steps]
     if not n_trials or not done or not planned:
         return None
@@ -157,8 +179,11 @@ def busy_seconds(trials: list[FrozenTrial], now: float) -> float:
     """Seconds during which at least one of ``trials`` was running (the union of their intervals): a study
     resumed a day later does not count the day.
     """
-    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
-                   for t in trials if t.datetime_start is not None)
+    spans = sorted(
+        (t.datetime_start.timestamp(), t.datetime_complete.timestamp() if t.datetime_complete else now)
+        for t in trials
+        if t.datetime_start is not None
+    )
     total, end = 0.0, float("-inf")
     for start, stop in spans:
         total += max(0.0, stop - max(start, end))
@@ -185,24 +210,46 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
     best_row = None
     if best is not None:
         record = TrialRecord.of(best)
-        best_row = {"number": best.number, "values": best.values, "params": best.params,
-                    "metrics": record.metrics.get("final", {}), "trainable_params": record.trainable_params,
-                    "baseline": record.baseline, "warnings": record.warnings}
+        best_row = {
+            "number": best.number,
+            "values": best.values,
+            "params": best.params,
+            "metrics": record.metrics.get("final", {}),
+            "trainable_params": record.trainable_params,
+            "baseline": record.baseline,
+            "warnings": record.warnings,
+        }
     stored = StudyRecord.of(study)
-    data = {"study": study.study_name, "directions": [d.name.lower() for d in study.directions],
-            "objectives": stored.objectives, "counts": counts, "progress": progress(study),
-            "best": best_row, "references": {k: ref.as_attr() for k, ref in stored.references.items()},
-            "data_notes": stored.data_notes,
-            "warnings": diagnostics.constant_objectives(study), "trials": [_row(t) for t in trials]}
+    data = {
+        "study": study.study_name,
+        "directions": [d.name.lower() for d in study.directions],
+        "objectives": stored.objectives,
+        "counts": counts,
+        "progress": progress(study),
+        "best": best_row,
+        "references": {k: ref.as_attr() for k, ref in stored.references.items()},
+        "data_notes": stored.data_notes,
+        "warnings": diagnostics.constant_objectives(study),
+        "trials": [_row(t) for t in trials],
+    }
     return _finite(data)
 
 
 def _row(t: FrozenTrial) -> dict[str, Any]:
     record = TrialRecord.of(t)
-    return {"number": t.number, "state": t.state.name, "values": t.values, "steps": record.steps,
-            "total_steps": record.total_steps, "trainable_params": record.trainable_params,
-            "failure": record.failure, "adapter_failure": record.adapter_failure, "baseline": record.baseline,
-            "worker": record.worker, "compile": record.timing.get("compile")}
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "values": t.values,
+        "steps": record.steps,
+        "total_steps": record.total_steps,
+        "trainable_params": record.trainable_params,
+        "failure": record.failure,
+        "adapter_failure": record.adapter_failure,
+        "baseline": record.baseline,
+        "worker": record.worker,
+        "compile": record.timing.get("compile"),
+    }
 
 
 def _finite(value: Any) -> Any:

@@ -47,14 +47,18 @@ def check_reachable_here(url: str, field: str = "study.storage") -> None:
     try:
         parsed.get_dialect()
     except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:
-        raise UserError(f"{field} = {mask(url)!r}: {parsed.drivername!r} is not a database SQLAlchemy can open here "
-                        f"({type(exc).__name__}); write sqlite:///FILE or postgresql://USER@HOST/DB (lower case), "
-                        "and install the driver (pip install psycopg[binary] for PostgreSQL)") from None
+        raise UserError(
+            f"{field} = {mask(url)!r}: {parsed.drivername!r} is not a database SQLAlchemy can open here "
+            f"({type(exc).__name__}); write sqlite:///FILE or postgresql://USER@HOST/DB (lower case), "
+            "and install the driver (pip install psycopg[binary] for PostgreSQL)"
+        ) from None
     database = parsed.database or ""
     local = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if local and not Path(database).parent.is_dir():
-        raise UserError(f"{field} = {mask(url)!r}: directory {Path(database).parent} does not exist; create it or "
-                        "change the URL (a relative file is relative to the study file)")
+        raise UserError(
+            f"{field} = {mask(url)!r}: directory {Path(database).parent} does not exist; create it or "
+            "change the URL (a relative file is relative to the study file)"
+        )
 
 
 def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> RDBStorage:
@@ -78,7 +82,9 @@ def open_storage(url: str, heartbeat_interval: int = 30, max_retry: int = 2) -> 
         try:
             with named_lock(url, "schema"):
                 return RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
                     grace_period=heartbeat_interval * 2,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                 )
@@ -96,9 +102,9 @@ SCHEMA_ATTEMPTS = 5
 def _already_exists(exc: BaseException) -> bool:
     """The "already exists" family: a concurrent creation of the same table, type, index or version row."""
     text = str(exc).lower()
-    return isinstance(exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
-                            sqlalchemy.exc.OperationalError)) and (
-        "already exists" in text or "duplicate" in text or "unique constraint" in text)
+    return isinstance(
+        exc, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError)
+    ) and ("already exists" in text or "duplicate" in text or "unique constraint" in text)
 
 
 def _storage_error(url: str, exc: BaseException) -> UserError:
@@ -111,8 +117,7 @@ def _storage_error(url: str, exc: BaseException) -> UserError:
         hint = "check that the server runs and the URL is right"
     else:
         hint = "run the command again; if it repeats, check the database (another program may use these tables)"
-    return UserError(f"study.storage = {mask(url)!r}: cannot open the storage ({type(exc).__name__}: {reason}); "
-                     f"{hint}")
+    return UserError(f"study.storage = {mask(url)!r}: cannot open the storage ({type(exc).__name__}: {reason}); {hint}")
 
 
 def _connect_timeout(backend: str) -> dict:
@@ -139,8 +144,11 @@ def named_lock(url: str, name: str) -> Iterator[None]:
         with FileLock(f"{parsed.database}.lock"):
             yield
     elif backend in ("postgresql", "mysql"):
-        lock, unlock = (("SELECT pg_advisory_lock(%d)", "SELECT pg_advisory_unlock(%d)") if backend == "postgresql"
-                        else ("SELECT GET_LOCK('adalora-search-%d', 600)", "SELECT RELEASE_LOCK('adalora-search-%d')"))
+        lock, unlock = (
+            ("SELECT pg_advisory_lock(%d)", "SELECT pg_advisory_unlock(%d)")
+            if backend == "postgresql"
+            else ("SELECT GET_LOCK('adalora-search-%d', 600)", "SELECT RELEASE_LOCK('adalora-search-%d')")
+        )
         with _lock_engine(url).connect() as conn:
             conn.execute(sqlalchemy.text(lock % key))
             try:
@@ -156,8 +164,9 @@ _ENGINES: dict[str, sqlalchemy.Engine] = {}
 
 def _lock_engine(url: str) -> sqlalchemy.Engine:
     if url not in _ENGINES:
-        _ENGINES[url] = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
-                                                 connect_args=_connect_timeout(make_url(url).get_backend_name()))
+        _ENGINES[url] = sqlalchemy.create_engine(
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args=_connect_timeout(make_url(url).get_backend_name())
+        )
     return _ENGINES[url]
 
 

@@ -57,8 +57,11 @@ def flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    return {
+        f"{prefix}{k}": float(v)
+        for k, v in values.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"
+    }
 
 
 class _Mlflow:
@@ -68,15 +71,18 @@ class _Mlflow:
         from mlflow.entities import Param
 
         self.client = client
-        tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number),
-                "sampled": ",".join(sorted(trial.params))}
+        tags = {
+            "optuna.study": trial.study.study_name,
+            "optuna.trial": str(trial.number),
+            "sampled": ",".join(sorted(trial.params)),
+        }
         if trial.user_attrs.get("baseline"):
             tags["baseline"] = str(trial.user_attrs["baseline"])
         self.run_id = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags=tags).info.run_id
         sampled = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in trial.params.items()}
         params = [Param(k, v[:_MAX_PARAM]) for k, v in {**flat(cfg.model_dump(mode="json")), **sampled}.items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a batch
-            client.log_batch(self.run_id, params=params[i:i + 100])
+            client.log_batch(self.run_id, params=params[i : i + 100])
 
     def log(self, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -125,8 +131,13 @@ class TrialTracking:
             try:
                 getattr(sink, call)(*args)
             except Exception as exc:  # noqa: BLE001 - tracking must never fail a trial
-                _log.warning("trial %d: %s tracking stopped (%s: %s)", self.number, type(sink).__name__.strip("_"),
-                             type(exc).__name__, str(exc)[:300])
+                _log.warning(
+                    "trial %d: %s tracking stopped (%s: %s)",
+                    self.number,
+                    type(sink).__name__.strip("_"),
+                    type(exc).__name__,
+                    str(exc)[:300],
+                )
                 self.sinks.remove(sink)
 
     def log(self, step: int, scores: dict[str, Any]) -> None:
@@ -138,8 +149,15 @@ class TrialTracking:
         """Final metrics, trainable params and rank allocation of ``result`` (a ``RunResult`` or None);
         the run's state from ``exc``, the exception that ended the trial (None: it completed).
         """
-        state = ("COMPLETE" if exc is None else "PRUNED" if isinstance(exc, optuna.TrialPruned)
-                 else "INTERRUPTED" if isinstance(exc, KeyboardInterrupt) else "FAIL")
+        state = (
+            "COMPLETE"
+            if exc is None
+            else "PRUNED"
+            if isinstance(exc, optuna.TrialPruned)
+            else "INTERRUPTED"
+            if isinstance(exc, KeyboardInterrupt)
+            else "FAIL"
+        )
         allocation: dict[str, int] = {}
         if result is not None:
             values: dict[str, float] = {}
@@ -183,8 +201,13 @@ def _start(trial: optuna.Trial, kind: type, *args: Any) -> Any:
     try:
         return kind(*args)
     except Exception as exc:  # noqa: BLE001 - tracking must never fail a trial
-        _log.warning("trial %d: %s tracking not started (%s: %s)", trial.number, kind.__name__.strip("_"),
-                     type(exc).__name__, str(exc)[:300])
+        _log.warning(
+            "trial %d: %s tracking not started (%s: %s)",
+            trial.number,
+            kind.__name__.strip("_"),
+            type(exc).__name__,
+            str(exc)[:300],
+        )
         return None
 
 
@@ -205,15 +228,19 @@ def _experiment(uri: str, name: str) -> tuple[Any, str]:
                     raise
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
-            _log.warning(f"MLflow experiment {name!r} (id {experiment.experiment_id}) had been deleted; restored it "
-                         "to log this study's runs there (delete it for good with `mlflow gc`, or name another "
-                         "study, to start afresh)")
+            _log.warning(
+                f"MLflow experiment {name!r} (id {experiment.experiment_id}) had been deleted; restored it "
+                "to log this study's runs there (delete it for good with `mlflow gc`, or name another "
+                "study, to start afresh)"
+            )
         return client, experiment.experiment_id
     except Exception as exc:  # noqa: BLE001 - whatever the store raises, the user fixes the URI or the server
         reason = redact(str(exc).splitlines()[0][:200], uri) if str(exc) else ""
-        raise UserError(f"tracking.mlflow.tracking_uri = {mask(uri)!r}: cannot open the MLflow store "
-                        f"({type(exc).__name__}: {reason}); check the URI (e.g. sqlite:///mlruns.db, "
-                        "a directory, or http://host:5000 with the server running)") from None
+        raise UserError(
+            f"tracking.mlflow.tracking_uri = {mask(uri)!r}: cannot open the MLflow store "
+            f"({type(exc).__name__}: {reason}); check the URI (e.g. sqlite:///mlruns.db, "
+            "a directory, or http://host:5000 with the server running)"
+        ) from None
 
 
 def _artifact_location(uri: str, name: str) -> str | None:

@@ -25,8 +25,10 @@ def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1) -> lis
         UserError: ``--workers`` and ``--workers-per-gpu`` are both above 1.
     """
     if workers_per_gpu > 1 and workers > 1:
-        raise UserError(f"--workers = {workers} and --workers-per-gpu = {workers_per_gpu}: choose one "
-                        "(--workers for CPU workers, --workers-per-gpu with or without --gpus)")
+        raise UserError(
+            f"--workers = {workers} and --workers-per-gpu = {workers_per_gpu}: choose one "
+            "(--workers for CPU workers, --workers-per-gpu with or without --gpus)"
+        )
     if workers_per_gpu > 1 and not gpus:
         import torch
 
@@ -36,8 +38,9 @@ def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1) -> lis
     return [None] * max(workers, workers_per_gpu)
 
 
-def spawn_workers(study_file: str, url: str, budget: Budget, slots: list[str | None],
-                  allow_changed: bool = False) -> int:
+def spawn_workers(
+    study_file: str, url: str, budget: Budget, slots: list[str | None], allow_changed: bool = False
+) -> int:
     """Start one worker process per slot (see ``worker_slots``); returns the worst exit code."""
     threads = max(1, (os.cpu_count() or 1) // len(slots))
     procs = []

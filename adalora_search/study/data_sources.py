@@ -31,9 +31,14 @@ class FilesSource(Frozen):
     type: Literal["files"] = Field(default="files", description="files: local data files, one per split")
     format: Literal["csv", "json", "jsonl", "parquet"] = Field(description="the format of every file")
     paths: dict[Literal["train", "validation", "test"], str] = Field(
-        min_length=1, description="split -> file; train alone is one file that data.split carves")
-    delimiter: str | None = Field(default=None, min_length=1, max_length=1,
-                                  description="csv only: the field separator, e.g. ';' or '\t' (default ',')")
+        min_length=1, description="split -> file; train alone is one file that data.split carves"
+    )
+    delimiter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description="csv only: the field separator, e.g. ';' or '\t' (default ',')",
+    )
 
 
 class DiskSource(Frozen):

@@ -27,7 +27,6 @@ def describe_defaults(schema: dict[str, Any], cls: type[BaseModel]) -> None:
         prop["description"] = f"{text}{'' if text.endswith('.') else '.'} Default: {said}."
 
 
-
 class Frozen(BaseModel):
     """Immutable pydantic model that refuses unknown keys; its JSON Schema says every field's default."""
 

@@ -18,9 +18,12 @@ from adalora_search.study.spec import StudySpec
 MAX_BYTES = 5 * 1024 * 1024  # study files are a few KB; anything this large is a mistake
 MAX_DEPTH = 50  # nesting levels (a study file needs about 6)
 MAX_NODES = 100_000  # YAML nodes after expanding aliases (refuses "billion laughs")
-_FLOAT_12 = re.compile(r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)
+_FLOAT_12 = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)
                           |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                          |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+                          |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 _INT_12 = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")  # no 1.1 octal 010, no 1:30
 _BOOL_12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _RESOLVED_12 = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
@@ -38,8 +41,12 @@ class StudyLoader(yaml.SafeLoader):
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels; a study "
-                                                  "file needs about 6", self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_DEPTH} levels; a study file needs about 6",
+                    self.peek_event().start_mark,
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -51,8 +58,12 @@ class StudyLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}: first at line {seen[key]}, again at line "
-                        f"{key_node.start_mark.line + 1}; keep one", key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {key!r}: first at line {seen[key]}, again at line "
+                        f"{key_node.start_mark.line + 1}; keep one",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -80,14 +91,18 @@ def load_spec(path: str | Path) -> StudySpec:
     path = Path(path)
     try:
         if path.stat().st_size > MAX_BYTES:
-            raise UserError(f"{path}: the study file is {path.stat().st_size / 2**20:.1f} MB; study files are "
-                            f"small (limit {MAX_BYTES // 2**20} MB); check that this is the right file",
-                            source=str(path))
+            raise UserError(
+                f"{path}: the study file is {path.stat().st_size / 2**20:.1f} MB; study files are "
+                f"small (limit {MAX_BYTES // 2**20} MB); check that this is the right file",
+                source=str(path),
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
-                        "UTF-8); a study file is YAML text, check that this is the right file",
-                        source=str(path)) from None
+        raise UserError(
+            f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
+            "UTF-8); a study file is YAML text, check that this is the right file",
+            source=str(path),
+        ) from None
     except OSError as exc:
         raise UserError(f"cannot read study file {path}: {exc.strerror or exc}; check the path") from None
     spec = resolve_paths(parse_spec(text, str(path)), path.resolve().parent)
@@ -112,8 +127,11 @@ def located(error: UserError, path: str | Path) -> UserError:
 def parse_spec(text: str, source: str = "<string>") -> StudySpec:
     """Parse a study file's text; raise ``UserError`` listing every problem found."""
     if len(text) > MAX_BYTES:
-        raise UserError(f"{source}: the study file is over {MAX_BYTES // 2**20} MB; study files are small; "
-                        "check that this is the right file", source=source)
+        raise UserError(
+            f"{source}: the study file is over {MAX_BYTES // 2**20} MB; study files are small; "
+            "check that this is the right file",
+            source=source,
+        )
     data, root = _safe_yaml(text, source)
     lines = locations.line_index(root)
     try:
@@ -136,8 +154,11 @@ def _safe_yaml(text: str, source: str) -> tuple[dict[str, Any], Any]:
         _check_tree(root, source)
         data = loader.construct_document(root) if root is not None else None
     except RecursionError:
-        raise UserError(f"{source}: not valid YAML", [Problem("", None, "nested too deeply; a study file needs "
-                                                              "about 6 levels")], source) from None
+        raise UserError(
+            f"{source}: not valid YAML",
+            [Problem("", None, "nested too deeply; a study file needs about 6 levels")],
+            source,
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -152,8 +173,11 @@ def _safe_yaml(text: str, source: str) -> tuple[dict[str, Any], Any]:
     if data is None:
         raise UserError(f"{source}: the study file is empty; start from studies/smoke.yaml", source=source)
     if not isinstance(data, dict):
-        raise UserError(f"{source}: the top level must be a mapping with study/model/data/training keys, "
-                        f"but got a {type(data).__name__}", source=source)
+        raise UserError(
+            f"{source}: the top level must be a mapping with study/model/data/training keys, "
+            f"but got a {type(data).__name__}",
+            source=source,
+        )
     return data, root
 
 
@@ -168,24 +192,42 @@ def _check_tree(root: Any, source: str) -> None:
         count += 1
         if depth > MAX_DEPTH or count > MAX_NODES:
             what = f"nested deeper than {MAX_DEPTH} levels" if depth > MAX_DEPTH else f"over {MAX_NODES:,} values"
-            raise UserError(f"{source}: not valid YAML", [Problem(path, None, f"the document is {what} once its "
-                            "aliases (*name) are expanded; a study file is small and flat",
-                            node.start_mark.line + 1)], source)
+            raise UserError(
+                f"{source}: not valid YAML",
+                [
+                    Problem(
+                        path,
+                        None,
+                        f"the document is {what} once its aliases (*name) are expanded; a study file is small and flat",
+                        node.start_mark.line + 1,
+                    )
+                ],
+                source,
+            )
         if isinstance(node, yaml.MappingNode):
             seen: dict[tuple[str, str], int] = {}
             for key, value in node.value:
                 line, name = key.start_mark.line + 1, f"{path}.{key.value}" if path else str(key.value)
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     if (key.tag, key.value) in seen:
-                        shown = value.value if isinstance(value, yaml.ScalarNode) else (
-                            "{...}" if isinstance(value, yaml.MappingNode) else "[...]")
-                        duplicates[line] = Problem(name, shown, f"duplicate key {key.value!r}: first at line "
-                                                   f"{seen[key.tag, key.value]}, again at line {line}; keep one "
-                                                   "(YAML would silently keep only the last)", line)
+                        shown = (
+                            value.value
+                            if isinstance(value, yaml.ScalarNode)
+                            else ("{...}" if isinstance(value, yaml.MappingNode) else "[...]")
+                        )
+                        duplicates[line] = Problem(
+                            name,
+                            shown,
+                            f"duplicate key {key.value!r}: first at line "
+                            f"{seen[key.tag, key.value]}, again at line {line}; keep one "
+                            "(YAML would silently keep only the last)",
+                            line,
+                        )
                     seen.setdefault((key.tag, key.value), line)
                 stack += [(key, depth + 1, name), (value, depth + 1, name)]
         elif isinstance(node, yaml.SequenceNode):
             stack += [(item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node.value)]
     if duplicates:
-        raise UserError(f"{source}: {len(duplicates)} duplicate key(s)", [duplicates[k] for k in sorted(duplicates)],
-                        source)
+        raise UserError(
+            f"{source}: {len(duplicates)} duplicate key(s)", [duplicates[k] for k in sorted(duplicates)], source
+        )

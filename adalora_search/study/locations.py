@@ -66,8 +66,12 @@ def _union_tags() -> frozenset[str]:
 
 def _is_tag(part: Any) -> bool:
     """Pydantic's names for union branches in an error location (not keys of the study file)."""
-    return isinstance(part, str) and (part.startswith(("function-", "Choices[", "list[", "dict[")) or part[:1].isupper()
-                                      or part in ("bool", "int", "float", "str") or part in _union_tags())
+    return isinstance(part, str) and (
+        part.startswith(("function-", "Choices[", "list[", "dict["))
+        or part[:1].isupper()
+        or part in ("bool", "int", "float", "str")
+        or part in _union_tags()
+    )
 
 
 def _render(path: tuple[Any, ...]) -> str:
@@ -82,14 +86,21 @@ def without_other_branches(errors: list[Any], data: Any) -> list[Any]:
     are shown (``objective: {metric, direction}`` or a list of them, ``compile: {mode}``): one problem, said once.
     """
     paths = [_data_path(tuple(e["loc"]), data) for e in errors]
-    return [e for e, path in zip(errors, paths)
-            if not (e["type"] in ("list_type", "bool_type") and isinstance(e.get("input"), dict)
-                    and any(o is not e and other[:len(path)] == path for o, other in zip(errors, paths)))]
+    return [
+        e
+        for e, path in zip(errors, paths)
+        if not (
+            e["type"] in ("list_type", "bool_type")
+            and isinstance(e.get("input"), dict)
+            and any(o is not e and other[: len(path)] == path for o, other in zip(errors, paths))
+        )
+    ]
 
 
 # constraints of the spec written as patterns, said in words
-_PATTERNS = {r"^[A-Za-z0-9_.\-]+$": "use only letters, digits and _ . - (no spaces, slashes or other signs), "
-                                     "e.g. bbc_news-v2"}
+_PATTERNS = {
+    r"^[A-Za-z0-9_.\-]+$": "use only letters, digits and _ . - (no spaces, slashes or other signs), e.g. bbc_news-v2"
+}
 
 
 def from_pydantic(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], int]) -> Problem:

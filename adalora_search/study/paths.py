@@ -49,6 +49,7 @@ def _resolve_outputs(spec: StudySpec, base: Path) -> StudySpec:
     and the TensorBoard log directory: relative paths are relative to the study file; URLs of servers stay
     as written. (``--storage`` on the command line is relative to the working directory, as SQLAlchemy reads it.)
     """
+
     def local(value: str) -> str:
         return value if len(urlparse(value).scheme) > 1 or Path(value).is_absolute() else os.path.normpath(base / value)
 
@@ -59,7 +60,10 @@ def _resolve_outputs(spec: StudySpec, base: Path) -> StudySpec:
         study = study.model_copy(update={"storage": sqlite_beside(study.storage, base)})
     mlflow, board = spec.tracking.mlflow, spec.tracking.tensorboard
     uri = sqlite_beside(mlflow.tracking_uri, base)
-    tracking = spec.tracking.model_copy(update={
-        "mlflow": mlflow.model_copy(update={"tracking_uri": local(uri)}),
-        "tensorboard": board.model_copy(update={"log_dir": local(board.log_dir)})})
+    tracking = spec.tracking.model_copy(
+        update={
+            "mlflow": mlflow.model_copy(update={"tracking_uri": local(uri)}),
+            "tensorboard": board.model_copy(update={"log_dir": local(board.log_dir)}),
+        }
+    )
     return spec.model_copy(update={"study": study, "tracking": tracking})

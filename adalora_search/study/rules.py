@@ -63,9 +63,15 @@ def _first_scores(spec: StudySpec, c: dict[str, list[Any]], total: int) -> list[
     worst = max(c["adalora.schedule.t_final"])
     steps = int(worst * total) if spec.adalora.schedule.unit == "fraction" else int(worst)
     if total - steps < 2:
-        return [Problem("adalora.schedule.t_final", worst, f"leaves {total - steps} of the run's {total} optimizer "
-                        "steps before the final allocation; AdaLoRA needs at least 2 (importance scores are "
-                        "gathered on the steps before it); lower t_final or train longer")]
+        return [
+            Problem(
+                "adalora.schedule.t_final",
+                worst,
+                f"leaves {total - steps} of the run's {total} optimizer "
+                "steps before the final allocation; AdaLoRA needs at least 2 (importance scores are "
+                "gathered on the steps before it); lower t_final or train longer",
+            )
+        ]
     return []
 
 
@@ -75,14 +81,30 @@ def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int |
     if unit == "fraction":
         if worst < 1:
             return []
-        return [Problem(where, worst, "t_init + t_final must be < 1 (fractions of total steps) for every "
-                        "sample, so that a budgeting phase is left; lower the highs of t_init or t_final")]
-    out = [Problem(f"{where}.{name}", v, "with unit: steps, t_init and t_final must be whole steps")
-           for name in ("t_init", "t_final") for v in c[f"adalora.schedule.{name}"] if float(v) != int(v)]
+        return [
+            Problem(
+                where,
+                worst,
+                "t_init + t_final must be < 1 (fractions of total steps) for every "
+                "sample, so that a budgeting phase is left; lower the highs of t_init or t_final",
+            )
+        ]
+    out = [
+        Problem(f"{where}.{name}", v, "with unit: steps, t_init and t_final must be whole steps")
+        for name in ("t_init", "t_final")
+        for v in c[f"adalora.schedule.{name}"]
+        if float(v) != int(v)
+    ]
     total = total or spec.training.max_steps
     if total is not None and worst >= total:
-        out.append(Problem(where, worst, f"t_init + t_final must be < the run's {total} optimizer steps for every "
-                           "sample, so that a budgeting phase is left; lower t_init/t_final or train longer"))
+        out.append(
+            Problem(
+                where,
+                worst,
+                f"t_init + t_final must be < the run's {total} optimizer steps for every "
+                "sample, so that a budgeting phase is left; lower t_init/t_final or train longer",
+            )
+        )
     elif total is not None:
         out += _first_scores(spec, c, total)
     return out
@@ -90,8 +112,12 @@ def _schedule(spec: StudySpec, c: dict[str, list[Any]], where: str, total: int |
 
 def _bounds(spec: StudySpec) -> list[Problem]:
     """Every value each knob can take (fixed, each choice, both ends of a range) against its constraints."""
-    return [Problem(path, value, problem) for path in KNOBS for value in corners(knob(spec, path))
-            if (problem := knob_problem(path, value)) is not None]
+    return [
+        Problem(path, value, problem)
+        for path in KNOBS
+        for value in corners(knob(spec, path))
+        if (problem := knob_problem(path, value)) is not None
+    ]
 
 
 def _compile(spec: StudySpec) -> list[Problem]:
@@ -99,23 +125,35 @@ def _compile(spec: StudySpec) -> list[Problem]:
     settings = spec.training.compile
     problems: list[Problem] = []
     if settings is not False and spec.model.quantization != "none":
-        problems.append(Problem(
-            "training.compile", settings,
-            f"torch.compile of a bitsandbytes-quantized base (model.quantization = {spec.model.quantization}) is "
-            "not verified by adalora-search; set training.compile: false, or model.quantization: none"))
+        problems.append(
+            Problem(
+                "training.compile",
+                settings,
+                f"torch.compile of a bitsandbytes-quantized base (model.quantization = {spec.model.quantization}) is "
+                "not verified by adalora-search; set training.compile: false, or model.quantization: none",
+            )
+        )
     if not isinstance(settings, bool) and settings.cuda_graphs and spec.training.gradient_accumulation > 1:
         mode = settings.mode
-        problems.append(Problem(
-            "training.compile.mode", mode,
-            f"mode {mode} records CUDA graphs, whose gradient memory the next replay reuses: gradients cannot "
-            f"accumulate over gradient_accumulation = {spec.training.gradient_accumulation} batches; use mode "
-            "default or max-autotune-no-cudagraphs, or gradient_accumulation: 1"))
+        problems.append(
+            Problem(
+                "training.compile.mode",
+                mode,
+                f"mode {mode} records CUDA graphs, whose gradient memory the next replay reuses: gradients cannot "
+                f"accumulate over gradient_accumulation = {spec.training.gradient_accumulation} batches; use mode "
+                "default or max-autotune-no-cudagraphs, or gradient_accumulation: 1",
+            )
+        )
     multiple = spec.data.pad_to_multiple_of
     if multiple is not None and multiple > spec.data.max_length:
-        problems.append(Problem(
-            "data.pad_to_multiple_of", multiple,
-            f"pad_to_multiple_of must be <= data.max_length ({spec.data.max_length}), but got {multiple}; "
-            "e.g. 16 or 32"))
+        problems.append(
+            Problem(
+                "data.pad_to_multiple_of",
+                multiple,
+                f"pad_to_multiple_of must be <= data.max_length ({spec.data.max_length}), but got {multiple}; "
+                "e.g. 16 or 32",
+            )
+        )
     return problems
 
 
@@ -138,8 +176,14 @@ def _pruning_metric(spec: StudySpec, task: Task) -> list[Problem]:
     if problems := _metric(spec, task, where, metric, set(task.metrics)):
         return problems
     if metric in GENERATION_METRICS and not spec.training.generation.at_evals:
-        return [Problem(where, metric, "generation metrics are computed after training only; prune on eval_loss, "
-                                       "or set training.generation.at_evals: true")]
+        return [
+            Problem(
+                where,
+                metric,
+                "generation metrics are computed after training only; prune on eval_loss, "
+                "or set training.generation.at_evals: true",
+            )
+        ]
     return []
 
 
@@ -147,13 +191,23 @@ def _study(spec: StudySpec) -> list[Problem]:
     out = []
     objectives = spec.study.objectives
     if len(objectives) > 1 and not isinstance(spec.study.pruner.root, NoPruner):
-        out.append(Problem("study.pruner", spec.study.pruner.root.type,
-                           "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
-                           "or use one objective and cap trainable parameters with a target_r range"))
+        out.append(
+            Problem(
+                "study.pruner",
+                spec.study.pruner.root.type,
+                "Optuna cannot prune trials of a multi-objective study; set pruner: {type: none}, "
+                "or use one objective and cap trainable parameters with a target_r range",
+            )
+        )
     task = get_task(spec.model.task)
     if spec.model.chat_template is not None and not task.generates:
-        out.append(Problem("model.chat_template", spec.model.chat_template[:40],
-                           f"model.task {spec.model.task} renders no chat; remove model.chat_template"))
+        out.append(
+            Problem(
+                "model.chat_template",
+                spec.model.chat_template[:40],
+                f"model.task {spec.model.task} renders no chat; remove model.chat_template",
+            )
+        )
     elif spec.model.chat_template is not None and (syntax := _jinja_problem(spec.model.chat_template)):
         out.append(Problem("model.chat_template", spec.model.chat_template[:40], syntax))
     for i, objective in enumerate(objectives):
@@ -165,9 +219,14 @@ def _study(spec: StudySpec) -> list[Problem]:
             if not isinstance(dist, Choices):
                 out.append(Problem(path, dist.model_dump(), "the grid sampler needs {choices: [...]} here"))
     if "keep_top_k_adapters" in spec.study.model_fields_set and spec.study.keep_top_k_adapters and len(objectives) > 1:
-        out.append(Problem("study.keep_top_k_adapters", spec.study.keep_top_k_adapters,
-                           "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
-                           "retrain the exported Pareto trial you pick"))
+        out.append(
+            Problem(
+                "study.keep_top_k_adapters",
+                spec.study.keep_top_k_adapters,
+                "a multi-objective study has no top-k; keep adapters with one objective, or set 0 and "
+                "retrain the exported Pareto trial you pick",
+            )
+        )
     if spec.study.storage and (problem := url_problem(spec.study.storage)):
         out.append(Problem("study.storage", mask(spec.study.storage), problem))
     if spec.study.artifact_store and (problem := artifact_location_problem(spec.study.artifact_store)):
@@ -194,17 +253,28 @@ def _baselines(spec: StudySpec) -> list[Problem]:
                     values[path] = corners(spec_value)[0]
                     continue
                 if isinstance(spec_value, Choices) and values[path] not in spec_value.choices:
-                    out.append(Problem(f"{where}.params.{path}", values[path],
-                                       f"not one of the study's choices {spec_value.choices}; add it there"))
+                    out.append(
+                        Problem(
+                            f"{where}.params.{path}",
+                            values[path],
+                            f"not one of the study's choices {spec_value.choices}; add it there",
+                        )
+                    )
             elif is_searched(spec_value):
-                out.append(Problem(f"{where}.params", sorted(baseline.params),
-                                   f"a baseline must fix every searched knob; add {path}"))
+                out.append(
+                    Problem(
+                        f"{where}.params",
+                        sorted(baseline.params),
+                        f"a baseline must fix every searched knob; add {path}",
+                    )
+                )
                 values[path] = corners(spec_value)[0]
             else:
                 values[path] = spec_value
         for path in sorted(set(baseline.params) - set(KNOBS)):
-            out.append(Problem(f"{where}.params.{path}", baseline.params[path],
-                               f"unknown knob; use one of {list(KNOBS)}"))
+            out.append(
+                Problem(f"{where}.params.{path}", baseline.params[path], f"unknown knob; use one of {list(KNOBS)}")
+            )
         out += _baseline_values(spec, values, where)
     return out
 

@@ -12,6 +12,7 @@ from adalora_search.study.frozen import Frozen
 Seed = Annotated[int | None, Field(description="seed of the sampler's random numbers (null: other points each run)")]
 StartupTrials = Annotated[int, Field(ge=0, description="trials sampled at random before the space is modelled")]
 
+
 # ---------------------------------------------------------------- samplers
 class TPE(Frozen):
     """Optuna's TPESampler (constant_liar on, so parallel workers spread apart)."""
@@ -24,8 +25,10 @@ class TPE(Frozen):
 
     def build(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
-            seed=self.seed, n_startup_trials=self.n_startup_trials,
-            multivariate=self.multivariate, constant_liar=self.constant_liar,
+            seed=self.seed,
+            n_startup_trials=self.n_startup_trials,
+            multivariate=self.multivariate,
+            constant_liar=self.constant_liar,
         )
 
 
@@ -110,7 +113,8 @@ class Percentile(Median):
     """Optuna's PercentilePruner."""
 
     type: Literal["percentile"] = Field(  # type: ignore[assignment]
-        default="percentile", description="percentile: in the worst percentile of earlier trials")
+        default="percentile", description="percentile: in the worst percentile of earlier trials"
+    )
     percentile: float = Field(default=25.0, gt=0, lt=100, description="the percentile (%) a trial must beat")
 
     def build(self) -> optuna.pruners.BasePruner:
@@ -123,9 +127,11 @@ class SuccessiveHalving(Frozen):
     """Optuna's SuccessiveHalvingPruner (rungs over optimizer steps)."""
 
     type: Literal["successive_halving"] = Field(
-        default="successive_halving", description="successive_halving: keep the best 1/reduction_factor at each rung")
+        default="successive_halving", description="successive_halving: keep the best 1/reduction_factor at each rung"
+    )
     min_resource: int | Literal["auto"] = Field(
-        default="auto", description="optimizer steps of the first rung (auto: from the first finished trial)")
+        default="auto", description="optimizer steps of the first rung (auto: from the first finished trial)"
+    )
     reduction_factor: int = Field(default=4, ge=2, description="1/reduction_factor of the trials go on at a rung")
     min_early_stopping_rate: int = Field(default=0, ge=0, description="rungs skipped (higher: prune later)")
 
@@ -141,7 +147,8 @@ class Hyperband(Frozen):
     type: Literal["hyperband"] = Field(default="hyperband", description="hyperband: successive halving brackets")
     min_resource: int = Field(default=1, ge=1, description="optimizer steps of the smallest rung")
     max_resource: int | Literal["auto"] = Field(
-        default="auto", description="optimizer steps of a whole trial (auto: from the first finished trial)")
+        default="auto", description="optimizer steps of a whole trial (auto: from the first finished trial)"
+    )
     reduction_factor: int = Field(default=3, ge=2, description="1/reduction_factor of the trials go on at a rung")
 
     def build(self) -> optuna.pruners.BasePruner:
@@ -178,7 +185,8 @@ class Patient(Frozen):
     patience: int = Field(default=2, ge=0, description="evaluations without improvement before pruning can happen")
     min_delta: float = Field(default=0.0, ge=0, description="the least change of the metric that is an improvement")
     wrapped: Annotated[_Inner, Field(discriminator="type")] = Field(
-        default=Median(), description="the pruner that decides once patience runs out (default: median)")
+        default=Median(), description="the pruner that decides once patience runs out (default: median)"
+    )
 
     def build(self) -> optuna.pruners.BasePruner:
         return optuna.pruners.PatientPruner(self.wrapped.build(), self.patience, self.min_delta)

@@ -95,8 +95,10 @@ def rank_problem(target_r: int, init_r: int) -> str | None:
     """
     if target_r < init_r:
         return None
-    return (f"target_r must be < init_r, but target_r can be {target_r} while init_r can be {init_r}; "
-            "lower target_r or raise init_r")
+    return (
+        f"target_r must be < init_r, but target_r can be {target_r} while init_r can be {init_r}; "
+        "lower target_r or raise init_r"
+    )
 
 
 def optimizer_steps(training: TrainingSpec, n_train: int) -> int:
@@ -140,8 +142,11 @@ def sample(spec: StudySpec, trial: optuna.Trial, overrides: dict[str, Any] | Non
     return build_config(spec, values)
 
 
-def trial_config(spec: StudySpec, trial: optuna.Trial | optuna.trial.FrozenTrial | optuna.trial.FixedTrial,
-                 baseline: str | None = None) -> TrialConfig:
+def trial_config(
+    spec: StudySpec,
+    trial: optuna.Trial | optuna.trial.FrozenTrial | optuna.trial.FixedTrial,
+    baseline: str | None = None,
+) -> TrialConfig:
     """The config of a trial, applying the named baseline's overrides of fixed knobs."""
     overrides = next((b.params for b in spec.baselines if b.name == baseline), {}) if baseline else {}
     return sample(spec, trial, overrides)
@@ -180,8 +185,11 @@ def knob_value_type(path: str) -> Any:
     return typing.get_args(value_type)[0] if typing.get_origin(value_type) is typing.Annotated else value_type
 
 
-_TYPE_WORDS = {float: "a number, e.g. 1.0e-3", int: "a whole number, e.g. 8",
-               list[str]: "a list of module names, e.g. [query, value] (or the comma-joined 'query,value')"}
+_TYPE_WORDS = {
+    float: "a number, e.g. 1.0e-3",
+    int: "a whole number, e.g. 8",
+    list[str]: "a list of module names, e.g. [query, value] (or the comma-joined 'query,value')",
+}
 
 
 def typed_value(path: str, value: Any) -> Any:
@@ -203,8 +211,10 @@ def typed_value(path: str, value: Any) -> Any:
 
 def with_typed_baselines(spec: StudySpec) -> StudySpec:
     """The spec with every baseline value converted by ``typed_value`` (rules.check has vetted them)."""
-    baselines = [b.model_copy(update={"params": {p: typed_value(p, v) if p in KNOBS else v
-                                                 for p, v in b.params.items()}}) for b in spec.baselines]
+    baselines = [
+        b.model_copy(update={"params": {p: typed_value(p, v) if p in KNOBS else v for p, v in b.params.items()}})
+        for b in spec.baselines
+    ]
     return spec.model_copy(update={"baselines": baselines})
 
 

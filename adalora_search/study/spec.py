@@ -32,27 +32,39 @@ class ModelSpec(Frozen):
 
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
     task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
-        default="classification", description="a task of the registry in adalora_search/tasks")
+        default="classification", description="a task of the registry in adalora_search/tasks"
+    )
     init: Literal["pretrained", "random"] = Field(
-        default="pretrained", description="pretrained: the checkpoint's weights; random: built from the "
-                                          "(overridden) config, for tests and smoke runs"
+        default="pretrained",
+        description="pretrained: the checkpoint's weights; random: built from the "
+        "(overridden) config, for tests and smoke runs",
     )
     config_overrides: dict[str, Union[int, float, str, bool]] = Field(
-        default_factory=dict, description="transformers config fields to set, e.g. num_hidden_layers")
+        default_factory=dict, description="transformers config fields to set, e.g. num_hidden_layers"
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="auto: fp32 weights, bf16 autocast on CUDA; bfloat16: weights in bf16 too")
+        default="auto", description="auto: fp32 weights, bf16 autocast on CUDA; bfloat16: weights in bf16 too"
+    )
     trust_remote_code: bool = Field(default=False, description="run Python code shipped with the model (trust it!)")
     ignore_mismatched_sizes: bool = Field(
-        default=False, description="load a checkpoint whose head has another number of labels (head re-initialised)")
+        default=False, description="load a checkpoint whose head has another number of labels (head re-initialised)"
+    )
     quantization: Literal["none", "4bit", "8bit"] = Field(
-        default="none", description="CUDA only: frozen base weights quantized by bitsandbytes (4bit: NF4 with "
-                                    "bf16 compute, QLoRA-style; 8bit: LLM.int8()); adapters train in float32")
+        default="none",
+        description="CUDA only: frozen base weights quantized by bitsandbytes (4bit: NF4 with "
+        "bf16 compute, QLoRA-style; 8bit: LLM.int8()); adapters train in float32",
+    )
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
-        default=None, description="transformers' attention kernel; default: the model's own choice; "
-                                  "flash_attention_2 needs CUDA and the flash-attn package")
+        default=None,
+        description="transformers' attention kernel; default: the model's own choice; "
+        "flash_attention_2 needs CUDA and the flash-attn package",
+    )
     chat_template: str | None = Field(
-        default=None, min_length=1, description="causal_lm: a Jinja chat template used instead of the tokenizer's "
-        "(in training, generation and the export), e.g. one with {% generation %} blocks around the replies")
+        default=None,
+        min_length=1,
+        description="causal_lm: a Jinja chat template used instead of the tokenizer's "
+        "(in training, generation and the export), e.g. one with {% generation %} blocks around the replies",
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -85,34 +97,52 @@ class DataSpec(Frozen):
     source: Source = Field(description="a packaged dataset's name, or {type: packaged|hub|files|disk, ...}")
     splits: SplitNames = Field(default=SplitNames(), description="which source splits to use (defaults: by name)")
     text_fields: list[str] | None = Field(
-        default=None, min_length=1, max_length=2,
+        default=None,
+        min_length=1,
+        max_length=2,
         description="classification/regression: one field, or two for sentence pairs; token_classification: "
-                    "the column of word lists; causal_lm: one plain-text column")
+        "the column of word lists; causal_lm: one plain-text column",
+    )
     label_field: str = Field(default="label", description="class, score or tag-list column")
     label_names: list[str] | None = Field(
-        default=None, min_length=1, description="names of integer labels or tags in id order (0, 1, ...), for data "
-        "that stores ids without ClassLabel names, e.g. [O, B-PER, I-PER, B-LOC]")
+        default=None,
+        min_length=1,
+        description="names of integer labels or tags in id order (0, 1, ...), for data "
+        "that stores ids without ClassLabel names, e.g. [O, B-PER, I-PER, B-LOC]",
+    )
     prompt_field: str | None = Field(default=None, description="causal_lm: the prompt column")
     prompt_template: str | None = Field(
-        default=None, description="causal_lm: a prompt built from columns, e.g. 'Headline: {headline}\nTopic:'")
+        default=None, description="causal_lm: a prompt built from columns, e.g. 'Headline: {headline}\nTopic:'"
+    )
     response_field: str | None = Field(default=None, description="causal_lm: what the model learns to write")
     messages_field: str | None = Field(default=None, description="causal_lm: a column of chat turns {role, content}")
     system_turn: Literal["keep", "merge", "drop"] = Field(
-        default="keep", description="causal_lm chats: keep system turns, merge their text into the first user turn "
-        "(for chat templates that refuse a system role), or drop them")
+        default="keep",
+        description="causal_lm chats: keep system turns, merge their text into the first user turn "
+        "(for chat templates that refuse a system role), or drop them",
+    )
     use_chat_template: bool = Field(
-        default=False, description="causal_lm: render prompt/response as a user and an assistant turn")
-    split: SplitSpec | None = Field(default=None, description="carve validation (and test) rows out of the train "
-                                    "split; omit when the source has a validation split")
+        default=False, description="causal_lm: render prompt/response as a user and an assistant turn"
+    )
+    split: SplitSpec | None = Field(
+        default=None,
+        description="carve validation (and test) rows out of the train "
+        "split; omit when the source has a validation split",
+    )
     deduplicate: bool = Field(default=True, description="remove repeated rows (validate counts them)")
     drop_blank_labels: bool = Field(default=False, description="drop rows whose label is empty instead of refusing")
     max_length: int = Field(default=128, ge=8, le=8192, description="tokens per row at most (longer rows are cut)")
     pad_to_multiple_of: int | None = Field(
-        default=None, ge=1, description="pad each batch's width to a multiple of this (compiled trials: fewer shapes)")
-    max_train_samples: int | None = Field(default=None, ge=1, description="at most this many training rows, a "
-                                          "random sample (default: all)")
-    max_eval_samples: int | None = Field(default=None, ge=1, description="at most this many validation rows, and "
-                                         "test rows, a random sample (default: all)")
+        default=None, ge=1, description="pad each batch's width to a multiple of this (compiled trials: fewer shapes)"
+    )
+    max_train_samples: int | None = Field(
+        default=None, ge=1, description="at most this many training rows, a random sample (default: all)"
+    )
+    max_eval_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many validation rows, and test rows, a random sample (default: all)",
+    )
 
     @field_validator("label_names")
     @classmethod
@@ -141,13 +171,18 @@ class CompileSpec(Frozen):
     """``torch.compile`` options of a compiled trial (PyTorch's own names and meanings)."""
 
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        default="default", description="reduce-overhead and max-autotune record CUDA graphs on a GPU (no kernel "
-                                        "launch cost; gradient_accumulation 1 only)")
+        default="default",
+        description="reduce-overhead and max-autotune record CUDA graphs on a GPU (no kernel "
+        "launch cost; gradient_accumulation 1 only)",
+    )
     dynamic: bool | None = Field(
-        default=None, description="null: a second graph with dynamic shapes once a shape changes; true: dynamic "
-                                  "from the start; false: one graph per batch shape (set data.pad_to_multiple_of)")
-    fullgraph: bool = Field(default=False, description="refuse graph breaks (the trial then falls back to eager, "
-                                                       "naming where the break is)")
+        default=None,
+        description="null: a second graph with dynamic shapes once a shape changes; true: dynamic "
+        "from the start; false: one graph per batch shape (set data.pad_to_multiple_of)",
+    )
+    fullgraph: bool = Field(
+        default=False, description="refuse graph breaks (the trial then falls back to eager, naming where the break is)"
+    )
 
     @property
     def cuda_graphs(self) -> bool:
@@ -164,12 +199,15 @@ class TrainingSpec(Frozen):
     eval_batch_size: int = Field(default=128, ge=1, description="rows per evaluation batch")
     gradient_accumulation: int = Field(default=1, ge=1, description="batches per optimizer step")
     learning_rate: tunable(float, FloatRange, "must be > 0", gt=0) = Field(
-        default=1e-3, description="AdamW's peak learning rate")
+        default=1e-3, description="AdamW's peak learning rate"
+    )
     scheduler: Literal["linear", "cosine", "constant"] = Field(
-        default="linear", description="learning rate schedule after warmup")
+        default="linear", description="learning rate schedule after warmup"
+    )
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="fraction of the steps warming the rate up")
     weight_decay: tunable(float, FloatRange, "must be >= 0", ge=0) = Field(
-        default=0.0, description="AdamW's decoupled weight decay")
+        default=0.0, description="AdamW's decoupled weight decay"
+    )
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="gradient norm clipping (null: none)")
     eval_every: int = Field(default=50, ge=1, description="optimizer steps between validation passes")
     seed: int = Field(default=0, description="seed of new weights, data order and dropout")
@@ -177,10 +215,13 @@ class TrainingSpec(Frozen):
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads per worker")
     gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
     compile: bool | CompileSpec = Field(
-        default=False, description="torch.compile the training forward and loss once per trial (true: default "
-                                   "options); evaluation stays eager; a trial that cannot compile runs eager")
-    generation: GenerationSpec = Field(default_factory=lambda: GenerationSpec(),
-                                       description="causal_lm: greedy generation for exact_match / rouge_l")
+        default=False,
+        description="torch.compile the training forward and loss once per trial (true: default "
+        "options); evaluation stays eager; a trial that cannot compile runs eager",
+    )
+    generation: GenerationSpec = Field(
+        default_factory=lambda: GenerationSpec(), description="causal_lm: greedy generation for exact_match / rouge_l"
+    )
 
     @model_validator(mode="after")
     def _length(self) -> TrainingSpec:
@@ -194,13 +235,17 @@ class ScheduleSpec(Frozen):
     """AdaLoRA's budget schedule: hold for t_init, cut every delta_t steps, freeze for t_final."""
 
     unit: Literal["fraction", "steps"] = Field(
-        default="fraction", description="unit of t_init and t_final: a fraction of the run's optimizer steps, or steps")
+        default="fraction", description="unit of t_init and t_final: a fraction of the run's optimizer steps, or steps"
+    )
     t_init: tunable(float, FloatRange, "must be >= 0", ge=0) = Field(
-        default=0.1, description="steps (or fraction) trained with the full budget before rank pruning (unit)")
+        default=0.1, description="steps (or fraction) trained with the full budget before rank pruning (unit)"
+    )
     t_final: tunable(float, FloatRange, "must be >= 0", ge=0) = Field(
-        default=0.2, description="last steps (or fraction) trained with the final allocation frozen (unit)")
+        default=0.2, description="last steps (or fraction) trained with the final allocation frozen (unit)"
+    )
     delta_t: tunable(int, IntRange, "delta_t must be >= 1 step between rank allocations", ge=1) = Field(
-        default=10, description="optimizer steps between rank allocations")
+        default=10, description="optimizer steps between rank allocations"
+    )
 
 
 _BETA = "beta must be in the open interval (0, 1) (PEFT's rank allocator asserts 0 < beta < 1); e.g. 0.85"
@@ -210,22 +255,30 @@ class AdaLoraSpec(Frozen):
     """``adalora``: PEFT AdaLoraConfig's knobs, each fixed or searched."""
 
     target_modules: tunable(list[str], rule="name at least one module, e.g. [query, value]", min_length=1) = Field(
-        default_factory=lambda: ["query", "value"], description="modules adapted: names or dotted name ends")
+        default_factory=lambda: ["query", "value"], description="modules adapted: names or dotted name ends"
+    )
     init_r: tunable(int, IntRange, "ranks must be >= 1", ge=1) = Field(
-        default=12, description="triplets per matrix at the start: b(0) = init_r x matrices")
+        default=12, description="triplets per matrix at the start: b(0) = init_r x matrices"
+    )
     target_r: tunable(int, IntRange, "ranks must be >= 1", ge=1) = Field(
-        default=8, description="mean triplets per matrix at the end: b(T) = target_r x matrices; < init_r")
+        default=8, description="mean triplets per matrix at the end: b(T) = target_r x matrices; < init_r"
+    )
     lora_alpha: tunable(float, FloatRange, "must be > 0", gt=0) = Field(
-        default=32.0, description="scale: the update is multiplied by lora_alpha / init_r")
+        default=32.0, description="scale: the update is multiplied by lora_alpha / init_r"
+    )
     lora_dropout: tunable(float, FloatRange, "lora_dropout must be in [0, 1)", ge=0, lt=1) = Field(
-        default=0.0, description="dropout probability on the adapter's input")
+        default=0.0, description="dropout probability on the adapter's input"
+    )
     schedule: ScheduleSpec = Field(default=ScheduleSpec(), description="when the budget is cut (defaults: each field)")
     beta1: tunable(float, FloatRange, _BETA, gt=0, lt=1) = Field(
-        default=0.85, description="smoothing of the importance (sensitivity) moving average")
+        default=0.85, description="smoothing of the importance (sensitivity) moving average"
+    )
     beta2: tunable(float, FloatRange, _BETA, gt=0, lt=1) = Field(
-        default=0.85, description="smoothing of the uncertainty moving average")
+        default=0.85, description="smoothing of the uncertainty moving average"
+    )
     orth_reg_weight: tunable(float, FloatRange, "must be >= 0", ge=0) = Field(
-        default=0.5, description="weight of the orthogonality regulariser of P and Q in the loss")
+        default=0.5, description="weight of the orthogonality regulariser of P and Q in the loss"
+    )
 
 
 # the sections that hold knobs: their knob paths are the Optuna parameter names and a baseline's keys
@@ -245,7 +298,9 @@ class Baseline(Frozen):
 
     name: str = Field(min_length=1, description="how the summary and the report call it; unique")
     params: dict[str, Union[float, int, str, list[str]]] = Field(
-        default_factory=dict, description="knob path (e.g. adalora.init_r) -> value", json_schema_extra=_fixed_values,
+        default_factory=dict,
+        description="knob path (e.g. adalora.init_r) -> value",
+        json_schema_extra=_fixed_values,
     )
 
 
@@ -287,10 +342,14 @@ class StudySpec(Frozen):
     data: DataSpec = Field(description="the rows: source, splits and the fields the task reads")
     training: TrainingSpec = Field(description="one trial's optimisation")
     adalora: AdaLoraSpec = Field(default=AdaLoraSpec(), description="AdaLoRA's knobs (defaults: each field)")
-    baselines: list[Baseline] = Field(default_factory=list, description="fixed configurations run first; the "
-                                      "report states the best trial's gain over each")
-    tracking: TrackingSpec = Field(default=TrackingSpec(), description="experiment trackers fed by every "
-                                   "trial: MLflow, TensorBoard (off by default)")
+    baselines: list[Baseline] = Field(
+        default_factory=list,
+        description="fixed configurations run first; the report states the best trial's gain over each",
+    )
+    tracking: TrackingSpec = Field(
+        default=TrackingSpec(),
+        description="experiment trackers fed by every trial: MLflow, TensorBoard (off by default)",
+    )
     _file: Path | None = PrivateAttr(default=None)  # the study file it was read from (loader.load_spec)
 
     @property

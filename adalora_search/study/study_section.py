@@ -21,18 +21,33 @@ METRIC_DIRECTIONS: dict[str, Literal["maximize", "minimize"]] = {
 
 
 # every task's validation metrics (tasks/: each task's `metrics`; rules.py checks the task has it)
-TaskMetric = Literal["accuracy", "f1_macro", "mcc", "pearson", "spearman", "eval_loss", "perplexity",
-                     "exact_match", "rouge_l", "f1", "precision", "recall"]
+TaskMetric = Literal[
+    "accuracy",
+    "f1_macro",
+    "mcc",
+    "pearson",
+    "spearman",
+    "eval_loss",
+    "perplexity",
+    "exact_match",
+    "rouge_l",
+    "f1",
+    "precision",
+    "recall",
+]
 
 
 class Objective(Frozen):
     """One optimisation target; ``trainable_params`` makes a budget-vs-quality Pareto search."""
 
     metric: Literal[TaskMetric, "trainable_params"] = Field(
-        description="a metric of the task on the validation split, or trainable_params (after rank pruning)")
+        description="a metric of the task on the validation split, or trainable_params (after rank pruning)"
+    )
     direction: Literal["maximize", "minimize"] | None = Field(
-        default=None, description="maximize or minimize the metric (default: minimize for eval_loss, perplexity, "
-                                  "trainable_params; else maximize)")
+        default=None,
+        description="maximize or minimize the metric (default: minimize for eval_loss, perplexity, "
+        "trainable_params; else maximize)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -62,12 +77,16 @@ class Reference(Frozen):
     """
 
     kind: Literal["lora", "full", "zero_shot"] = Field(
-        description="lora: uniform rank at the best trial's final budget; full: every weight; zero_shot: no training")
+        description="lora: uniform rank at the best trial's final budget; full: every weight; zero_shot: no training"
+    )
     learning_rate: float | list[float] | None = Field(
-        default=None, description="one rate, or several: each is trained, the best on validation is kept; "
-        f"default: lora {list(LORA_LEARNING_RATES)}, full the best trial's")
-    epochs: float | None = Field(default=None, gt=0,
-                                 description="passes over the training rows (default: as the trials)")
+        default=None,
+        description="one rate, or several: each is trained, the best on validation is kept; "
+        f"default: lora {list(LORA_LEARNING_RATES)}, full the best trial's",
+    )
+    epochs: float | None = Field(
+        default=None, gt=0, description="passes over the training rows (default: as the trials)"
+    )
 
     @field_validator("learning_rate")
     @classmethod
@@ -90,44 +109,63 @@ class Reference(Frozen):
 class StudySection(Frozen):
     """``study``: name, storage, objectives, sampler, trial pruner and the budget of trials."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="the Optuna study name (letters, digits, _ . -); names the artifacts directory too")
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="the Optuna study name (letters, digits, _ . -); names the artifacts directory too",
+    )
     storage: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite file beside the study file")
     objective: Objective | list[Objective] = Field(
-        default=Objective(metric="accuracy"), description="one objective, or a list for a Pareto search")
-    n_trials: int | None = Field(default=None, ge=1, description="finished (complete + trial-pruned) trials for "
-                                 "the whole study, over all workers and resumes (default: none, until timeout)")
+        default=Objective(metric="accuracy"), description="one objective, or a list for a Pareto search"
+    )
+    n_trials: int | None = Field(
+        default=None,
+        ge=1,
+        description="finished (complete + trial-pruned) trials for "
+        "the whole study, over all workers and resumes (default: none, until timeout)",
+    )
     timeout: float | None = Field(default=None, gt=0, description="seconds a run goes on (default: none)")
-    sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec.default(),
-                                 description="the Optuna sampler, chosen by type (default: tpe)")
-    pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec.default(),
-                               description="the trial pruner, chosen by type (default: none, "
-                               "every trial runs to its end: BENCHMARKS.md §3)")
+    sampler: SamplerSpec = Field(
+        default_factory=lambda: SamplerSpec.default(), description="the Optuna sampler, chosen by type (default: tpe)"
+    )
+    pruner: PrunerSpec = Field(
+        default_factory=lambda: PrunerSpec.default(),
+        description="the trial pruner, chosen by type (default: none, every trial runs to its end: BENCHMARKS.md §3)",
+    )
     pruning_metric: TaskMetric | None = Field(
-        default=None, description="the validation metric the trial pruner reads at each evaluation (default: the "
+        default=None,
+        description="the validation metric the trial pruner reads at each evaluation (default: the "
         "objective's); e.g. the smoother eval_loss while selecting on accuracy. Optuna's pruners compare in the "
-        "study's direction, so a metric whose better direction is the other one is reported negated")
+        "study's direction, so a metric whose better direction is the other one is reported negated",
+    )
     prune_warmup: Literal["after_t_init", "none"] = Field(
-        default="after_t_init", description="after_t_init: no trial pruning before AdaLoRA's first rank allocation; "
-        "none: the trial pruner may stop a trial at any evaluation"
+        default="after_t_init",
+        description="after_t_init: no trial pruning before AdaLoRA's first rank allocation; "
+        "none: the trial pruner may stop a trial at any evaluation",
     )
     heartbeat_interval: int = Field(default=30, ge=1, description="seconds between worker heartbeats")
     max_retry: int = Field(default=2, ge=0, description="re-runs of a trial whose worker died")
     max_consecutive_failures: int = Field(
-        default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)")
+        default=3, ge=1, description="stop the study after this many failed trials in a row (fix the cause first)"
+    )
     keep_top_k_adapters: int = Field(
-        default=1, ge=0, description="keep the trained adapters of the k best trials in the artifact store (export "
-        "brings the kept one of the trial it exports); 0: keep none. A multi-objective study keeps none")
+        default=1,
+        ge=0,
+        description="keep the trained adapters of the k best trials in the artifact store (export "
+        "brings the kept one of the trial it exports); 0: keep none. A multi-objective study keeps none",
+    )
     artifact_store: str | None = Field(
-        default=None, min_length=1, description="Optuna artifact store of the kept adapters: a directory (relative "
-        "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts")
+        default=None,
+        min_length=1,
+        description="Optuna artifact store of the kept adapters: a directory (relative "
+        "to the study file) or s3://BUCKET (needs boto3); default <study file dir>/<name>_artifacts",
+    )
     references: list[Reference] = Field(
-        default_factory=list, description="reference runs after the search: uniform LoRA (lora), full fine-tuning "
-        "(full), the base model with no adapter (zero_shot)"
+        default_factory=list,
+        description="reference runs after the search: uniform LoRA (lora), full fine-tuning "
+        "(full), the base model with no adapter (zero_shot)",
     )
 
     @property
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
-
-

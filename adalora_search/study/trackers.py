@@ -12,16 +12,22 @@ class MlflowSpec(Frozen):
 
     enabled: bool = Field(default=False, description="log every trial to MLflow")
     tracking_uri: str = Field(
-        default="sqlite:///mlruns.db", min_length=1, description="any MLflow tracking URI; a relative sqlite "
-        "path or directory is relative to the study file (no server needed); experiment = study.name")
+        default="sqlite:///mlruns.db",
+        min_length=1,
+        description="any MLflow tracking URI; a relative sqlite "
+        "path or directory is relative to the study file (no server needed); experiment = study.name",
+    )
 
 
 class TensorBoardSpec(Frozen):
     """TensorBoard scalars of every trial: the curves at each evaluation and the final metrics."""
 
     enabled: bool = Field(default=False, description="write TensorBoard event files of every trial")
-    log_dir: str = Field(default="tensorboard", min_length=1,
-                         description="relative to the study file; one directory per study and trial below it")
+    log_dir: str = Field(
+        default="tensorboard",
+        min_length=1,
+        description="relative to the study file; one directory per study and trial below it",
+    )
 
 
 class TrackingSpec(Frozen):

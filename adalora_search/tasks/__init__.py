@@ -10,9 +10,15 @@ from adalora_search.tasks.sequence_classification import (
 )
 from adalora_search.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, Task] = {task.name: task for task in (
-    SequenceClassification(), Regression(), TokenClassification(), CausalLM(),
-)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        SequenceClassification(),
+        Regression(),
+        TokenClassification(),
+        CausalLM(),
+    )
+}
 
 
 def get_task(name: str) -> Task:

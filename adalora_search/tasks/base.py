@@ -78,8 +78,13 @@ class Task(ABC):
     def check_training(self, training: TrainingSpec, data: DataSpec) -> list[Problem]:
         """Training fields this task does not use with this data, written in the study file."""
         if "generation" in training.model_fields_set and not self.generates:
-            return [Problem("training.generation", training.generation.model_dump(),
-                            f"model.task {self.name} generates no text; remove training.generation")]
+            return [
+                Problem(
+                    "training.generation",
+                    training.generation.model_dump(),
+                    f"model.task {self.name} generates no text; remove training.generation",
+                )
+            ]
         return []
 
     # ---------------------------------------------------------------- rows -> tokens
@@ -109,8 +114,7 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def encode(self, rows: Rows, data: DataSpec, tokenizer: Any, label_names: list[str] | None,
-               split: str) -> Encoded:
+    def encode(self, rows: Rows, data: DataSpec, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
         """Token columns of one split (``input_ids``, ``labels``, ...), rows dropped and truncated."""
 
     def dedupe_key(self, rows: Rows, i: int) -> Any:
@@ -152,8 +156,11 @@ def label_config(label_names: list[str] | None) -> dict[str, Any]:
     """``num_labels``, ``id2label`` and ``label2id`` for a classification head (none before labels are known)."""
     if label_names is None:  # the model is only inspected (meta device): its default head will do
         return {}
-    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-            "label2id": {name: i for i, name in enumerate(label_names)}}
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
 
 
 def id_names(feature: Any, data: DataSpec) -> list[str] | None:
@@ -170,18 +177,35 @@ def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> An
     if names is None or isinstance(value, bool) or not isinstance(value, int):
         return value
     if not 0 <= value < len(names):
-        raise UserError(f"data.label_names = {names[:10]}: the {split} split has label id {value}, but only ids "
-                        f"0..{len(names) - 1} are named; name every id in order")
+        raise UserError(
+            f"data.label_names = {names[:10]}: the {split} split has label id {value}, but only ids "
+            f"0..{len(names) - 1} are named; name every id in order"
+        )
     return names[value]
 
 
 # fields of the study's DataSpec that only some tasks read (a task refuses the ones it does not use)
-TASK_DATA_FIELDS = {"text_fields", "label_field", "label_names", "prompt_field", "prompt_template", "response_field",
-                    "messages_field", "system_turn", "use_chat_template", "drop_blank_labels"}
+TASK_DATA_FIELDS = {
+    "text_fields",
+    "label_field",
+    "label_names",
+    "prompt_field",
+    "prompt_template",
+    "response_field",
+    "messages_field",
+    "system_turn",
+    "use_chat_template",
+    "drop_blank_labels",
+}
 
 
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
     """Refuse data fields that were written in the study file but mean nothing for this task."""
-    return [Problem(f"data.{name}", getattr(data, name),
-                    f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})")
-            for name in sorted(TASK_DATA_FIELDS & data.model_fields_set - wanted)]
+    return [
+        Problem(
+            f"data.{name}",
+            getattr(data, name),
+            f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})",
+        )
+        for name in sorted(TASK_DATA_FIELDS & data.model_fields_set - wanted)
+    ]

@@ -43,8 +43,12 @@ class CausalLM(Task):
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
-    metrics: ClassVar[dict[str, Direction]] = {"eval_loss": "minimize", "perplexity": "minimize",
-                                               "exact_match": "maximize", "rouge_l": "maximize"}
+    metrics: ClassVar[dict[str, Direction]] = {
+        "eval_loss": "minimize",
+        "perplexity": "minimize",
+        "exact_match": "maximize",
+        "rouge_l": "maximize",
+    }
     main_metric = "eval_loss"
     pools_on_pad = False
     generates = True
@@ -52,13 +56,22 @@ class CausalLM(Task):
     # ---------------------------------------------------------------- checks
     def check_data(self, data: Any) -> list[Problem]:
         form = _form(data)
-        wanted = {"plain": {"text_fields"}, "messages": {"messages_field", "system_turn"},
-                  "pair": {"prompt_field", "prompt_template", "response_field", "use_chat_template"}}
+        wanted = {
+            "plain": {"text_fields"},
+            "messages": {"messages_field", "system_turn"},
+            "pair": {"prompt_field", "prompt_template", "response_field", "use_chat_template"},
+        }
         problems = used_fields(data, wanted.get(form, set()), self.name)
         if form is None:
-            problems.append(Problem("data", None, "causal_lm needs response_field with prompt_field or "
-                                    "prompt_template, or messages_field (chat), or text_fields: [text] (plain "
-                                    "text); set exactly one form"))
+            problems.append(
+                Problem(
+                    "data",
+                    None,
+                    "causal_lm needs response_field with prompt_field or "
+                    "prompt_template, or messages_field (chat), or text_fields: [text] (plain "
+                    "text); set exactly one form",
+                )
+            )
         elif form == "pair":
             problems += _pair_problems(data)
         elif form == "plain" and len(data.text_fields) != 1:
@@ -67,16 +80,25 @@ class CausalLM(Task):
 
     def check_training(self, training: Any, data: Any) -> list[Problem]:
         if "generation" in training.model_fields_set and _form(data) == "plain":
-            return [Problem("training.generation", training.generation.model_dump(),
-                            "plain text has no responses to generate and compare; remove training.generation")]
+            return [
+                Problem(
+                    "training.generation",
+                    training.generation.model_dump(),
+                    "plain text has no responses to generate and compare; remove training.generation",
+                )
+            ]
         return []
 
     def truncation(self, data: Any) -> str:
-        return {"plain": "the end of the text is cut",
-                "messages": "the oldest exchanges are dropped, then the longest user turn is cut from its start; "
-                            "system turns, the chat template's markers and the answered reply are kept"}.get(
-            _form(data), "the prompt's longest column is cut from its start; the template's own text, the chat "
-                         "markers and the response are kept")
+        return {
+            "plain": "the end of the text is cut",
+            "messages": "the oldest exchanges are dropped, then the longest user turn is cut from its start; "
+            "system turns, the chat template's markers and the answered reply are kept",
+        }.get(
+            _form(data),
+            "the prompt's longest column is cut from its start; the template's own text, the chat "
+            "markers and the response are kept",
+        )
 
     def check_metric(self, data: Any, metric: str) -> str | None:
         if metric in GENERATION_METRICS and _form(data) == "plain":
@@ -89,8 +111,11 @@ class CausalLM(Task):
             return [("text_fields", data.text_fields[0])]
         if form == "messages":
             return [("messages_field", data.messages_field)]
-        prompt = ([("prompt_field", data.prompt_field)] if data.prompt_field else
-                  [("prompt_template", c) for c in _placeholders(data.prompt_template)])
+        prompt = (
+            [("prompt_field", data.prompt_field)]
+            if data.prompt_field
+            else [("prompt_template", c) for c in _placeholders(data.prompt_template)]
+        )
         return [*prompt, ("response_field", data.response_field)]
 
     # ---------------------------------------------------------------- rows
@@ -99,12 +124,17 @@ class CausalLM(Task):
         if form == "plain":
             return {"text": _texts(rows[data.text_fields[0]])}
         if form == "messages":
-            return {"messages": [_messages(m, data.messages_field, split, i)
-                                 for i, m in enumerate(rows[data.messages_field])]}
+            return {
+                "messages": [
+                    _messages(m, data.messages_field, split, i) for i, m in enumerate(rows[data.messages_field])
+                ]
+            }
         responses = _texts(rows[data.response_field])
         if not any(r.strip() for r in responses):
-            raise UserError(f"data.response_field = {data.response_field!r}: every response of the {split} split "
-                            "is empty; point response_field at the column the model should learn to write")
+            raise UserError(
+                f"data.response_field = {data.response_field!r}: every response of the {split} split "
+                "is empty; point response_field at the column the model should learn to write"
+            )
         # the prompt's columns, kept apart so that truncation shortens their text, never the template's own
         return {**{PROMPT + c: _texts(rows[c]) for c in _placeholders(_template(data))}, "response": responses}
 
@@ -113,9 +143,11 @@ class CausalLM(Task):
 
     def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
         if ("messages" in rows or data.use_chat_template) and not getattr(tokenizer, "chat_template", None):
-            raise UserError("data.messages_field / data.use_chat_template: the tokenizer has no chat template; give "
-                            "model.chat_template, use prompt_field + response_field without use_chat_template, "
-                            "or a chat model")
+            raise UserError(
+                "data.messages_field / data.use_chat_template: the tokenizer has no chat template; give "
+                "model.chat_template, use prompt_field + response_field without use_chat_template, "
+                "or a chat model"
+            )
         out: Rows = {"input_ids": [], "labels": [], "prompt_ids": [], "reference": []}
         n = len(next(iter(rows.values())))
         dropped, truncated, failures = 0, 0, []
@@ -131,14 +163,16 @@ class CausalLM(Task):
             truncated += fitted.truncated
             out["input_ids"].append(fitted.ids)
             out["labels"].append([t if m else IGNORE for t, m in zip(fitted.ids, fitted.mask)])
-            out["prompt_ids"].append(fitted.ids[:fitted.start])
+            out["prompt_ids"].append(fitted.ids[: fitted.start])
             out["reference"].append(self._reference(rows, i))
         if failures:
             raise _template_failure(failures, rows, n, split, tokenizer)
         if not out["input_ids"]:
-            raise UserError(f"data.max_length = {data.max_length}: no row of the {split} split fits in max_length "
-                            "tokens, even with its prompt text cut to nothing (the response and the chat "
-                            "template's fixed text are never cut); raise max_length")
+            raise UserError(
+                f"data.max_length = {data.max_length}: no row of the {split} split fits in max_length "
+                "tokens, even with its prompt text cut to nothing (the response and the chat "
+                "template's fixed text are never cut); raise max_length"
+            )
         return Encoded(out, {DROPPED_TOO_LONG: dropped} if dropped else {}, truncated)
 
     def _fit(self, rows: Rows, i: int, data: Any, tokenizer: Any) -> lm_rows.Fitted | None:
@@ -155,8 +189,9 @@ class CausalLM(Task):
         def build(values: dict[Any, str]) -> lm_rows.Tokens:
             prompt = template.format_map(values)
             if data.use_chat_template:
-                return lm_rows.chat_tokens(tokenizer, [{"role": "user", "content": prompt},
-                                                       {"role": "assistant", "content": response}])
+                return lm_rows.chat_tokens(
+                    tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+                )
             ids = tokenizer(prompt)["input_ids"]
             reply = tokenizer(response, add_special_tokens=False)["input_ids"] + _eos(tokenizer)
             return ids + reply, [False] * len(ids) + [True] * len(reply), len(ids)
@@ -182,8 +217,11 @@ class CausalLM(Task):
             target = batch.pop("labels")
             logits = ctx.forward(batch)
             shifted = target[:, 1:].to(logits.device)
-            loss += float(torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"))
+            loss += float(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"
+                )
+            )
             n += int((shifted != IGNORE).sum())
         mean = loss / max(n, 1)
         scores = {"eval_loss": mean, "perplexity": math.exp(min(mean, 50.0))}
@@ -235,15 +273,20 @@ def _pair_problems(data: Any) -> list[Problem]:
     """A prompt/response pair needs a response column, one prompt source, and a template that parses."""
     problems = []
     if data.response_field is None:
-        problems.append(Problem("data.response_field", None, "name the column the model learns to write, "
-                                "e.g. response_field: answer"))
+        problems.append(
+            Problem(
+                "data.response_field", None, "name the column the model learns to write, e.g. response_field: answer"
+            )
+        )
     if (data.prompt_field is None) == (data.prompt_template is None):
-        problems.append(Problem("data.prompt_field", data.prompt_field,
-                                "set exactly one of prompt_field and prompt_template"))
+        problems.append(
+            Problem("data.prompt_field", data.prompt_field, "set exactly one of prompt_field and prompt_template")
+        )
     elif data.prompt_template is not None:
         try:
-            parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(data.prompt_template)
-                     if f is not None]
+            parts = [
+                (f, spec, conv) for _, f, spec, conv in string.Formatter().parse(data.prompt_template) if f is not None
+            ]
             fields = [f for f, _, _ in parts]
             if any(not f.isidentifier() for f in fields):
                 raise ValueError(f"placeholders {[f for f in fields if not f.isidentifier()]} are not column names")
@@ -252,9 +295,14 @@ def _pair_problems(data: Any) -> list[Problem]:
             if not fields:
                 raise ValueError("it names no column")
         except ValueError as exc:
-            problems.append(Problem("data.prompt_template", data.prompt_template,
-                                    f"not a usable template ({exc}); name columns as {{column}} and write "
-                                    "literal braces as {{ and }}"))
+            problems.append(
+                Problem(
+                    "data.prompt_template",
+                    data.prompt_template,
+                    f"not a usable template ({exc}); name columns as {{column}} and write "
+                    "literal braces as {{ and }}",
+                )
+            )
     return problems
 
 
@@ -267,14 +315,17 @@ def _template(data: Any) -> str:
     return data.prompt_template if data.prompt_template is not None else "{" + data.prompt_field + "}"
 
 
-def _template_failure(failures: list[tuple[int, lm_rows.RowError]], rows: Rows, n: int, split: str,
-                      tokenizer: Any) -> UserError:
+def _template_failure(
+    failures: list[tuple[int, lm_rows.RowError]], rows: Rows, n: int, split: str, tokenizer: Any
+) -> UserError:
     """One error for every row the chat template failed on: how many, the first row, the template's message."""
     i, exc = failures[0]
     shown = str(rows["messages"][i] if "messages" in rows else {c.removeprefix(PROMPT): v[i] for c, v in rows.items()})
     shown = shown[:160] + ("..." if len(shown) > 160 else "")
-    return UserError(f"model.name_or_path = {tokenizer.name_or_path!r}: its chat template failed on {len(failures)} "
-                     f"of {n} rows of the {split} split; first, row {i} ({shown}): {exc}; {exc.fix}")
+    return UserError(
+        f"model.name_or_path = {tokenizer.name_or_path!r}: its chat template failed on {len(failures)} "
+        f"of {n} rows of the {split} split; first, row {i} ({shown}): {exc}; {exc.fix}"
+    )
 
 
 def _texts(values: list[Any]) -> list[str]:
@@ -299,5 +350,9 @@ def _messages(value: Any, field: str, split: str, row: int) -> list[dict[str, st
         problem = f"has no turn with role 'assistant' (roles: {sorted({m['role'] for m in value})})"
     else:
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise DataRowError(row, f"data.messages_field = {field!r}: {{row}} {problem}: {str(value)[:120]}; each row must "
-                       "be a list of {role, content} turns with text content and at least one 'assistant' turn", split)
+    raise DataRowError(
+        row,
+        f"data.messages_field = {field!r}: {{row}} {problem}: {str(value)[:120]}; each row must "
+        "be a list of {role, content} turns with text content and at least one 'assistant' turn",
+        split,
+    )

@@ -52,9 +52,12 @@ def render(tokenizer: Any, messages: Messages, generation_prompt: bool = False) 
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # noqa: BLE001 - the template is user code (jinja2.TemplateError, TypeError, ...)
         has_system = any(m["role"] == "system" for m in messages)
-        fix = ("set data.system_turn: merge (the system text is joined to the first user turn) or drop, or give "
-               "model.chat_template" if has_system else "give model.chat_template (a template that renders these "
-               "roles), or fix the rows")
+        fix = (
+            "set data.system_turn: merge (the system text is joined to the first user turn) or drop, or give "
+            "model.chat_template"
+            if has_system
+            else "give model.chat_template (a template that renders these roles), or fix the rows"
+        )
         raise RowError(f"the chat template raised {type(exc).__name__}: {exc}", fix) from None
 
 
@@ -82,8 +85,10 @@ def chat_tokens(tokenizer: Any, messages: Messages) -> Tokens:
 
 
 REPLY = "ADALORASEARCHREPLY"  # stands in for a reply's text: where the template writes it is where it is found
-_MASK_FIX = ("give model.chat_template with {% generation %} blocks around the replies, whose own mask is then used, "
-             "or a template that renders every turn's text unchanged")
+_MASK_FIX = (
+    "give model.chat_template with {% generation %} blocks around the replies, whose own mask is then used, "
+    "or a template that renders every turn's text unchanged"
+)
 
 
 def _reply_spans(tokenizer: Any, messages: Messages, full: str) -> list[tuple[int, int]]:
@@ -101,16 +106,25 @@ def _reply_spans(tokenizer: Any, messages: Messages, full: str) -> list[tuple[in
         before = render(tokenizer, messages[:i], generation_prompt=True)
         through = render(tokenizer, messages[: i + 1])
         if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
-            raise RowError(f"the chat template renders the conversation up to assistant turn {i} differently from "
-                           "the whole conversation (it rewrites earlier turns), so the reply's span cannot be taken "
-                           "from prefixes and the loss mask would cover other text", _MASK_FIX)
+            raise RowError(
+                f"the chat template renders the conversation up to assistant turn {i} differently from "
+                "the whole conversation (it rewrites earlier turns), so the reply's span cannot be taken "
+                "from prefixes and the loss mask would cover other text",
+                _MASK_FIX,
+            )
         marked = render(tokenizer, [*messages[:i], {**turn, "content": REPLY}])
         at = marked.find(REPLY)
-        text = full[at:len(through)] if at >= 0 else ""
-        if at < 0 or not full.startswith(marked[:at]) or not text.startswith((turn["content"],
-                                                                               turn["content"].strip())):
-            raise RowError(f"the chat template changes or leaves out the text of assistant turn {i}, so the loss "
-                           "mask cannot be placed on it", _MASK_FIX)
+        text = full[at : len(through)] if at >= 0 else ""
+        if (
+            at < 0
+            or not full.startswith(marked[:at])
+            or not text.startswith((turn["content"], turn["content"].strip()))
+        ):
+            raise RowError(
+                f"the chat template changes or leaves out the text of assistant turn {i}, so the loss "
+                "mask cannot be placed on it",
+                _MASK_FIX,
+            )
         spans.append((at, len(through)))
     return spans
 
@@ -118,14 +132,17 @@ def _reply_spans(tokenizer: Any, messages: Messages, full: str) -> list[tuple[in
 def _template_mask(tokenizer: Any, messages: Messages) -> Tokens:
     """The template's own assistant mask (its ``{% generation %}`` blocks), as transformers computes it."""
     try:
-        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
     except Exception as exc:  # noqa: BLE001 - the template is user code
         raise RowError(f"the chat template raised {type(exc).__name__}: {exc}", "fix model.chat_template") from None
     ids, mask = list(out["input_ids"]), [bool(m) for m in out["assistant_masks"]]
     if not any(mask):
-        raise RowError("the chat template's {% generation %} blocks mark no token of this row",
-                       "put {% generation %} ... {% endgeneration %} around each assistant reply")
+        raise RowError(
+            "the chat template's {% generation %} blocks mark no token of this row",
+            "put {% generation %} ... {% endgeneration %} around each assistant reply",
+        )
     last = len(mask) - 1 - mask[::-1].index(True)
     while last > 0 and mask[last - 1]:
         last -= 1
@@ -138,14 +155,19 @@ def drop_leading_tokens(tokenizer: Any, text: str, k: int) -> str:
         return text
     try:
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        return "" if k >= len(offsets) else text[offsets[k][0]:].lstrip()
+        return "" if k >= len(offsets) else text[offsets[k][0] :].lstrip()
     except NotImplementedError:  # a slow tokenizer: no offsets
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return "" if k >= len(ids) else tokenizer.decode(ids[k:])
 
 
-def shorten(build: Callable[[dict[Any, str]], Tokens], texts: dict[Any, str], max_length: int, tokenizer: Any,
-            tokens: Tokens | None = None) -> tuple[Tokens, bool] | None:
+def shorten(
+    build: Callable[[dict[Any, str]], Tokens],
+    texts: dict[Any, str],
+    max_length: int,
+    tokenizer: Any,
+    tokens: Tokens | None = None,
+) -> tuple[Tokens, bool] | None:
     """Cut the longest of ``texts`` (prompt text) from its start until ``build(texts)`` fits ``max_length``.
 
     Returns the tokens and whether anything was cut; None when the row does not fit with every text
@@ -168,6 +190,7 @@ def fit_chat(tokenizer: Any, messages: Messages, max_length: int, system_turn: s
     """A chat row within ``max_length``: oldest exchanges dropped, then user turns shortened (system turns are
     never cut; ``system_turn`` merges or drops them when rendering); None if it cannot fit.
     """
+
     def tokens_of(chat: Messages) -> Tokens:
         return chat_tokens(tokenizer, system_turns(chat, system_turn))
 
@@ -198,7 +221,7 @@ def _without_oldest_exchange(messages: Messages) -> Messages | None:
     replies = [i for i, m in enumerate(rest) if m["role"] == "assistant"]
     if len(replies) < 2:
         return None
-    return system + rest[replies[0] + 1:]
+    return system + rest[replies[0] + 1 :]
 
 
 def system_turns(messages: Messages, how: str) -> Messages:

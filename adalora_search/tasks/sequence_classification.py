@@ -39,16 +39,26 @@ class SequenceClassification(Task):
     name = "classification"
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    metrics: ClassVar[dict[str, Direction]] = {"accuracy": "maximize", "f1_macro": "maximize", "mcc": "maximize",
-                                               "eval_loss": "minimize"}
+    metrics: ClassVar[dict[str, Direction]] = {
+        "accuracy": "maximize",
+        "f1_macro": "maximize",
+        "mcc": "maximize",
+        "eval_loss": "minimize",
+    }
     main_metric = "accuracy"
     stratify = True
 
     def check_data(self, data: Any) -> list[Problem]:
         problems = used_fields(data, {"text_fields", "label_field", "label_names", "drop_blank_labels"}, self.name)
         if not data.text_fields:
-            problems.append(Problem("data.text_fields", None, f"model.task {self.name} needs one text field, "
-                                    "or two for sentence pairs, e.g. text_fields: [sentence]"))
+            problems.append(
+                Problem(
+                    "data.text_fields",
+                    None,
+                    f"model.task {self.name} needs one text field, "
+                    "or two for sentence pairs, e.g. text_fields: [sentence]",
+                )
+            )
         return problems
 
     def columns(self, data: Any) -> list[tuple[str, str]]:
@@ -58,8 +68,10 @@ class SequenceClassification(Task):
         rows = _without_blank_labels(rows, data, split)
         out = {f: ["" if t is None else str(t) for t in rows[f]] for f in data.text_fields}
         if not any(text.strip() for texts in out.values() for text in texts):
-            raise UserError(f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
-                            "(nothing left to tokenize); point text_fields at a column that holds text")
+            raise UserError(
+                f"data.text_fields = {data.text_fields}: every text of the {split} split is empty "
+                "(nothing left to tokenize); point text_fields at a column that holds text"
+            )
         feature = features[data.label_field] if features is not None and data.label_field in features else None
         out["label"] = self._labels(rows[data.label_field], data, id_names(feature, data), split)
         return out
@@ -82,16 +94,19 @@ class SequenceClassification(Task):
         if len(data.text_fields) == 2 and "token_type_ids" in encoded:
             out["token_type_ids"] = encoded["token_type_ids"]
         out["labels"] = self._label_ids(rows["label"], data, label_names, split)
-        return Encoded(out, {"empty text": len(empty)} if empty else {},
-                       sum(len(ids) > data.max_length for ids in full))
+        return Encoded(
+            out, {"empty text": len(empty)} if empty else {}, sum(len(ids) > data.max_length for ids in full)
+        )
 
     def _label_ids(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
         assert names is not None
         unknown = sorted({str(v) for v in labels} - set(names))
         if unknown:
             where = "are not in data.label_names" if data.label_names else "never occur in train"
-            raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has labels {unknown[:5]} "
-                            f"that {where} ({names[:10]}); fix the data, the split or the names")
+            raise UserError(
+                f"data.label_field = {data.label_field!r}: the {split} split has labels {unknown[:5]} "
+                f"that {where} ({names[:10]}); fix the data, the split or the names"
+            )
         index = {name: i for i, name in enumerate(names)}
         return [index[str(v)] for v in labels]
 
@@ -135,15 +150,21 @@ class SequenceClassification(Task):
         majority = max(counts.values()) / len(split)
         uniform = 1 / len(label_names)
         if scores.get("predicted_classes") == 1:
-            return (f"predicts a single class for every validation example (accuracy {accuracy:.4f}, MCC 0): the "
-                    "model ignores its input; lower the learning rate or train longer")
+            return (
+                f"predicts a single class for every validation example (accuracy {accuracy:.4f}, MCC 0): the "
+                "model ignores its input; lower the learning rate or train longer"
+            )
         if math.isclose(accuracy, majority, abs_tol=1e-9):
             name = label_names[max(counts, key=counts.get)]
-            return (f"validation accuracy {accuracy:.4f} equals the majority class's share ({name!r}, "
-                    f"{majority:.4f}): no better than always answering that class")
+            return (
+                f"validation accuracy {accuracy:.4f} equals the majority class's share ({name!r}, "
+                f"{majority:.4f}): no better than always answering that class"
+            )
         if accuracy <= uniform + CHANCE_MARGIN:
-            return (f"validation accuracy {accuracy:.4f} is at chance level (1/{len(label_names)} classes = "
-                    f"{uniform:.4f}): the run learned nothing")
+            return (
+                f"validation accuracy {accuracy:.4f} is at chance level (1/{len(label_names)} classes = "
+                f"{uniform:.4f}): the run learned nothing"
+            )
         return None
 
     def scores(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -152,34 +173,42 @@ class SequenceClassification(Task):
         """
         from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-        return {"accuracy": float(accuracy_score(labels, predictions)),
-                "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-                "mcc": float(matthews_corrcoef(labels, predictions)),
-                "predicted_classes": len(set(predictions.tolist()))}
+        return {
+            "accuracy": float(accuracy_score(labels, predictions)),
+            "f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+            "mcc": float(matthews_corrcoef(labels, predictions)),
+            "predicted_classes": len(set(predictions.tolist())),
+        }
 
 
 class Regression(SequenceClassification):
     """One score per text (or text pair); MSE loss, correlation metrics."""
 
     name = "regression"
-    metrics: ClassVar[dict[str, Direction]] = {"pearson": "maximize", "spearman": "maximize",
-                                               "eval_loss": "minimize"}
+    metrics: ClassVar[dict[str, Direction]] = {"pearson": "maximize", "spearman": "maximize", "eval_loss": "minimize"}
     main_metric = "pearson"
     stratify = False
 
     def check_data(self, data: Any) -> list[Problem]:
         problems = super().check_data(data)
         if data.label_names is not None:
-            problems.append(Problem("data.label_names", data.label_names, "regression labels are scores, not "
-                                    "classes; remove data.label_names"))
+            problems.append(
+                Problem(
+                    "data.label_names",
+                    data.label_names,
+                    "regression labels are scores, not classes; remove data.label_names",
+                )
+            )
         return problems
 
     def _labels(self, labels: list[Any], data: Any, names: list[str] | None, split: str) -> list[Any]:
         try:
             return [float(v) for v in labels]
         except (TypeError, ValueError):
-            raise UserError(f"data.label_field = {data.label_field!r}: model.task is regression but labels "
-                            f"are not numbers (e.g. {labels[0]!r}); use task: classification") from None
+            raise UserError(
+                f"data.label_field = {data.label_field!r}: model.task is regression but labels "
+                f"are not numbers (e.g. {labels[0]!r}); use task: classification"
+            ) from None
 
     def label_names(self, train: Rows, data: Any, class_names: list[str] | None = None) -> list[str] | None:
         return None
@@ -205,8 +234,10 @@ class Regression(SequenceClassification):
 
         if np.std(predictions) == 0 or np.std(labels) == 0:
             return {"pearson": 0.0, "spearman": 0.0}
-        return {"pearson": _finite(stats.pearsonr(predictions, labels)[0]),
-                "spearman": _finite(stats.spearmanr(predictions, labels)[0])}
+        return {
+            "pearson": _finite(stats.pearsonr(predictions, labels)[0]),
+            "spearman": _finite(stats.spearmanr(predictions, labels)[0]),
+        }
 
 
 def _without_blank_labels(rows: Rows, data: Any, split: str) -> Rows:
@@ -216,9 +247,13 @@ def _without_blank_labels(rows: Rows, data: Any, split: str) -> Rows:
     if not blank:
         return rows
     if not data.drop_blank_labels:
-        raise DataRowError(blank[0], f"data.label_field = {data.label_field!r}: {len(blank)} row(s) of the {split} "
-                           "split have a blank label (the first: {row}); fill them, or set data.drop_blank_labels: "
-                           "true", split)
+        raise DataRowError(
+            blank[0],
+            f"data.label_field = {data.label_field!r}: {len(blank)} row(s) of the {split} "
+            "split have a blank label (the first: {row}); fill them, or set data.drop_blank_labels: "
+            "true",
+            split,
+        )
     keep = sorted(set(range(len(labels))) - set(blank))
     return {column: [values[i] for i in keep] for column, values in rows.items()}
 

@@ -39,15 +39,25 @@ class TokenClassification(Task):
     name = "token_classification"
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
-    metrics: ClassVar[dict[str, Direction]] = {"f1": "maximize", "precision": "maximize", "recall": "maximize",
-                                               "accuracy": "maximize", "eval_loss": "minimize"}
+    metrics: ClassVar[dict[str, Direction]] = {
+        "f1": "maximize",
+        "precision": "maximize",
+        "recall": "maximize",
+        "accuracy": "maximize",
+        "eval_loss": "minimize",
+    }
     main_metric = "f1"
 
     def check_data(self, data: Any) -> list[Problem]:
         problems = used_fields(data, {"text_fields", "label_field", "label_names"}, self.name)
         if not data.text_fields or len(data.text_fields) != 1:
-            problems.append(Problem("data.text_fields", data.text_fields, "token_classification reads one column "
-                                    "holding a list of words per row, e.g. text_fields: [tokens]"))
+            problems.append(
+                Problem(
+                    "data.text_fields",
+                    data.text_fields,
+                    "token_classification reads one column holding a list of words per row, e.g. text_fields: [tokens]",
+                )
+            )
         return problems
 
     def truncation(self, data: Any) -> str:
@@ -62,19 +72,32 @@ class TokenClassification(Task):
         names = id_names(getattr(feature, "feature", None), data)  # List(ClassLabel) names, else data.label_names
         for i, (w, t) in enumerate(zip(words, tags)):
             if not isinstance(w, list) or not isinstance(t, list) or len(w) != len(t):
-                raise DataRowError(i, f"data.text_fields = {data.text_fields}: {{row}} must hold a list of words and "
-                                   f"data.label_field {data.label_field!r} a list of tags of the same length; got "
-                                   f"{str(w)[:60]!r} and {str(t)[:60]!r}", split)
+                raise DataRowError(
+                    i,
+                    f"data.text_fields = {data.text_fields}: {{row}} must hold a list of words and "
+                    f"data.label_field {data.label_field!r} a list of tags of the same length; got "
+                    f"{str(w)[:60]!r} and {str(t)[:60]!r}",
+                    split,
+                )
             if not w:
-                raise DataRowError(i, f"data.text_fields = {data.text_fields}: {{row}} has no words; drop empty rows "
-                                   "from the data", split)
+                raise DataRowError(
+                    i,
+                    f"data.text_fields = {data.text_fields}: {{row}} has no words; drop empty rows from the data",
+                    split,
+                )
             if any(x is None or (isinstance(x, str) and not x.strip()) for x in t):
-                raise DataRowError(i, f"data.label_field = {data.label_field!r}: {{row}} has a blank tag: "
-                                   f"{str(t)[:80]}; give every word a tag (e.g. O)", split)
+                raise DataRowError(
+                    i,
+                    f"data.label_field = {data.label_field!r}: {{row}} has a blank tag: "
+                    f"{str(t)[:80]}; give every word a tag (e.g. O)",
+                    split,
+                )
         if names is None and any(isinstance(x, int) for t in tags for x in t):
-            raise UserError(f"data.label_field = {data.label_field!r}: the {split} split stores tags as integer ids "
-                            f"(e.g. {tags[0][:8]}) and the data names none of them (no ClassLabel feature); list the "
-                            "names in id order with data.label_names, e.g. [O, B-PER, I-PER, B-LOC, I-LOC]")
+            raise UserError(
+                f"data.label_field = {data.label_field!r}: the {split} split stores tags as integer ids "
+                f"(e.g. {tags[0][:8]}) and the data names none of them (no ClassLabel feature); list the "
+                "names in id order with data.label_names, e.g. [O, B-PER, I-PER, B-LOC, I-LOC]"
+            )
         labels = [[str(named(x, names, data, split)) for x in t] for t in tags]
         _check_scheme(labels, data, split)
         return {"tokens": [[str(x) for x in w] for w in words], "label": labels}
@@ -85,19 +108,25 @@ class TokenClassification(Task):
     def label_names(self, train: Rows, data: Any, class_names: list[str] | None = None) -> list[str] | None:
         names = list(data.label_names or class_names or sorted({tag for tags in train["label"] for tag in tags}))
         if all(tag == "O" for tags in train["label"] for tag in tags):
-            raise UserError(f"data.label_field = {data.label_field!r}: every tag of the train split is O (no entity), "
-                            "so entity F1, precision and recall are 0 for every trial; check the tags")
+            raise UserError(
+                f"data.label_field = {data.label_field!r}: every tag of the train split is O (no entity), "
+                "so entity F1, precision and recall are 0 for every trial; check the tags"
+            )
         return names
 
     def encode(self, rows: Rows, data: Any, tokenizer: Any, label_names: list[str] | None, split: str) -> Encoded:
         if not getattr(tokenizer, "is_fast", False):
-            raise UserError("model.name_or_path: token_classification needs a fast tokenizer (word alignment); "
-                            "use a model that ships tokenizer.json")
+            raise UserError(
+                "model.name_or_path: token_classification needs a fast tokenizer (word alignment); "
+                "use a model that ships tokenizer.json"
+            )
         assert label_names is not None
         if split == "validation" and all(tag == "O" for tags in rows["label"] for tag in tags):
-            raise UserError(f"data.label_field = {data.label_field!r}: the validation split has no entity (every tag "
-                            "is O), so entity F1, precision and recall would be 0 for every trial; give it rows with "
-                            "entities (a larger data.split.validation, or another validation split)")
+            raise UserError(
+                f"data.label_field = {data.label_field!r}: the validation split has no entity (every tag "
+                "is O), so entity F1, precision and recall would be 0 for every trial; give it rows with "
+                "entities (a larger data.split.validation, or another validation split)"
+            )
         index = {name: i for i, name in enumerate(label_names)}
         encoded = tokenizer(rows["tokens"], is_split_into_words=True, truncation=True, max_length=data.max_length)
         labels, truncated = [], 0
@@ -105,8 +134,10 @@ class TokenClassification(Task):
         for row, names in enumerate(rows["label"]):
             unknown = sorted(set(names) - set(index))
             if unknown:
-                raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has tags {unknown[:5]} "
-                                f"that {where} ({label_names[:10]}); fix the data, the split or the names")
+                raise UserError(
+                    f"data.label_field = {data.label_field!r}: the {split} split has tags {unknown[:5]} "
+                    f"that {where} ({label_names[:10]}); fix the data, the split or the names"
+                )
             word_ids = encoded.word_ids(row)
             truncated += len({w for w in word_ids if w is not None}) < len(names)  # words cut at max_length
             labels.append(align_labels(word_ids, [index[n] for n in names]))
@@ -132,10 +163,13 @@ class TokenClassification(Task):
                 true.append([names[int(t)] for t in target[row][keep[row]]])
                 pred.append([names[int(p)] for p in guess[row][keep[row]]])
         correct = sum(a == b for t, p in zip(true, pred) for a, b in zip(t, p))
-        return {"f1": float(f1_score(true, pred, zero_division=0)),
-                "precision": float(precision_score(true, pred, zero_division=0)),
-                "recall": float(recall_score(true, pred, zero_division=0)),
-                "accuracy": correct / max(n, 1), "eval_loss": loss / max(n, 1)}
+        return {
+            "f1": float(f1_score(true, pred, zero_division=0)),
+            "precision": float(precision_score(true, pred, zero_division=0)),
+            "recall": float(recall_score(true, pred, zero_division=0)),
+            "accuracy": correct / max(n, 1),
+            "eval_loss": loss / max(n, 1),
+        }
 
 
 def align_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
@@ -152,11 +186,16 @@ def _check_scheme(labels: list[list[str]], data: Any, split: str) -> None:
     bad = sorted({tag for tags in labels for tag in tags if not ENTITY_TAG.match(tag)})
     if not bad:
         return
-    hint = ("; they look like ids: store them as integers and name them in id order with data.label_names"
-            if all(tag.isdigit() for tag in bad) else "")
-    raise UserError(f"data.label_field = {data.label_field!r}: the {split} split has tags {bad[:6]} that are not "
-                    "entity tags seqeval reads (O, or B-, I-, E-, S-, L-, U- and a type, as in IOB2, IOBES or "
-                    f"BILOU: B-PER, I-LOC){hint}")
+    hint = (
+        "; they look like ids: store them as integers and name them in id order with data.label_names"
+        if all(tag.isdigit() for tag in bad)
+        else ""
+    )
+    raise UserError(
+        f"data.label_field = {data.label_field!r}: the {split} split has tags {bad[:6]} that are not "
+        "entity tags seqeval reads (O, or B-, I-, E-, S-, L-, U- and a type, as in IOB2, IOBES or "
+        f"BILOU: B-PER, I-LOC){hint}"
+    )
 
 
 def _seqeval_tag(tag: str) -> str:

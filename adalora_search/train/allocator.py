@@ -65,7 +65,7 @@ class BatchedRankAllocator(RankAllocator):
         self._flat = [torch.zeros(total, dtype=first.dtype, device=first.device) for _ in range(3)]
         start = 0
         for n, p in zip(self._names, self._params):
-            views = [flat[start:start + p.numel()].view(p.shape) for flat in self._flat]
+            views = [flat[start : start + p.numel()].view(p.shape) for flat in self._flat]
             self.ipt[n], self.exp_avg_ipt[n], self.exp_avg_unc[n] = views
             start += p.numel()
 
@@ -77,10 +77,12 @@ class BatchedRankAllocator(RankAllocator):
         for n in self._names:  # named_parameters order, as PEFT iterates
             if f"lora_A.{self.adapter_name}" in n:
                 vectors.setdefault(n.replace("lora_A", "%s"), []).append(
-                    torch.mean(self._element_score(n), dim=1, keepdim=True))
+                    torch.mean(self._element_score(n), dim=1, keepdim=True)
+                )
             elif f"lora_B.{self.adapter_name}" in n:
                 vectors.setdefault(n.replace("lora_B", "%s"), []).append(
-                    torch.mean(self._element_score(n), dim=0, keepdim=False).view(-1, 1))
+                    torch.mean(self._element_score(n), dim=0, keepdim=False).view(-1, 1)
+                )
             elif f"lora_E.{self.adapter_name}" in n:
                 scores[n.replace("lora_E", "%s")] = self._element_score(n)
         names, triplets = [], []
@@ -98,7 +100,7 @@ class BatchedRankAllocator(RankAllocator):
         keep = (~drop).tolist()  # the only synchronisation
         pattern, start = {}, 0
         for n, t in zip(names, triplets):
-            pattern[n] = keep[start:start + t.numel()]
+            pattern[n] = keep[start : start + t.numel()]
             start += t.numel()
         return {n: pattern[n] for n in self._names if n in pattern}
 

@@ -49,8 +49,9 @@ class CompiledLoss:
         torch.compiler.reset()  # a new model per trial: earlier trials' graphs would count towards recompile_limit
         self.eager = loss_fn
         self.settings = settings
-        self.compiled = torch.compile(loss_fn, mode=settings.mode, dynamic=settings.dynamic,
-                                      fullgraph=settings.fullgraph)
+        self.compiled = torch.compile(
+            loss_fn, mode=settings.mode, dynamic=settings.dynamic, fullgraph=settings.fullgraph
+        )
         self.cuda_graphs = settings.cuda_graphs  # on a GPU; a CPU compiles without them
         self.fallback: str | None = None
         self.graphs = 0
@@ -93,8 +94,11 @@ class CompiledLoss:
         if self.fallback is None:
             _log.info(f"compiled: {self.graphs} graph(s) in {self.seconds:.1f} s (mode {self.settings.mode})")
         torch.compiler.reset()  # the trial's graphs (and CUDA graph memory pools) are not kept for later trials
-        out: dict[str, object] = {"mode": self.settings.mode, "graphs": self.graphs,
-                                  "compile_s": round(self.seconds, 3)}
+        out: dict[str, object] = {
+            "mode": self.settings.mode,
+            "graphs": self.graphs,
+            "compile_s": round(self.seconds, 3),
+        }
         if self.fallback is not None:
             out["fallback"] = self.fallback
         return out

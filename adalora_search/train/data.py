@@ -27,8 +27,8 @@ from adalora_search.train import sources, splits
 from adalora_search.train.splits import SPLITS, load_splits  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
-
     from adalora_search.tasks import Task
+
 
 def _datasets():  # noqa: ANN202 - the module
     import datasets
@@ -73,27 +73,36 @@ class TokenizedData:
 
         The same sentences go to ``validate``, the run's log and the study (``status``, the report).
         """
+
         def per_split(counts: dict[str, int], totals: dict[str, int]) -> str:
-            return ", ".join(f"{split} {n}" + (f" of {totals[split]}" if split in totals else "")
-                             for split, n in counts.items() if n)
+            return ", ".join(
+                f"{split} {n}" + (f" of {totals[split]}" if split in totals else "") for split, n in counts.items() if n
+            )
 
         notes = []
         if any(self.blank_labels.values()):
-            notes.append("rows with a blank label, left out (data.drop_blank_labels): "
-                         f"{per_split(self.blank_labels, self.source_rows)} source rows")
+            notes.append(
+                "rows with a blank label, left out (data.drop_blank_labels): "
+                f"{per_split(self.blank_labels, self.source_rows)} source rows"
+            )
         if any(self.duplicates.values()):
-            notes.append("rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
-                         f"{per_split(self.duplicates, self.source_rows)} source rows")
+            notes.append(
+                "rows that repeat an earlier row, removed before the split and the caps (data.deduplicate): "
+                f"{per_split(self.duplicates, self.source_rows)} source rows"
+            )
         if any(self.conflicts.values()):
-            notes.append("of those, rows whose text repeats an earlier row with another label (the first label was "
-                         f"kept; check the data): {per_split(self.conflicts, {})}")
+            notes.append(
+                "of those, rows whose text repeats an earlier row with another label (the first label was "
+                f"kept; check the data): {per_split(self.conflicts, {})}"
+            )
         for reason in sorted({reason for counts in self.dropped.values() for reason in counts}):
             counts = {split: self.dropped[split].get(reason, 0) for split in self.dropped}
             notes.append(f"rows left out ({reason}): {per_split(counts, {})}")
         if any(self.truncated.values()):
             sizes = {split: len(rows) for split, rows in self.splits.items()}
-            notes.append(f"rows longer than data.max_length, truncated: {per_split(self.truncated, sizes)} "
-                         f"({self.truncation})")
+            notes.append(
+                f"rows longer than data.max_length, truncated: {per_split(self.truncated, sizes)} ({self.truncation})"
+            )
         return notes
 
     @property
@@ -119,9 +128,19 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
     meta = json.loads((directory / "meta.json").read_text())
     stored = _datasets().load_from_disk(str(directory / "splits"))
     splits = {name: Split({c: list(stored[name][c]) for c in stored[name].column_names}) for name in stored}
-    return TokenizedData(splits, meta["label_names"], meta["pad_token_id"], meta["dropped"], meta["truncated"],
-                         meta["duplicates"], meta["source_rows"], meta.get("conflicts", {}),
-                         meta.get("blank_labels", {}), meta["truncation"], tokenizer)
+    return TokenizedData(
+        splits,
+        meta["label_names"],
+        meta["pad_token_id"],
+        meta["dropped"],
+        meta["truncated"],
+        meta["duplicates"],
+        meta["source_rows"],
+        meta.get("conflicts", {}),
+        meta.get("blank_labels", {}),
+        meta["truncation"],
+        tokenizer,
+    )
 
 
 def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
@@ -162,9 +181,15 @@ def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) ->
         encoded = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)
         tokenized[name] = _datasets().Dataset.from_dict(encoded.columns)
         dropped[name], truncated[name] = encoded.dropped, encoded.truncated
-    meta = {"label_names": label_names, "pad_token_id": pad_id(tokenizer), "dropped": dropped,
-            "truncated": truncated, **counts, "truncation": task.truncation(spec),
-            "sizes": {k: len(v) for k, v in tokenized.items()}}
+    meta = {
+        "label_names": label_names,
+        "pad_token_id": pad_id(tokenizer),
+        "dropped": dropped,
+        "truncated": truncated,
+        **counts,
+        "truncation": task.truncation(spec),
+        "sizes": {k: len(v) for k, v in tokenized.items()},
+    }
     with files.writing(directory, "the data cache ($ADALORA_SEARCH_CACHE)"):
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".tmp-"))
@@ -188,8 +213,14 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None,
-            pad_to_multiple_of: int | None = None, max_width: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+def batches(
+    split: Split,
+    batch_size: int,
+    pad_id: int,
+    shuffle_seed: int | None,
+    pad_to_multiple_of: int | None = None,
+    max_width: int | None = None,
+) -> Iterator[dict[str, torch.Tensor]]:
     """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given).
 
     ``pad_to_multiple_of``: each batch's width is rounded up to a multiple of it (at most ``max_width``,
@@ -203,12 +234,13 @@ def batches(split: Split, batch_size: int, pad_id: int, shuffle_seed: int | None
         rng = np.random.default_rng(shuffle_seed)
         order = rng.permutation(len(split))
         megabatch = batch_size * 50  # sort inside mega-batches: little padding, still random
-        order = np.concatenate([sorted(order[i:i + megabatch], key=lambda j: lengths[j])
-                                for i in range(0, len(order), megabatch)])
-        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = np.concatenate(
+            [sorted(order[i : i + megabatch], key=lambda j: lengths[j]) for i in range(0, len(order), megabatch)]
+        )
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         order_chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     else:
-        order_chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order_chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in order_chunks:
         yield _collate(split, chunk, pad_id, pad_to_multiple_of, max_width)
 
@@ -219,12 +251,13 @@ def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
     """
     out = np.full((len(rows), width), value, dtype=np.int64)
     for r, row in enumerate(rows):
-        out[r, :len(row)] = row
+        out[r, : len(row)] = row
     return torch.from_numpy(out)
 
 
-def _collate(split: Split, rows: np.ndarray, pad_id: int, multiple: int | None = None,
-             max_width: int | None = None) -> dict[str, torch.Tensor]:
+def _collate(
+    split: Split, rows: np.ndarray, pad_id: int, multiple: int | None = None, max_width: int | None = None
+) -> dict[str, torch.Tensor]:
     ids = [split.columns["input_ids"][i] for i in rows]
     lengths = np.array([len(x) for x in ids])
     width = int(lengths.max())

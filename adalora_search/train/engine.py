@@ -35,7 +35,7 @@ FINITE_CHECK_EVERY = 32  # optimizer steps between non-finite loss checks (each 
 class RunResult:
     """Everything a finished (or stopped) run leaves behind; JSON-serialisable via ``asdict``."""
 
-    metrics: dict[str, Any] = field(default_factory=dict)   # {"final": {...}, "best": {...}, "test": {...}}
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"final": {...}, "best": {...}, "test": {...}}
     history: list[dict[str, float]] = field(default_factory=list)
     rank_allocation: dict[str, int] = field(default_factory=dict)
     budget_curve: list[list[int]] = field(default_factory=list)
@@ -133,8 +133,13 @@ class TrialRun:
         t = self.cfg.training
         epoch = 0
         while True:  # epochs until total_steps; reshuffled (seeded) every epoch
-            yield from batches(self.data.splits["train"], t.batch_size, self.data.pad_token_id,
-                               shuffle_seed=t.seed * 1000 + epoch, **self._padding())
+            yield from batches(
+                self.data.splits["train"],
+                t.batch_size,
+                self.data.pad_token_id,
+                shuffle_seed=t.seed * 1000 + epoch,
+                **self._padding(),
+            )
             epoch += 1
 
     def _padding(self) -> dict[str, int | None]:
@@ -183,8 +188,10 @@ class TrialRun:
             first = int(bad.nonzero()[0, 0])
             micro = self.cfg.training.gradient_accumulation
             at = step - (len(losses) - 1 - first) // micro
-            raise TrialFailure(f"non-finite training loss ({float(losses[first])}) at step {at}; "
-                               "lower the learning rate or check the data")
+            raise TrialFailure(
+                f"non-finite training loss ({float(losses[first])}) at step {at}; "
+                "lower the learning rate or check the data"
+            )
 
     def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         t = self.cfg.training
@@ -192,8 +199,7 @@ class TrialRun:
         fused = self.device.type in ("cuda", "cpu")  # one fused kernel over all tensors (CPU too, torch >= 2.4)
         optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
         warmup = int(t.warmup_ratio * self.total_steps)
-        scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup,
-                                  num_training_steps=self.total_steps)
+        scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
         return optimizer, scheduler
 
     # ------------------------------------------------------------------ AdaLoRA
@@ -283,9 +289,15 @@ class TrialRun:
     def _context(self, split: str, final: bool) -> EvalContext:
         data = self.data.splits[split]
         return EvalContext(
-            forward=self._logits, split=data, label_names=self.data.label_names, tokenizer=self.data.tokenizer,
+            forward=self._logits,
+            split=data,
+            label_names=self.data.label_names,
+            tokenizer=self.data.tokenizer,
             batches=lambda: batches(data, self.cfg.training.eval_batch_size, self.data.pad_token_id, None),
-            generate=self._generate, generation=self.cfg.training.generation, final=final)
+            generate=self._generate,
+            generation=self.cfg.training.generation,
+            final=final,
+        )
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -298,21 +310,31 @@ class TrialRun:
         out: list[list[int]] = []
         size = self.cfg.training.eval_batch_size
         for i in range(0, len(prompts), size):
-            chunk = prompts[i:i + size]
+            chunk = prompts[i : i + size]
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                                do_sample=False, pad_token_id=pad, eos_token_id=eos)
+                generated = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    eos_token_id=eos,
+                )
             for row in generated[:, width:].tolist():
-                out.append(row[:row.index(eos)] if eos in row else row)
+                out.append(row[: row.index(eos)] if eos in row else row)
         return out
 
     def _record_timing(self, steps: int, tokens: int, seconds: float, eval_s: float) -> None:
         t = self.result.timing
-        t.update(steps=steps, train_s=round(seconds - eval_s, 3), eval_s=round(eval_s, 3),
-                 train_tokens_per_s=round(tokens / max(seconds - eval_s, 1e-9), 1))
+        t.update(
+            steps=steps,
+            train_s=round(seconds - eval_s, 3),
+            eval_s=round(eval_s, 3),
+            train_tokens_per_s=round(tokens / max(seconds - eval_s, 1e-9), 1),
+        )
         if self.compiled is not None:
             t["compile"] = self.compiled.finish()
         if self.device.type == "cuda":

@@ -33,8 +33,12 @@ def load_kwargs(spec: ModelSpec) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
 
         if spec.quantization == "4bit":
-            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                        bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+            config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_use_double_quant=True,
+            )
         else:
             config = BitsAndBytesConfig(load_in_8bit=True)
         kwargs.update(quantization_config=config, device_map={"": torch.cuda.current_device()})
@@ -57,24 +61,53 @@ def platform_problems(spec: StudySpec, cuda: bool | None = None) -> list[Problem
     m, problems = spec.model, []
     if quantized(m):
         if not on_cuda:
-            problems.append(Problem("model.quantization", m.quantization,
-                                    "bitsandbytes quantization needs a CUDA GPU (training.device is "
-                                    f"{spec.training.device!r}, CUDA available: {cuda}); use quantization: none "
-                                    "on this machine, or model.dtype: bfloat16 to halve the weights' memory"))
+            problems.append(
+                Problem(
+                    "model.quantization",
+                    m.quantization,
+                    "bitsandbytes quantization needs a CUDA GPU (training.device is "
+                    f"{spec.training.device!r}, CUDA available: {cuda}); use quantization: none "
+                    "on this machine, or model.dtype: bfloat16 to halve the weights' memory",
+                )
+            )
         elif importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(Problem("model.quantization", m.quantization,
-                                    "needs the bitsandbytes package: pip install bitsandbytes"))
+            problems.append(
+                Problem(
+                    "model.quantization", m.quantization, "needs the bitsandbytes package: pip install bitsandbytes"
+                )
+            )
         if m.init == "random":
-            problems.append(Problem("model.quantization", m.quantization,
-                                    "quantizes pretrained weights; with model.init: random use quantization: none"))
+            problems.append(
+                Problem(
+                    "model.quantization",
+                    m.quantization,
+                    "quantizes pretrained weights; with model.init: random use quantization: none",
+                )
+            )
         if any(r.kind == "full" for r in spec.study.references):
-            problems.append(Problem("study.references", "full", "full fine-tuning cannot train quantized "
-                                    "weights; remove the full reference, or use quantization: none"))
+            problems.append(
+                Problem(
+                    "study.references",
+                    "full",
+                    "full fine-tuning cannot train quantized "
+                    "weights; remove the full reference, or use quantization: none",
+                )
+            )
     if m.attn_implementation == "flash_attention_2":
         if not on_cuda:
-            problems.append(Problem("model.attn_implementation", m.attn_implementation,
-                                    "FlashAttention-2 needs a CUDA GPU; use sdpa (or leave it unset) on this machine"))
+            problems.append(
+                Problem(
+                    "model.attn_implementation",
+                    m.attn_implementation,
+                    "FlashAttention-2 needs a CUDA GPU; use sdpa (or leave it unset) on this machine",
+                )
+            )
         elif importlib.util.find_spec("flash_attn") is None:
-            problems.append(Problem("model.attn_implementation", m.attn_implementation,
-                                    "needs the flash-attn package: pip install flash-attn; or use sdpa"))
+            problems.append(
+                Problem(
+                    "model.attn_implementation",
+                    m.attn_implementation,
+                    "needs the flash-attn package: pip install flash-attn; or use sdpa",
+                )
+            )
     return problems

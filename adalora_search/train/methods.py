@@ -31,8 +31,9 @@ def _adalora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch
 def _lora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
     assert cfg.lora is not None, "a lora run names its ranks (TrialConfig.lora)"
     fan = modeling.conv1d_targets(base, list(cfg.lora.rank_pattern))
-    return get_peft_model(base, modeling.lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora,
-                                                     cfg.model.task, fan))
+    return get_peft_model(
+        base, modeling.lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora, cfg.model.task, fan)
+    )
 
 
 @dataclass(frozen=True)

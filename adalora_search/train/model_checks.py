@@ -19,8 +19,9 @@ from adalora_search.train.assets import resolve_model
 from adalora_search.train.modeling import HEADS, matching, meta_model
 
 
-def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any,
-                label_names: list[str] | None = None) -> None:
+def check_model(
+    spec: StudySpec, linears: dict[str, tuple[int, int]], config: Any, label_names: list[str] | None = None
+) -> None:
     """What would make every trial fail, found before trial 0; raises ``UserError`` listing it all."""
     from adalora_search.study.distributions import corners
 
@@ -28,12 +29,22 @@ def check_model(spec: StudySpec, linears: dict[str, tuple[int, int]], config: An
     for targets in corners(spec.adalora.target_modules):
         if not matching(linears, list(targets)):
             names = sorted({n.rsplit(".", 1)[-1] for n in linears if not n.startswith(HEADS)})
-            problems.append(Problem("adalora.target_modules", targets, f"matches no Linear or Conv1D module of "
-                                    f"{spec.model.name_or_path}; its module names end in {names}"))
+            problems.append(
+                Problem(
+                    "adalora.target_modules",
+                    targets,
+                    f"matches no Linear or Conv1D module of {spec.model.name_or_path}; its module names end in {names}",
+                )
+            )
     positions = max_positions(config)
     if positions is not None and spec.data.max_length > positions:
-        problems.append(Problem("data.max_length", spec.data.max_length,
-                                f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}"))
+        problems.append(
+            Problem(
+                "data.max_length",
+                spec.data.max_length,
+                f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}",
+            )
+        )
     problems += _head_problems(spec, label_names)
     problems += memory.platform_problems(spec)
     if problems:
@@ -71,14 +82,25 @@ def _head_problems(spec: StudySpec, label_names: list[str] | None) -> list[Probl
     if found is None:
         built = meta_model(spec.model, label_names)[0].state_dict()
         shapes = _checkpoint_shapes(Path(path))
-        clash = next((name for name, shape in shapes.items() if name in built and name.startswith(HEADS)
-                      and tuple(built[name].shape) != shape), None)
+        clash = next(
+            (
+                name
+                for name, shape in shapes.items()
+                if name in built and name.startswith(HEADS) and tuple(built[name].shape) != shape
+            ),
+            None,
+        )
         found = shapes[clash][0] if clash is not None else None
     if found is None:
         return []
-    return [Problem("model.ignore_mismatched_sizes", False,
-                    f"the checkpoint's head has {found} outputs but model.task {spec.model.task} needs "
-                    f"{expected} here; set model.ignore_mismatched_sizes: true to train a new head")]
+    return [
+        Problem(
+            "model.ignore_mismatched_sizes",
+            False,
+            f"the checkpoint's head has {found} outputs but model.task {spec.model.task} needs "
+            f"{expected} here; set model.ignore_mismatched_sizes: true to train a new head",
+        )
+    ]
 
 
 def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:

@@ -34,8 +34,10 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load its tokenizer ({exc}); "
-                        "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
+        raise UserError(
+            f"model.name_or_path = {spec.name_or_path!r}: cannot load its tokenizer ({exc}); "
+            "use a packaged name (minilm-l6), a local directory, or a reachable Hub id"
+        ) from None
     if spec.chat_template is not None:  # the study's template replaces the tokenizer's everywhere
         tokenizer.chat_template = spec.chat_template
     return tokenizer
@@ -51,14 +53,22 @@ def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
     kwargs = task.config_kwargs(label_names)
     clash = sorted(set(kwargs) & set(spec.config_overrides))
     if clash:
-        raise UserError(f"model.config_overrides.{clash[0]} = {spec.config_overrides[clash[0]]!r}: model.task "
-                        f"{spec.task} sets it from the data; remove it from config_overrides")
+        raise UserError(
+            f"model.config_overrides.{clash[0]} = {spec.config_overrides[clash[0]]!r}: model.task "
+            f"{spec.task} sets it from the data; remove it from config_overrides"
+        )
     try:
-        config = AutoConfig.from_pretrained(resolve_model(spec.name_or_path), trust_remote_code=spec.trust_remote_code,
-                                            **kwargs, **spec.config_overrides)
+        config = AutoConfig.from_pretrained(
+            resolve_model(spec.name_or_path),
+            trust_remote_code=spec.trust_remote_code,
+            **kwargs,
+            **spec.config_overrides,
+        )
     except (OSError, ValueError) as exc:
-        raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
-                        "use a packaged name (minilm-l6), a local directory, or a reachable Hub id") from None
+        raise UserError(
+            f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
+            "use a packaged name (minilm-l6), a local directory, or a reachable Hub id"
+        ) from None
     if getattr(config, "pad_token_id", None) is None and task.pools_on_pad:
         config.pad_token_id = getattr(config, "eos_token_id", None)  # GPT-2-style models batch with EOS as pad
     return config
@@ -77,13 +87,18 @@ def build_base(spec: ModelSpec, label_names: list[str] | None, seed: int) -> tor
         if spec.init == "random":
             model = auto.from_config(config, trust_remote_code=spec.trust_remote_code, **memory.load_kwargs(spec))
         else:
-            model = auto.from_pretrained(resolve_model(spec.name_or_path), config=config,
-                                         trust_remote_code=spec.trust_remote_code,
-                                         ignore_mismatched_sizes=spec.ignore_mismatched_sizes,
-                                         **_weights_dtype(spec), **memory.load_kwargs(spec))
+            model = auto.from_pretrained(
+                resolve_model(spec.name_or_path),
+                config=config,
+                trust_remote_code=spec.trust_remote_code,
+                ignore_mismatched_sizes=spec.ignore_mismatched_sizes,
+                **_weights_dtype(spec),
+                **memory.load_kwargs(spec),
+            )
     except (OSError, ValueError, RuntimeError) as exc:
-        hint = ("; set model.ignore_mismatched_sizes: true to re-initialise the head"
-                if "size" in str(exc).lower() else "")
+        hint = (
+            "; set model.ignore_mismatched_sizes: true to re-initialise the head" if "size" in str(exc).lower() else ""
+        )
         raise UserError(f"model.name_or_path = {spec.name_or_path!r}: cannot load ({str(exc)[:300]}){hint}") from None
     if memory.quantized(spec):
         return model  # placed and typed by bitsandbytes
@@ -103,15 +118,24 @@ def _weights_dtype(spec: ModelSpec) -> dict[str, Any]:
 
 
 # the study file's adalora fields -> PEFT's AdaLoraConfig names (the one place they are renamed)
-PEFT_NAMES = {"target_modules": "target_modules", "init_r": "init_r", "target_r": "target_r",
-              "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout", "beta1": "beta1", "beta2": "beta2",
-              "orth_reg_weight": "orth_reg_weight", "schedule.delta_t": "deltaT"}
+PEFT_NAMES = {
+    "target_modules": "target_modules",
+    "init_r": "init_r",
+    "target_r": "target_r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "beta1": "beta1",
+    "beta2": "beta2",
+    "orth_reg_weight": "orth_reg_weight",
+    "schedule.delta_t": "deltaT",
+}
 # adalora fields PEFT gets in optimizer steps, converted by schedule_steps (with schedule.unit)
 SCHEDULE_NAMES = {"schedule.t_init": "tinit", "schedule.t_final": "tfinal"}
 
 
-def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classification",
-                   fan_in_fan_out: bool = False) -> AdaLoraConfig:
+def adalora_config(
+    adalora: AdaLoraSpec, total_steps: int, task: str = "classification", fan_in_fan_out: bool = False
+) -> AdaLoraConfig:
     """PEFT's AdaLoraConfig for a run of ``total_steps`` optimizer steps (every knob of ``adalora`` fixed).
 
     ``schedule.t_init`` / ``t_final`` become PEFT's ``tinit`` / ``tfinal`` in optimizer steps.
@@ -119,8 +143,14 @@ def adalora_config(adalora: AdaLoraSpec, total_steps: int, task: str = "classifi
     fields = adalora.model_dump()
     values = {peft: _at(fields, path) for path, peft in PEFT_NAMES.items()}
     t_init, t_final = schedule_steps(adalora.schedule, total_steps)
-    return AdaLoraConfig(task_type=get_task(task).peft_task_type, tinit=t_init, tfinal=t_final,
-                         total_step=total_steps, fan_in_fan_out=fan_in_fan_out, **values)
+    return AdaLoraConfig(
+        task_type=get_task(task).peft_task_type,
+        tinit=t_init,
+        tfinal=t_final,
+        total_step=total_steps,
+        fan_in_fan_out=fan_in_fan_out,
+        **values,
+    )
 
 
 def _at(fields: dict[str, Any], path: str) -> Any:
@@ -136,17 +166,26 @@ def schedule_steps(schedule: ScheduleSpec, total_steps: int) -> tuple[int, int]:
     return int(schedule.t_init), int(schedule.t_final)
 
 
-def lora_config(ranks: dict[str, int], alphas: dict[str, float], knobs: AdaLoraSpec,
-                task: str = "classification", fan_in_fan_out: bool = False) -> LoraConfig:
+def lora_config(
+    ranks: dict[str, int],
+    alphas: dict[str, float],
+    knobs: AdaLoraSpec,
+    task: str = "classification",
+    fan_in_fan_out: bool = False,
+) -> LoraConfig:
     """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns."""
     kept = {name: r for name, r in ranks.items() if r > 0}
     default_r = max(kept.values(), default=1)
     return LoraConfig(
-        task_type=get_task(task).peft_task_type, fan_in_fan_out=fan_in_fan_out,
-        target_modules=sorted(kept), r=default_r,
-        lora_alpha=alphas.get(next(iter(kept), ""), knobs.lora_alpha), lora_dropout=knobs.lora_dropout,
+        task_type=get_task(task).peft_task_type,
+        fan_in_fan_out=fan_in_fan_out,
+        target_modules=sorted(kept),
+        r=default_r,
+        lora_alpha=alphas.get(next(iter(kept), ""), knobs.lora_alpha),
+        lora_dropout=knobs.lora_dropout,
         # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
-        rank_pattern=dict(kept), alpha_pattern={n: alphas[n] for n in kept},
+        rank_pattern=dict(kept),
+        alpha_pattern={n: alphas[n] for n in kept},
     )
 
 
@@ -164,8 +203,7 @@ def triplet_params(model: torch.nn.Module) -> dict[str, int]:
 
 def head_params(model: torch.nn.Module) -> int:
     """Trainable parameters outside the adapters (the new classification head)."""
-    return sum(p.numel() for n, p in model.named_parameters()
-               if p.requires_grad and "lora_" not in n)
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n)
 
 
 def inspect(spec: ModelSpec, label_names: list[str] | None = None) -> tuple[dict[str, tuple[int, int]], Any]:

@@ -47,7 +47,7 @@ class OrthogonalRegularizer:
         """R, the mean Frobenius distance of ``P Pᵀ`` and ``Qᵀ Q`` from the identity (0-dim tensor)."""
         total = torch.zeros(())
         for (kind, _), params in self.groups:
-            stacked = torch.stack(params)                                   # [n, r, in] or [n, out, r]
+            stacked = torch.stack(params)  # [n, r, in] or [n, out, r]
             cov = stacked @ stacked.mT if kind == "A" else stacked.mT @ stacked  # [n, r, r]
             eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
             total = total.to(cov) + torch.linalg.matrix_norm(cov - eye, ord="fro").sum()

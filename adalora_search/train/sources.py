@@ -50,8 +50,9 @@ def load(src: Source) -> dict[str, datasets.Dataset]:
         cause = exc.__cause__ or exc
         csv = src.type == "files" and src.format == "csv"
         hint = "; if the file uses another separator, set data.source.delimiter" if csv else ""
-        raise UserError(f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: "
-                        f"{str(cause)[:300]}{hint}") from None
+        raise UserError(
+            f"data.source: cannot load {src.model_dump()}: {type(cause).__name__}: {str(cause)[:300]}{hint}"
+        ) from None
 
 
 def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
@@ -59,8 +60,10 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
         if not Path(path).exists():
             raise UserError(f"data.source.paths.{split} = {path!r}: no such file; check the path")
         if Path(path).is_dir():
-            raise UserError(f"data.source.paths.{split} = {path!r}: a folder, not a data file; name the {src.format} "
-                            "file (a folder written by save_to_disk is {type: disk, path})")
+            raise UserError(
+                f"data.source.paths.{split} = {path!r}: a folder, not a data file; name the {src.format} "
+                "file (a folder written by save_to_disk is {type: disk, path})"
+            )
         if Path(path).is_file() and not Path(path).read_bytes()[:65536].strip():
             raise UserError(f"data.source.paths.{split} = {path!r}: the file is empty; point it at the data")
     builder = {"jsonl": "json"}.get(src.format, src.format)
@@ -69,8 +72,9 @@ def _load_files(src: FilesSource) -> dict[str, datasets.Dataset]:
     options = {"delimiter": src.delimiter} if src.delimiter is not None else {}
     # datasets keys its own cache of a local file by its mtime alone: read the files again (this runs only when
     # the tokenized cache, keyed by the files' content, has no entry)
-    return dict(_datasets().load_dataset(builder, data_files=dict(src.paths), download_mode="force_redownload",
-                                         **options))
+    return dict(
+        _datasets().load_dataset(builder, data_files=dict(src.paths), download_mode="force_redownload", **options)
+    )
 
 
 def _load_saved(src: DiskSource) -> dict[str, datasets.Dataset]:
@@ -81,14 +85,18 @@ def _load_saved(src: DiskSource) -> dict[str, datasets.Dataset]:
     """
     path = Path(src.path)
     if not path.is_dir():
-        raise UserError(f"data.source.path = {src.path!r}: no such directory; check the path (relative paths "
-                        "are relative to the study file)")
+        raise UserError(
+            f"data.source.path = {src.path!r}: no such directory; check the path (relative paths "
+            "are relative to the study file)"
+        )
     saved_dict = (path / "dataset_dict.json").is_file()
     if not saved_dict and not ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
-        raise UserError(f"data.source.path = {src.path!r}: not a dataset saved with save_to_disk (it has no "
-                        "dataset_dict.json, nor state.json and dataset_info.json); save it with "
-                        "Dataset.save_to_disk or DatasetDict.save_to_disk, or read data files with "
-                        "{type: files, format, paths}")
+        raise UserError(
+            f"data.source.path = {src.path!r}: not a dataset saved with save_to_disk (it has no "
+            "dataset_dict.json, nor state.json and dataset_info.json); save it with "
+            "Dataset.save_to_disk or DatasetDict.save_to_disk, or read data files with "
+            "{type: files, format, paths}"
+        )
     loaded = _datasets().load_from_disk(str(path))
     return dict(loaded) if isinstance(loaded, _datasets().DatasetDict) else {"train": loaded}
 

@@ -43,8 +43,10 @@ def load_splits(spec: DataSpec, task: Task, counts: dict[str, Any] | None = None
     names = spec.splits.model_dump()
     source = {role: loaded[name] for role, name in names.items() if name is not None and name in loaded}
     if "train" not in source:
-        raise UserError(f"data.splits.train = {spec.splits.train!r}: the source has splits {sorted(loaded)}; "
-                        "name the training split")
+        raise UserError(
+            f"data.splits.train = {spec.splits.train!r}: the source has splits {sorted(loaded)}; "
+            "name the training split"
+        )
     _check_columns(task.columns(spec), source)
     feature = source["train"].features.get(spec.label_field)
     class_names = getattr(feature, "names", None) or getattr(getattr(feature, "feature", None), "names", None)
@@ -63,8 +65,10 @@ def load_splits(spec: DataSpec, task: Task, counts: dict[str, Any] | None = None
     if spec.split is not None:
         source = _carve(source["train"], spec, task)
     elif "validation" not in source:
-        raise UserError(f"data.split: the source has splits {sorted(source)} but no validation split; "
-                        "add `split: {validation: 0.1, test: 0.1, seed: 0}`")
+        raise UserError(
+            f"data.split: the source has splits {sorted(source)} but no validation split; "
+            "add `split: {validation: 0.1, test: 0.1, seed: 0}`"
+        )
     source = _cap(source, spec)
     for name, ds in source.items():
         if len(ds) == 0:
@@ -78,8 +82,10 @@ def _check_columns(columns: list[tuple[str, str]], source: dict[str, datasets.Da
             if column not in ds.column_names:
                 joined = len(ds.column_names) == 1 and any(c in ds.column_names[0] for c in ";\t|")
                 hint = "; the file seems to use another separator: set data.source.delimiter" if joined else ""
-                raise UserError(f"data.{field_name}: column {column!r} is not in the {name} split; "
-                                f"its columns are {ds.column_names}{hint}")
+                raise UserError(
+                    f"data.{field_name}: column {column!r} is not in the {name} split; "
+                    f"its columns are {ds.column_names}{hint}"
+                )
 
 
 def _select(ds: datasets.Dataset, spec: DataSpec, task: Task, split: str) -> datasets.Dataset:
@@ -88,8 +94,10 @@ def _select(ds: datasets.Dataset, spec: DataSpec, task: Task, split: str) -> dat
         return _datasets().Dataset.from_dict(task.select(rows, spec, split, ds.features))
     except DataRowError as exc:  # say where the row is: its file and line
         name = getattr(spec.splits, split)
-        raise exc.at(sources.row_location(spec.source, name, exc.row) or f"row {exc.row + 1} of the {split} "
-                     "split (counting from 1)") from None
+        raise exc.at(
+            sources.row_location(spec.source, name, exc.row)
+            or f"row {exc.row + 1} of the {split} split (counting from 1)"
+        ) from None
 
 
 def _dedupe(ds: datasets.Dataset, task: Task) -> tuple[datasets.Dataset, int]:
@@ -119,21 +127,26 @@ def _carve(train: datasets.Dataset, spec: DataSpec, task: Task) -> dict[str, dat
     labels = list(train["label"]) if task.stratify else []
     stratify = labels if split.stratify and task.stratify else None
     if stratify is not None and len(set(labels)) < 2:
-        raise UserError(f"data.label_field = {spec.label_field!r}: the data has a single class "
-                        f"{labels[0]!r}; classification needs at least two")
+        raise UserError(
+            f"data.label_field = {spec.label_field!r}: the data has a single class "
+            f"{labels[0]!r}; classification needs at least two"
+        )
     idx = np.arange(len(train))
     try:
         rest, val = train_test_split(idx, test_size=split.validation, random_state=split.seed, stratify=stratify)
         out = {"validation": val}
         if split.test > 0:
             strat_rest = [labels[i] for i in rest] if stratify is not None else None
-            rest, test = train_test_split(rest, test_size=split.test / (1 - split.validation),
-                                          random_state=split.seed, stratify=strat_rest)
+            rest, test = train_test_split(
+                rest, test_size=split.test / (1 - split.validation), random_state=split.seed, stratify=strat_rest
+            )
             out["test"] = test
     except ValueError as exc:
-        raise UserError(f"data.split: cannot split {len(train)} rows as asked ({str(exc).split(';')[0]}); "
-                        "use larger fractions, more data, or stratify: false (data.deduplicate removes "
-                        "repeated rows first)") from None
+        raise UserError(
+            f"data.split: cannot split {len(train)} rows as asked ({str(exc).split(';')[0]}); "
+            "use larger fractions, more data, or stratify: false (data.deduplicate removes "
+            "repeated rows first)"
+        ) from None
     return {"train": train.select(sorted(rest)), **{k: train.select(sorted(v)) for k, v in out.items()}}
 
 

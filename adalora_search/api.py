@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +51,25 @@ def load_study_spec(source: str | os.PathLike[str] | Mapping[str, Any]) -> Study
         UserError: every problem found, each naming its field (and, for a file, its line).
     """
     if isinstance(source, Mapping):
-        spec = parse_spec(yaml.safe_dump(dict(source), sort_keys=False), "<dict>")
+        try:
+            spec = parse_spec(yaml.safe_dump(_plain(source), sort_keys=False), "<dict>")
+        except yaml.YAMLError as exc:
+            raise UserError(
+                f"<dict>: not a study: {str(exc).splitlines()[0]}; use plain values (str, numbers, lists, dicts)"
+            ) from None
+        except UserError as exc:  # no line numbers: they would point into a text the user never saw
+            raise UserError(exc.message, [replace(p, line=None) for p in exc.problems], exc.source) from None
         return resolve_paths(spec, Path.cwd())
     return load_spec(source)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists, as a study file would write them."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
 @dataclass(frozen=True)

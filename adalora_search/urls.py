@@ -65,8 +65,8 @@ def mask(url: str) -> str:
     A text without ``://`` (a local path) is returned as it is; a URL with a raw '@' in its password
     keeps only its scheme and user name, since where the password ends cannot be known.
     """
-    if "://" not in url:
-        return url
+    if "://" not in url:  # a local path, or a URL missing its "//": never shown if it may hold a password
+        return url if "@" not in url else "<unparseable URL>"
     if ambiguous_password(url):
         return _redacted(url)
     try:

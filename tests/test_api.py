@@ -13,7 +13,7 @@ from conftest import study_dict
 
 import adalora_search as als
 from adalora_search.errors import UserError
-from adalora_search.search.record import TrialRecord
+from adalora_search.search.record import ReferenceResult, TrialRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,10 +59,37 @@ def test_a_spec_from_a_dict_is_checked_like_a_file(tmp_path: Path, monkeypatch: 
     assert checked.ok and any("knobs:" in line for line in checked.summary)
     with pytest.raises(UserError, match="target_r must be < init_r") as info:
         als.load_study_spec(study_dict(adalora={"init_r": 2, "target_r": 4}))
-    assert [p.field for p in info.value.problems] == ["adalora.target_r"]
+    assert [(p.field, p.line) for p in info.value.problems] == [("adalora.target_r", None)]  # no line of a text
+    with_path = study_dict(study={"storage": None, "artifact_store": tmp_path / "kept"})  # a Path value, as in code
+    assert als.load_study_spec(with_path).study.artifact_store == str(tmp_path / "kept")
     bad = als.validate(str(tmp_path / "missing.yaml"))
     assert not bad.ok and "cannot read study file" in bad.problems[0].message
     with pytest.raises(UserError, match="save it as YAML"):  # workers read a file; this spec has none
         als.run(spec, n_trials=1, workers=2)
     with pytest.raises(UserError, match="no study storage"):
         als.status(spec)
+
+
+def test_stored_references_keep_their_shape() -> None:
+    """``ReferenceResult`` writes the study attr as it always was: readers tell a failed run by its keys."""
+    trained = {
+        "metrics": {"final": {"accuracy": 0.9}, "test": {"accuracy": 0.8}},
+        "trainable_params": {"final": 10},
+        "timing": {"train_s": 1.0},
+        "learning_rate": 1e-3,
+        "warnings": [],
+        "tried": [{"learning_rate": 1e-3, "validation": 0.9, "failure": None}],
+        "of_trial": 4,
+    }
+    failed = {
+        "failure": "RuntimeError: diverged",
+        "learning_rate": 1e-2,
+        "tried": [{"learning_rate": 1e-2, "validation": None, "failure": "RuntimeError: diverged"}],
+        "of_trial": 4,
+    }
+    assert ReferenceResult.of(trained).as_attr() == trained and ReferenceResult.of(failed).as_attr() == failed
+    assert ReferenceResult.of(trained).trained and not ReferenceResult.of(failed).trained
+    assert (
+        ReferenceResult.of({**trained, "metrics": {"final": {"accuracy": 0.9}, "test": None}}).metric("test", "x")
+        is None
+    )  # an older study stored a missing test split as null

@@ -299,6 +299,7 @@ def test_one_masker_for_storage_and_tracking_urls(url: str) -> None:
     shown = urls.mask(url) + urls.redact(f"connection to {url} refused", url)
     assert "alice" in shown and "winter" not in shown and "2031" not in shown
     assert urls.mask("./mlruns") == "./mlruns"
+    assert "winter" not in urls.mask("postgresql:alice:winter2031@db/x")  # no "//": not parsed, not shown either
 
 
 # ---------------------------------------------------------------- 7. objective direction

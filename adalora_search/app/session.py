@@ -114,11 +114,8 @@ def run_session(
             )
     else:
         work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed, study=study)
-    return study, [
-        *finish_study(spec, study, data),
-        f"report: adalora-search report {study_file}",
-        f"export: adalora-search export {study_file} --out DIR",
-    ]
+    then = [f"report: adalora-search report {study_file}", f"export: adalora-search export {study_file} --out DIR"]
+    return study, [*finish_study(spec, study, data), *(then if spec.study_file is not None else [])]
 
 
 def stored_line(study: optuna.Study) -> str:

@@ -5,10 +5,11 @@ Reads and rewrites JSON and Markdown only: no training stack is imported.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from adalora_search import files
-from adalora_search.results.manifest import MANIFEST_FILE, read_manifest
+from adalora_search.results.manifest import manifest_path, read_manifest
 from adalora_search.results.model_card import peft_class
 
 
@@ -46,9 +47,8 @@ def relocate(out: Path) -> list[str]:
     Raises:
         UserError: ``out`` holds no export.
     """
-    data = read_manifest(out, "--relocate")
-    path = out / MANIFEST_FILE
-    old = str(data.base_model_name_or_path)
+    path = manifest_path(out, "--relocate")  # an export of any version: only its base is read
+    old = str(json.loads(path.read_text()).get("base_model_name_or_path"))
     if not (out / "base").is_dir() or Path(old).name != "base":
         return [f"{out}: the base model is {old!r}, not a folder of the export: nothing to relocate"]
     new = str((out / "base").resolve())

@@ -70,21 +70,33 @@ class ExportManifest(BaseModel):
         return self.metrics.get(which, {}).get(name)
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON object written to ``rank_config.json`` (and, in this order, to ``rank_config.yaml``)."""
-        return self.model_dump(mode="json")
+        """The object written to ``rank_config.json`` (and, in this order, to ``rank_config.yaml``): values as
+        stored (a non-finite metric stays NaN, as ``json.dumps`` writes it).
+        """
+        return self.model_dump()
 
 
-def read_manifest(out: Path, field: str) -> ExportManifest:
-    """An export's ``rank_config.json`` (what ``retrain`` and ``--relocate`` start from).
+def manifest_path(out: Path, field: str) -> Path:
+    """``out``'s ``rank_config.json`` (read as it is by ``--relocate``: an export of any version).
 
     Raises:
-        UserError: naming ``field`` when ``out`` holds no export, or one this version cannot read.
+        UserError: naming ``field`` when ``out`` holds no export.
     """
     path = out / MANIFEST_FILE
     if not path.is_file():
         raise UserError(
             f"{field} = {str(out)!r}: no {MANIFEST_FILE} there; name a folder written by `adalora-search export`"
         )
+    return path
+
+
+def read_manifest(out: Path, field: str) -> ExportManifest:
+    """An export's ``rank_config.json``, typed (what ``retrain`` and the API start from).
+
+    Raises:
+        UserError: naming ``field`` when ``out`` holds no export, or one this version cannot read.
+    """
+    path = manifest_path(out, field)
     try:
         return ExportManifest.model_validate(json.loads(path.read_text()))
     except ValueError as exc:  # JSONDecodeError, pydantic's ValidationError

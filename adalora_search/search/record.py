@@ -1,9 +1,11 @@
 """What a trial and a study leave in the study storage, read back as typed records.
 
 ``objective.py`` writes a trial's user attrs when it ends (in any state); ``runner.py`` and
-``results/references.py`` write the study's. Every reader (status, report, export, references, the
-runner's failure check) reads them through ``TrialRecord.of`` and ``StudyRecord.of``: an attr that is
-missing (a trial that failed early, a study from an older version) reads as empty here, once.
+``results/references.py`` write the study's. Every reader of results (status, report, export,
+references, the runner's failure check, the API) reads them through ``TrialRecord.of`` and
+``StudyRecord.of``: an attr that is missing (a trial that failed early, a study from an older
+version) reads as empty here, once. Bookkeeping attrs (``fingerprint``, ``baselines_enqueued``) are
+read only by the module that writes them.
 """
 
 from __future__ import annotations
@@ -143,8 +145,13 @@ class ReferenceResult:
         )
 
     def as_attr(self) -> dict[str, Any]:
-        """The JSON object stored in the study attr (``of`` reads it back)."""
-        return asdict(self)
+        """The JSON object stored in the study attr (``of`` reads it back), in the shape the study attr has
+        always had: a failed run stores only ``failure``, ``learning_rate``, ``tried`` and ``of_trial``; a
+        trained one has no ``failure`` key (readers of ``status --json`` tell them apart by the keys).
+        """
+        out = asdict(self)
+        kept = ("failure", "learning_rate", "tried", "of_trial") if self.failure is not None else tuple(out)
+        return {k: v for k, v in out.items() if k in kept and not (v is None and k in ("failure", "of_trial"))}
 
     def metric(self, which: str, name: str) -> float | None:
         """``which`` ("final", "test") value of metric ``name``, or None."""

@@ -223,7 +223,7 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
     data = {
         "study": study.study_name,
         "directions": [d.name.lower() for d in study.directions],
-        "objectives": stored.objectives,
+        "objectives": stored.objectives or None,
         "counts": counts,
         "progress": progress(study),
         "best": best_row,

@@ -45,7 +45,9 @@ def check(spec: StudySpec) -> list[Problem]:
 
 def _ranks(spec: StudySpec, c: dict[str, list[Any]], where: str) -> list[Problem]:
     max_target = max(c["adalora.target_r"])
-    problem = rank_problem(max_target, min(c["adalora.init_r"]))
+    problem = rank_problem(
+        max_target, min(c["adalora.init_r"]), searched=len(c["adalora.target_r"]) > 1 or len(c["adalora.init_r"]) > 1
+    )
     return [] if problem is None else [Problem(f"{where}.target_r", max_target, problem)]
 
 

@@ -86,19 +86,21 @@ class TrialConfig(Frozen):
         return self
 
 
-def rank_problem(target_r: int, init_r: int) -> str | None:
+def rank_problem(target_r: int, init_r: int, searched: bool = False) -> str | None:
     """Why ranks cannot be trained together, or None: ``target_r`` must be < ``init_r``.
 
-    The one check of this rule: a trial config passes its two values, a search space the corners
-    that come closest (the largest ``target_r``, the smallest ``init_r``). PEFT's rank allocator
-    crashes in ``kthvalue`` when there is nothing to prune.
+    The one check of this rule: a trial config passes its two values, a search space (``searched``)
+    the corners that come closest (the largest ``target_r``, the smallest ``init_r``). PEFT's rank
+    allocator crashes in ``kthvalue`` when there is nothing to prune.
     """
     if target_r < init_r:
         return None
-    return (
-        f"target_r must be < init_r, but target_r can be {target_r} while init_r can be {init_r}; "
-        "lower target_r or raise init_r"
-    )
+    if searched:
+        return (
+            f"target_r must be < init_r for every sample, but target_r can reach {target_r} while init_r can "
+            f"be as low as {init_r}; lower target_r's high or raise init_r's low"
+        )
+    return f"target_r must be < init_r, but got target_r={target_r}, init_r={init_r}; lower target_r or raise init_r"
 
 
 def optimizer_steps(training: TrainingSpec, n_train: int) -> int:

@@ -169,16 +169,18 @@ def run(
     gpus: Sequence[str] = (),
     workers_per_gpu: int = 1,
     allow_changed: bool = False,
+    gpus_per_trial: int = 1,
 ) -> StudyResult:
     """Run (or resume) the search, then the reference runs; as ``adalora-search run``.
 
     ``n_trials`` / ``timeout`` override the study's budget; ``storage`` its storage URL. ``workers`` > 1
     or ``gpus`` start worker processes, which read the study file (a spec built in Python runs in this
-    process only).
+    process only); ``gpus_per_trial`` > 1 trains each trial on that many processes (data parallel, one
+    GPU each, or the CPU without one).
     """
     with quiet_warnings():
         stored, lines = session.run_session(
-            study, n_trials, timeout, storage, workers, list(gpus), allow_changed, workers_per_gpu
+            study, n_trials, timeout, storage, workers, list(gpus), allow_changed, workers_per_gpu, gpus_per_trial
         )
         return StudyResult.of(stored, lines)
 

@@ -124,7 +124,23 @@ def _budget_options(f):
         is_flag=True,
         help="go on with a stored study created from a different study file (not comparable)",
     )(f)
+    f = click.option(
+        "--gpus-per-trial",
+        type=click.IntRange(min=1),
+        default=1,
+        help="processes (one per GPU; on the CPU without one) each trial trains on, data parallel",
+    )(f)
+    f = click.option("--fsdp", is_flag=True, help="not offered: says why (README, Beyond one GPU)")(f)
     return click.option("--storage", help="SQLAlchemy URL; overrides study.storage")(f)
+
+
+FSDP_REFUSED = (
+    "--fsdp: not offered. AdaLoRA's rank pruning ranks every singular triplet of every adapted matrix against one "
+    "global threshold, from importance scores of whole P, Lambda and Q tensors and their gradients; FSDP shards "
+    "those tensors over the ranks, so PEFT's update_and_allocate would score a shard on each and prune differently "
+    "per rank, and no test here proves otherwise. Use --gpus-per-trial N (data parallel: the same allocation on "
+    "every rank, checked) or model.device_map: auto (one model across the GPUs)"
+)
 
 
 @cli.command()
@@ -139,13 +155,26 @@ def _budget_options(f):
     help="workers sharing each GPU (--gpus, default every visible one; the CPU without one)",
 )
 def run(
-    study_file: str, n_trials, timeout, storage, allow_changed: bool, workers: int, gpus: str, workers_per_gpu: int
+    study_file: str,
+    n_trials,
+    timeout,
+    storage,
+    allow_changed: bool,
+    fsdp: bool,
+    gpus_per_trial: int,
+    workers: int,
+    gpus: str,
+    workers_per_gpu: int,
 ) -> None:
     """Run (or resume) the search of STUDY_FILE."""
     from adalora_search import api
 
+    if fsdp:
+        raise UserError(FSDP_REFUSED)
     gpu_ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    result = api.run(study_file, n_trials, timeout, storage, workers, gpu_ids, workers_per_gpu, allow_changed)
+    result = api.run(
+        study_file, n_trials, timeout, storage, workers, gpu_ids, workers_per_gpu, allow_changed, gpus_per_trial
+    )
     for line in result.lines:
         click.echo(line)  # the result, on stdout; progress went to stderr through logging
 
@@ -153,11 +182,15 @@ def run(
 @cli.command()
 @click.argument("study_file")
 @_budget_options
-def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool) -> None:
+def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool, fsdp: bool, gpus_per_trial: int) -> None:
     """One worker process (started by `run --workers`, or by hand on another machine)."""
+    from adalora_search.app.quiet import quiet_warnings
     from adalora_search.app.session import run_worker
 
-    run_worker(study_file, n_trials, timeout, storage, allow_changed)
+    if fsdp:
+        raise UserError(FSDP_REFUSED)
+    with quiet_warnings():
+        run_worker(study_file, n_trials, timeout, storage, allow_changed, gpus_per_trial)
 
 
 def _study_options(f):

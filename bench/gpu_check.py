@@ -16,6 +16,9 @@ what is done; a section that raises is recorded under ``errors`` and the next on
    tokens/s, utilisation, peak memory, compile seconds; against the eager figures of ``steps``.
 4b. ``profile``: torch.profiler, top-10 operators by self CPU time over 20 AdaLoRA steps of MiniLM.
 5. ``oom``: a trial far too large for the card fails with its reason, the next one runs (CUDA only).
+6. ``parallel``: one trial on 1 vs N processes (``--gpus-per-trial``: NCCL, one per visible GPU; gloo, 2
+   CPU processes without one): wall time, tokens/s, same allocation and accuracy (bench/_gpu_multi.py).
+7. ``device_map``: BERT-base with ``model.device_map: auto`` across the visible GPUs (CUDA only).
 
 Goals are printed PASS/MISS beside the figures and kept under ``goals``. ``--smoke`` shrinks
 everything (tiny shapes and step counts, 1 and 2 workers) so the whole script runs on a CPU.
@@ -53,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import _gpu_multi  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -78,7 +82,7 @@ from adalora_search.study.spec import CompileSpec  # noqa: E402
 from adalora_search.train.data import Split, TokenizedData  # noqa: E402
 from adalora_search.train.engine import TrialRun  # noqa: E402
 
-SECTIONS = ("correctness", "steps", "compile", "workers", "profile", "oom")
+SECTIONS = ("correctness", "steps", "compile", "workers", "profile", "oom", "parallel", "device_map")
 COMPILE_ARMS = {
     "adalora_default": ("adalora", "default"),
     "adalora_reduce_overhead": ("adalora", "reduce-overhead"),
@@ -271,6 +275,14 @@ def oom(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
     cfg, data = step_spec(step_models(False)["minilm-l6"], 20)
     run, after = timed_run(cfg, data, 5)
     return {"oom_failure": failure, "next_trial_ok": run.result.timing["steps"] == 20, "next_trial": after}
+
+
+def parallel(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    return _gpu_multi.parallel(args.smoke)
+
+
+def device_map(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
+    return _gpu_multi.device_map(args.smoke)
 
 
 def goals(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -62,3 +62,13 @@ def test_gpu_check_smoke_compile_section_records_compiled_steps(tmp_path: Path) 
     assert row["ratio_adalora_vs_lora_compiled"] > 0
     goals = {g["goal"]: g for g in report["goals"]}
     assert goals["bert-base: compiled AdaLoRA step <= 1.05x compiled LoRA step"]["status"] == "n/a"  # toy shapes
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_parallel_section_runs_a_trial_on_two_processes(tmp_path: Path) -> None:
+    _, report = gpu_check_smoke(tmp_path, "--sections", "parallel,device_map")
+    assert report["errors"] == {}, report["errors"]
+    parallel = report["parallel"]
+    assert parallel["shared"]["processes"] == 2 and parallel["same_allocation"] is True  # gloo on this CPU
+    assert parallel["accuracy_diff_pt"] < 5 and parallel["speedup_wall"] > 0
+    assert "no CUDA" in report["device_map"]["skipped"]

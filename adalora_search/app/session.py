@@ -77,6 +77,7 @@ def run_session(
     gpus: list[str],
     allow_changed: bool = False,
     workers_per_gpu: int = 1,
+    gpus_per_trial: int = 1,
 ) -> tuple[optuna.Study, list[str]]:
     """Validate everything, create/resume the study, run the trials, then the reference runs.
 
@@ -90,8 +91,9 @@ def run_session(
     from adalora_search.search.runner import open_study, work
     from adalora_search.search.workers import spawn_workers, worker_slots
 
-    slots = worker_slots(workers, gpus, workers_per_gpu)
+    slots = worker_slots(workers, gpus, workers_per_gpu, gpus_per_trial)
     spec, study_file = resolve(study)
+    processes = trial_processes(spec, gpus_per_trial)
     if (len(slots) > 1 or slots[0] is not None) and (not Path(study_file).is_file() or spec != load_spec(study_file)):
         raise UserError(
             "workers: worker processes read the study from its file, and this spec was built or "
@@ -106,16 +108,48 @@ def run_session(
     for note in data.notes():
         _log.info(f"data: {note}")
     if len(slots) > 1 or slots[0] is not None:
-        code = spawn_workers(study_file, url, budget, slots, allow_changed)
+        code = spawn_workers(study_file, url, budget, slots, allow_changed, gpus_per_trial)
         if code != 0:
             raise UserError(
                 f"a worker exited with code {code} (its message is above); the study stopped before "
                 "the reference runs; fix the cause and `run` again to resume"
             )
     else:
-        work(spec, url, budget, artifact_store(spec, study_file), data=data, allow_changed=allow_changed, study=study)
+        work(
+            spec,
+            url,
+            budget,
+            artifact_store(spec, study_file),
+            data=data,
+            allow_changed=allow_changed,
+            study=study,
+            processes=processes,
+        )
     then = [f"report: adalora-search report {study_file}", f"export: adalora-search export {study_file} --out DIR"]
     return study, [*finish_study(spec, study, data), *(then if spec.study_file is not None else [])]
+
+
+def trial_processes(spec: StudySpec, gpus_per_trial: int) -> int:
+    """The processes each trial runs on with ``--gpus-per-trial``: that many (data parallel), or one that
+    places the model across the GPUs (``model.device_map``).
+
+    Raises:
+        UserError: the batch does not split evenly over the processes; a quantized model (not verified).
+    """
+    processes = gpus_per_trial
+    if processes < 2 or spec.model.device_map is not None:
+        return 1
+    if spec.training.batch_size % processes:
+        raise UserError(
+            f"training.batch_size = {spec.training.batch_size}: --gpus-per-trial {processes} splits each "
+            f"batch over {processes} processes; make batch_size a multiple of {processes}"
+        )
+    if spec.model.quantization != "none":
+        raise UserError(
+            f"model.quantization = {spec.model.quantization!r}: a quantized model on several processes "
+            "per trial is not verified here; use --gpus-per-trial 1 (or model.device_map: auto)"
+        )
+    return processes
 
 
 def stored_line(study: optuna.Study) -> str:
@@ -160,18 +194,27 @@ def check_inputs(spec: StudySpec, study_file: str) -> tuple[TokenizedData, dict[
 
 
 def run_worker(
-    study_file: str, n_trials: int | None, timeout: float | None, storage: str | None, allow_changed: bool = False
+    study_file: str,
+    n_trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    allow_changed: bool = False,
+    gpus_per_trial: int = 1,
 ) -> None:
-    """One worker on a study that ``run`` (or another worker) may already have created."""
+    """One worker on a study that ``run`` (or another worker) may already have created; each of its trials
+    on ``gpus_per_trial`` processes (the GPUs in ``CUDA_VISIBLE_DEVICES``, or the CPU).
+    """
     from adalora_search.search.runner import work
 
     spec = load_spec(study_file)
+    processes = trial_processes(spec, gpus_per_trial)
     work(
         spec,
         storage_url(spec, study_file, storage),
         _budget(spec, n_trials, timeout),
         artifact_store(spec, study_file),
         allow_changed=allow_changed,
+        processes=processes,
     )
 
 

@@ -7,6 +7,7 @@ user attrs before the trial ends: ``metrics``, ``rank_allocation``, ``budget_cur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
 from adalora_search import files
 from adalora_search.errors import TrialFailure
@@ -24,8 +26,9 @@ from adalora_search.search.tracking import Tracker, TrialTracking
 from adalora_search.study.space import TrialConfig, trial_config
 from adalora_search.study.spec import StudySpec
 from adalora_search.tasks import Task
-from adalora_search.train import modeling
+from adalora_search.train import distributed, modeling
 from adalora_search.train.data import TokenizedData
+from adalora_search.train.distributed import Ranks
 from adalora_search.train.engine import TrialRun
 from adalora_search.train.methods import METHODS
 
@@ -61,9 +64,15 @@ class Objective:
     """Callable objective; also usable directly with ``study.optimize`` for a single process."""
 
     def __init__(
-        self, spec: StudySpec, data: TokenizedData, artifact_store: str | Path | None = None, log: Log = _log.info
+        self,
+        spec: StudySpec,
+        data: TokenizedData,
+        artifact_store: str | Path | None = None,
+        log: Log = _log.info,
+        processes: int = 1,
     ):
         self.spec = spec
+        self.processes = processes  # processes per trial (``--gpus-per-trial``; train/distributed.py)
         self.data = data
         self.artifact_store = str(artifact_store) if artifact_store is not None else None
         self.log = log
@@ -79,10 +88,11 @@ class Objective:
         started = time.perf_counter()
         tracked = self.tracker.start(trial, cfg)
         try:
-            run = TrialRun(cfg, self.data)
-            trial.set_user_attr("total_steps", run.total_steps)  # status shows a running trial's progress
-            trial.set_user_attr("trainable_params", dict(run.result.trainable_params))
-            run.train(self._on_eval(trial, cfg, run, tracked))
+            with self._group(cfg) as parallel:
+                run = TrialRun(cfg, self.data, parallel)
+                trial.set_user_attr("total_steps", run.total_steps)  # status shows a running trial's progress
+                trial.set_user_attr("trainable_params", dict(run.result.trainable_params))
+                run.train(self._on_eval(trial, cfg, run, tracked))
             if "test" in self.data.splits:
                 run.result.metrics["test"] = run.evaluate("test", final=True)
             kept = self._keep_adapter(trial, run)
@@ -94,6 +104,13 @@ class Objective:
         finally:
             self._write_attrs(trial, run, time.perf_counter() - started)
             tracked.finish(run.result if run is not None else None, sys.exc_info()[1])
+
+    def _group(self, cfg: TrialConfig) -> contextlib.AbstractContextManager[Ranks | None]:
+        """This process as rank 0 of the trial's processes (the others started here), or alone (None)."""
+        if self.processes == 1:
+            return contextlib.nullcontext()
+        cuda = cfg.training.device != "cpu" and torch.cuda.is_available()
+        return distributed.group(cfg, self.processes, cuda)
 
     def _on_eval(
         self, trial: optuna.Trial, cfg: TrialConfig, run: TrialRun, tracked: TrialTracking

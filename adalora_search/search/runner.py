@@ -31,6 +31,7 @@ from adalora_search.study.space import enqueue_params, grid_search_space, optimi
 from adalora_search.study.spec import StudySpec
 from adalora_search.tasks import get_task
 from adalora_search.train.data import TokenizedData, load_tokenized
+from adalora_search.train.distributed import RankFailure
 from adalora_search.train.modeling import load_tokenizer
 
 _log = logging.getLogger(__name__)
@@ -174,10 +175,12 @@ def work(
     data: TokenizedData | None = None,
     allow_changed: bool = False,
     study: optuna.Study | None = None,
+    processes: int = 1,
 ) -> int:
     """One worker: claim and run trials until the budget is spent; returns trials run here.
 
-    ``data`` and ``study``: already loaded and opened by the caller (else done here).
+    ``data`` and ``study``: already loaded and opened by the caller (else done here); ``processes``: each
+    trial runs on that many (``--gpus-per-trial``, train/distributed.py).
 
     Raises ``RepeatedFailure`` (exit code 2) once the study's last ``max_consecutive_failures``
     finished trials all failed, and re-raises a ``UserError`` from a trial after marking it FAIL.
@@ -188,7 +191,7 @@ def work(
         study.set_user_attr(diagnostics.DATA_NOTES, notes)
     study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left
     study.set_user_attr("references_planned", [r.kind for r in spec.study.references])  # what the report awaits
-    objective = Objective(spec, data, artifact_store, log)
+    objective = Objective(spec, data, artifact_store, log, processes)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
     _sigterm_as_interrupt()
@@ -256,6 +259,10 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
             return TrialState.PRUNED
         except TRIAL_ERRORS as exc:
             _fail(study, trial, exc, log)
+            if isinstance(exc, RankFailure) and trial.user_attrs.get("rank_retries", 0) < RANK_RETRIES:
+                attrs = {**_retry_attrs(trial), "rank_retries": trial.user_attrs.get("rank_retries", 0) + 1}
+                study.enqueue_trial(trial.params, user_attrs=attrs)  # as a lost worker's trial is retried
+                log(f"[trial {trial.number}] re-queued: one of its processes died")
             return TrialState.FAIL
         except UserError as exc:  # the same input error would repeat in every trial
             _fail(study, trial, exc, log)
@@ -268,6 +275,9 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, objective: Objective, spe
             raise Interrupted(trial.number) from None
     study.tell(trial, values)
     return TrialState.COMPLETE
+
+
+RANK_RETRIES = 2  # a trial whose process died is re-queued this often (Optuna retries a lost worker's twice)
 
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:

@@ -14,16 +14,21 @@ from adalora_search.errors import UserError
 from adalora_search.search.runner import Budget
 
 
-def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1) -> list[str | None]:
-    """The device of each local worker: a GPU id (``CUDA_VISIBLE_DEVICES``) or None for the CPU.
+def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1, gpus_per_trial: int = 1) -> list[str | None]:
+    """The devices of each local worker: GPU ids (``CUDA_VISIBLE_DEVICES``, comma-joined) or None for the CPU.
 
     ``workers_per_gpu`` workers share each GPU of ``gpus`` (default: every visible CUDA device);
     on a machine without one they share the CPU. A small model leaves most of a large GPU idle,
-    so several trials at once raise its utilisation.
+    so several trials at once raise its utilisation. ``gpus_per_trial`` GPUs form one worker's slot,
+    each trial of it running on them as that many processes (train/distributed.py); on a machine
+    without a GPU those processes share the CPU (gloo).
 
     Raises:
-        UserError: ``--workers`` and ``--workers-per-gpu`` are both above 1.
+        UserError: ``--workers`` and ``--workers-per-gpu`` are both above 1; ``--gpus-per-trial`` with
+            ``--workers-per-gpu``, above the GPUs visible, or not dividing them.
     """
+    if gpus_per_trial > 1:
+        return _trial_slots(workers, gpus, workers_per_gpu, gpus_per_trial)
     if workers_per_gpu > 1 and workers > 1:
         raise UserError(
             f"--workers = {workers} and --workers-per-gpu = {workers_per_gpu}: choose one "
@@ -38,11 +43,36 @@ def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1) -> lis
     return [None] * max(workers, workers_per_gpu)
 
 
+def _trial_slots(workers: int, gpus: list[str], workers_per_gpu: int, per_trial: int) -> list[str | None]:
+    if workers_per_gpu > 1:
+        raise UserError(
+            f"--gpus-per-trial = {per_trial} and --workers-per-gpu = {workers_per_gpu}: a trial on several "
+            "GPUs does not share them; drop --workers-per-gpu"
+        )
+    import torch
+
+    gpus = gpus or [str(i) for i in range(torch.cuda.device_count())]
+    if not gpus:  # no GPU: each trial's processes share the CPU (gloo)
+        return [None] * workers
+    if per_trial > len(gpus) or len(gpus) % per_trial:
+        raise UserError(
+            f"--gpus-per-trial = {per_trial}: {len(gpus)} GPUs are visible ({','.join(gpus)}), which "
+            f"{'is fewer' if per_trial > len(gpus) else 'does not split into groups of that size'}; "
+            "give a number that divides them, or name the GPUs with --gpus"
+        )
+    return [",".join(gpus[i : i + per_trial]) for i in range(0, len(gpus), per_trial)]
+
+
 def spawn_workers(
-    study_file: str, url: str, budget: Budget, slots: list[str | None], allow_changed: bool = False
+    study_file: str,
+    url: str,
+    budget: Budget,
+    slots: list[str | None],
+    allow_changed: bool = False,
+    gpus_per_trial: int = 1,
 ) -> int:
     """Start one worker process per slot (see ``worker_slots``); returns the worst exit code."""
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
+    threads = max(1, (os.cpu_count() or 1) // (len(slots) * gpus_per_trial))
     procs = []
     for gpu in slots:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), ADALORA_SEARCH_THREADS=str(threads))
@@ -52,6 +82,7 @@ def spawn_workers(
         cmd += ["--n-trials", str(budget.n_trials)] if budget.n_trials else []
         cmd += ["--timeout", str(budget.timeout)] if budget.timeout else []
         cmd += ["--allow-changed-study"] if allow_changed else []
+        cmd += ["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial > 1 else []
         procs.append(subprocess.Popen(cmd, env=env))
     try:
         return max(p.wait() for p in procs)

@@ -54,6 +54,11 @@ class ModelSpec(Frozen):
         description="CUDA only: frozen base weights quantized by bitsandbytes (4bit: NF4 with "
         "bf16 compute, QLoRA-style; 8bit: LLM.int8()); adapters train in float32",
     )
+    device_map: Literal["auto", "balanced"] | None = Field(
+        default=None,
+        description="CUDA only: place one trial's model across the worker's GPUs (accelerate's big-model "
+        "dispatch; with run --gpus-per-trial N, each worker gets N GPUs); default: one device",
+    )
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         default=None,
         description="transformers' attention kernel; default: the model's own choice; "

@@ -25,6 +25,7 @@ from adalora_search.tasks import EvalContext, get_task
 from adalora_search.train import compiling, memory, methods, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
+from adalora_search.train.distributed import Ranks, Stopped, terms_of
 from adalora_search.train.regularizer import OrthogonalRegularizer
 
 OnEval = Callable[[int, dict[str, float]], None]
@@ -51,11 +52,14 @@ class RunResult:
 class TrialRun:
     """Build once, then ``train()``; ``result`` is filled in as the run goes."""
 
-    def __init__(self, cfg: TrialConfig, data: TokenizedData, data_seconds: float = 0.0):
+    def __init__(self, cfg: TrialConfig, data: TokenizedData, parallel: Ranks | None = None, data_seconds: float = 0.0):
         self.cfg = cfg
         self.data = data
         self.task = get_task(cfg.model.task)
+        self.parallel = parallel  # this process's rank when the trial runs on several (train/distributed.py)
         self.device = _device(cfg.training.device)
+        self.device = parallel.device(self.device) if parallel is not None else self.device
+        self._weight = 1.0  # this rank's share of the global batch's loss terms (1: one process)
         self.result = RunResult(timing={"data_s": round(data_seconds, 3), "device": str(self.device)})
         threads = cfg.training.num_threads or int(os.environ.get("ADALORA_SEARCH_THREADS", "0"))
         if threads:
@@ -64,7 +68,7 @@ class TrialRun:
         self.total_steps = optimizer_steps(cfg.training, len(data.splits["train"]))
         base = modeling.build_base(cfg.model, data.label_names, cfg.training.seed)
         self.model = methods.wrap(base, cfg, self.total_steps)
-        if not memory.quantized(cfg.model):  # a quantized base is placed by its device_map
+        if not memory.placed(cfg.model):  # a quantized or dispatched base is placed by its device_map
             self.model = self.model.to(self.device)
         adalora = methods.METHODS[cfg.method].rank_pruning
         self.ranks = RankBook(self.model) if adalora else None
@@ -99,10 +103,12 @@ class TrialRun:
                 loss, restarted = self._forward_backward(batch)
                 if restarted:  # compilation failed: this optimizer step's gradients start again, eager
                     micro -= micro % t.gradient_accumulation
-                tokens += int(batch["attention_mask"].sum())
+                tokens += int(batch["attention_mask"].sum()) if batch is not None else 0
                 micro += 1
                 if micro % t.gradient_accumulation:
                     continue  # accumulate: one optimizer step (and one allocation) per N micro-batches
+                if self.parallel is not None:  # the global batch's gradient, on every rank
+                    self.parallel.reduce_gradients(optimizer.param_groups[0]["params"])
                 if t.max_grad_norm:  # over the trained tensors only: walking every frozen one costs ms per step
                     torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], t.max_grad_norm)
                 optimizer.step()
@@ -120,7 +126,10 @@ class TrialRun:
                     break
             self._check_finite(step)
             self._finalize_allocation(step)
-            eval_s += self._final_generation()
+            if self.parallel is not None:
+                self.parallel.check_same()
+            if self.parallel is None or self.parallel.rank == 0:
+                eval_s += self._final_generation()
         except torch.cuda.OutOfMemoryError as exc:
             self.model = None  # type: ignore[assignment]
             torch.cuda.empty_cache()
@@ -133,23 +142,31 @@ class TrialRun:
         t = self.cfg.training
         epoch = 0
         while True:  # epochs until total_steps; reshuffled (seeded) every epoch
-            yield from batches(
+            for batch in batches(
                 self.data.splits["train"],
                 t.batch_size,
                 self.data.pad_token_id,
                 shuffle_seed=t.seed * 1000 + epoch,
                 **self._padding(),
-            )
+            ):
+                if self.parallel is None:
+                    yield batch
+                else:  # this rank's rows of the global batch (None: it has none), its loss weighted by their share
+                    shard, self._weight = self.parallel.shard(batch, terms_of(batch["labels"]))
+                    yield shard
             epoch += 1
 
     def _padding(self) -> dict[str, int | None]:
         """Training batches' widths (evaluation is eager: its batches are not padded further)."""
         return {"pad_to_multiple_of": self.cfg.data.pad_to_multiple_of, "max_width": self.cfg.data.max_length}
 
-    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    def _forward_backward(self, batch: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, bool]:
         """One micro-batch's forward and backward: the detached loss, left on the device (no sync), and
         whether the step started again eagerly after a failed compilation (its gradients were cleared).
+        A rank without rows in this global batch (None) adds nothing.
         """
+        if batch is None:
+            return torch.zeros((), device=self.device), False
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         restarted = False
         if self.compiled is not None:
@@ -169,7 +186,7 @@ class TrialRun:
         return loss
 
     def _backward(self, loss: torch.Tensor) -> torch.Tensor:
-        (loss / self.cfg.training.gradient_accumulation).backward()
+        (loss * self._weight / self.cfg.training.gradient_accumulation).backward()
         loss = loss.detach()
         self._losses.append(loss)
         return loss
@@ -218,6 +235,8 @@ class TrialRun:
         assert self.ranks is not None
         self._copy_ranks()
         self._record_params()
+        if self.parallel is not None:
+            self.parallel.record(self.ranks.allocation)
         if self.ranks.final:
             self.result.final_allocation_done = True
 
@@ -243,6 +262,24 @@ class TrialRun:
 
     # ------------------------------------------------------------------ evaluate
     def _evaluate_and_report(self, step: int, loss: float, on_eval: OnEval | None) -> float:
+        """Evaluate on validation and call ``on_eval``; seconds spent. On several processes rank 0 does it and
+        then tells the others whether training stops (``Stopped`` is raised on them).
+        """
+        if self.parallel is None:
+            return self._evaluate_here(step, loss, on_eval)
+        if self.parallel.rank > 0:
+            if self.parallel.stop():
+                raise Stopped(step)
+            return 0.0
+        try:
+            seconds = self._evaluate_here(step, loss, on_eval)
+        except BaseException:
+            self.parallel.stop(True)
+            raise
+        self.parallel.stop(False)
+        return seconds
+
+    def _evaluate_here(self, step: int, loss: float, on_eval: OnEval | None) -> float:
         start = time.perf_counter()
         scores = self.evaluate("validation")
         scores["train_loss"] = loss
@@ -337,6 +374,12 @@ class TrialRun:
         )
         if self.compiled is not None:
             t["compile"] = self.compiled.finish()
+        if self.parallel is not None:
+            t["distributed"] = {
+                "world_size": self.parallel.world,
+                "backend": self.parallel.backend,
+                "allocations_checked": self.parallel.checked,
+            }
         if self.device.type == "cuda":
             t["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         else:

@@ -24,6 +24,11 @@ def quantized(spec: ModelSpec) -> bool:
     return spec.quantization != "none"
 
 
+def placed(spec: ModelSpec) -> bool:
+    """Whether ``from_pretrained`` places the model (``device_map``: quantized, or across GPUs); never moved."""
+    return quantized(spec) or spec.device_map is not None
+
+
 def load_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """Extra ``from_pretrained`` / ``from_config`` arguments for the memory options of ``spec``."""
     kwargs: dict[str, Any] = {}
@@ -42,6 +47,8 @@ def load_kwargs(spec: ModelSpec) -> dict[str, Any]:
         else:
             config = BitsAndBytesConfig(load_in_8bit=True)
         kwargs.update(quantization_config=config, device_map={"": torch.cuda.current_device()})
+    if spec.device_map is not None:  # accelerate's dispatch over the visible GPUs (the worker's slot)
+        kwargs["device_map"] = spec.device_map
     return kwargs
 
 
@@ -93,6 +100,19 @@ def platform_problems(spec: StudySpec, cuda: bool | None = None) -> list[Problem
                     "weights; remove the full reference, or use quantization: none",
                 )
             )
+    if m.device_map is not None and not on_cuda:
+        problems.append(
+            Problem(
+                "model.device_map",
+                m.device_map,
+                f"places the model across CUDA GPUs (training.device is {spec.training.device!r}, CUDA available: "
+                f"{cuda}); remove it on this machine",
+            )
+        )
+    if m.device_map is not None and m.init == "random":
+        problems.append(
+            Problem("model.device_map", m.device_map, "places pretrained weights; with model.init: random remove it")
+        )
     if m.attn_implementation == "flash_attention_2":
         if not on_cuda:
             problems.append(

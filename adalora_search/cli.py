@@ -131,7 +131,15 @@ def _budget_options(f):
         help="processes (one per GPU; on the CPU without one) each trial trains on, data parallel",
     )(f)
     f = click.option("--fsdp", is_flag=True, help="not offered: says why (README, Beyond one GPU)")(f)
-    return click.option("--storage", help="SQLAlchemy URL; overrides study.storage")(f)
+    return click.option(
+        "--storage",
+        envvar=STORAGE_ENV,
+        show_envvar=True,
+        help="SQLAlchemy URL; overrides study.storage (the variable keeps a password out of the process list)",
+    )(f)
+
+
+STORAGE_ENV = "ADALORA_SEARCH_STORAGE"
 
 
 FSDP_REFUSED = (
@@ -194,7 +202,9 @@ def worker(study_file: str, n_trials, timeout, storage, allow_changed: bool, fsd
 
 
 def _study_options(f):
-    f = click.option("--storage", help="SQLAlchemy URL (instead of STUDY_FILE)")(f)
+    f = click.option("--storage", envvar=STORAGE_ENV, show_envvar=True, help="SQLAlchemy URL (instead of STUDY_FILE)")(
+        f
+    )
     f = click.option("--study", "study_name", help="study name (with --storage)")(f)
     return click.argument("study_file", required=False)(f)
 

@@ -48,7 +48,7 @@ def parallel(smoke: bool) -> dict[str, Any]:
         return {"skipped": f"{world} GPU visible: a trial on several needs 2 or more (NCCL: one rank per GPU)"}
     row = {**step_models(smoke)["minilm-l6"]}
     row["batch"] = row["batch"] * world  # each rank keeps the one-GPU batch
-    # no dropout: each rank draws its own masks, so the runs would differ by more than rounding
+    # no dropout: its masks fall on other rows than in one process, so the runs would differ by more than rounding
     row["model"] = {
         **row["model"],
         "config_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},

@@ -35,8 +35,8 @@ def test_slurm_array_task_runs_a_worker_on_the_shared_study(tmp_path: Path) -> N
         "CUDA_VISIBLE_DEVICES": "",
     }
     env.pop("ADALORA_SEARCH_STORAGE", None)
-    env.pop("SLURM_GPUS_PER_TASK", None)
-    proc = subprocess.run(
+    env["SLURM_GPUS_PER_TASK"] = "a100:0"  # typed, as SLURM may give it (none here: the CPU)
+    proc = subprocess.run(  # the storage URL in a file and then the environment, never on a command line
         ["bash", str(REPO / "docs" / "slurm" / "adalora-search.sbatch"), str(study)],
         env=env,
         capture_output=True,
@@ -45,6 +45,7 @@ def test_slurm_array_task_runs_a_worker_on_the_shared_study(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "array task 0 of job 4242: 0 GPUs, --gpus-per-trial 1" in proc.stdout
+    assert "shared.db" not in proc.stdout + proc.stderr  # the URL was never printed
     trials = optuna.load_study(study_name="t", storage=url).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE]
     assert trials[0].user_attrs["rank_allocation"]
@@ -66,11 +67,10 @@ def test_kubernetes_job_parses_and_its_worker_command_is_ours() -> None:
     assert command[0] == "adalora-search" and command[1] == "worker"
     worker = cli.get_command(None, "worker")  # type: ignore[arg-type]
     params = worker.make_context("worker", list(command[2:])).params
+    (storage,) = [p for p in worker.params if p.name == "storage"]
     env = {e["name"]: e for e in container["env"]}
-    assert (
-        params["storage"] == "$(ADALORA_SEARCH_STORAGE)"
-        and "secretKeyRef" in env["ADALORA_SEARCH_STORAGE"]["valueFrom"]
-    )  # the password comes from a Secret, expanded by Kubernetes
+    assert "secretKeyRef" in env[storage.envvar]["valueFrom"]  # --storage from a Secret, not the command line
+    assert not any("://" in part for part in command)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert str(Path(params["study_file"]).parent) in mounts  # the study file is mounted where the command reads it
     volumes = {v["name"]: v for v in pod["volumes"]}

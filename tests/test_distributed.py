@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import run_cli, study_dict, write_study
 
-from adalora_search.errors import TrialFailure
+from adalora_search.errors import TrialFailure, UserError
 from adalora_search.search.runner import prepare_data
 from adalora_search.study.loader import parse_spec
 from adalora_search.study.space import sample
@@ -22,7 +22,7 @@ from adalora_search.train.engine import TrialRun
 
 pytestmark = pytest.mark.slow
 
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # the ranks draw their own
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # masks differ from one process's
 
 
 def _study(**training: object) -> dict:
@@ -116,3 +116,64 @@ def test_run_with_two_processes_per_trial_stores_the_study_one_process_stores(tm
 def test_bad_process_options_exit_2(tmp_path, monkeypatch, capsys, args: list[str], expect: str) -> None:
     code, out = run_cli(["run", str(write_study(tmp_path, _study())), *args], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out
+
+
+class _Queue:
+    def __init__(self, item: object = None) -> None:
+        self.item = item
+
+    def get(self, timeout: float) -> object:
+        if self.item is None:
+            raise TimeoutError
+        return self.item
+
+
+def test_a_rank_that_fails_fails_the_trial_as_one_process_would_and_only_a_death_is_retried() -> None:
+    """A follower's non-finite loss or input error would repeat: not re-queued like a lost process."""
+
+    err = RuntimeError("Connection closed by peer")
+    assert (
+        type(Ranks(0, 2, "gloo", failures=_Queue(("trial", "rank 1: non-finite loss")))._failure(err)) is TrialFailure
+    )
+    assert type(Ranks(0, 2, "gloo", failures=_Queue(("user", "rank 1: data")))._failure(err)) is UserError
+    death = Ranks(0, 2, "gloo", failures=_Queue())._failure(err)
+    assert type(death) is RankFailure and "Connection closed" in str(death)
+
+
+def test_loss_terms_follow_each_tasks_mean() -> None:
+    from adalora_search.tasks import get_task
+
+    labels = torch.tensor([[5, 6, -100], [-100, 7, 8]])
+    assert get_task("causal_lm").loss_terms(labels) == 3  # shifted: a row's first label predicts nothing
+    assert get_task("token_classification").loss_terms(labels) == 4
+    assert get_task("classification").loss_terms(torch.tensor([1, 0, 1])) == 3
+
+
+def test_reduced_gradients_keep_dtype_and_absent_gradients() -> None:
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        full, half, unused = (
+            torch.nn.Parameter(torch.ones(3, dtype=d)) for d in (torch.float32, torch.bfloat16, torch.float32)
+        )
+        full.grad, half.grad = torch.full((3,), 0.5), torch.full((3,), 0.25, dtype=torch.bfloat16)
+        Ranks(0, 1, "gloo").reduce_gradients([full, half, unused])
+        assert full.grad.tolist() == [0.5] * 3 and half.grad.dtype == torch.bfloat16 and unused.grad is None
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gpu_slots_follow_the_gpus_this_process_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from adalora_search.search.workers import worker_slots
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # e.g. what a cluster allocated
+    assert worker_slots(1, [], 1, 2) == ["4,5", "6,7"]
+    assert worker_slots(1, ["0", "1", "2"], 1, 3) == ["0,1,2"]
+    with pytest.raises(UserError, match="does not split"):
+        worker_slots(1, ["0", "1", "2"], 1, 2)
+
+
+def test_a_compiled_trial_on_several_processes_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    study = write_study(tmp_path, _study(compile=True))
+    code, out = run_cli(["run", str(study), "--gpus-per-trial", "2"], monkeypatch, capsys)
+    assert code == 2 and "set compile: false or --gpus-per-trial 1" in out

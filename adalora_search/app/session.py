@@ -149,6 +149,18 @@ def trial_processes(spec: StudySpec, gpus_per_trial: int) -> int:
             f"model.quantization = {spec.model.quantization!r}: a quantized model on several processes "
             "per trial is not verified here; use --gpus-per-trial 1 (or model.device_map: auto)"
         )
+    if spec.training.compile is not False:
+        raise UserError(
+            "training.compile: a compiled trial on several processes is not verified here (a rank that falls "
+            "back to eager would leave the others' collectives); set compile: false or --gpus-per-trial 1"
+        )
+    import torch
+
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise UserError(
+            f"--gpus-per-trial = {processes}: this worker sees {torch.cuda.device_count()} GPUs "
+            "(CUDA_VISIBLE_DEVICES); give each worker that many, or a smaller --gpus-per-trial"
+        )
     return processes
 
 

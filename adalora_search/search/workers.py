@@ -35,9 +35,7 @@ def worker_slots(workers: int, gpus: list[str], workers_per_gpu: int = 1, gpus_p
             "(--workers for CPU workers, --workers-per-gpu with or without --gpus)"
         )
     if workers_per_gpu > 1 and not gpus:
-        import torch
-
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        gpus = visible_gpus()
     if gpus:
         return [gpu for gpu in gpus for _ in range(workers_per_gpu)]
     return [None] * max(workers, workers_per_gpu)
@@ -49,9 +47,7 @@ def _trial_slots(workers: int, gpus: list[str], workers_per_gpu: int, per_trial:
             f"--gpus-per-trial = {per_trial} and --workers-per-gpu = {workers_per_gpu}: a trial on several "
             "GPUs does not share them; drop --workers-per-gpu"
         )
-    import torch
-
-    gpus = gpus or [str(i) for i in range(torch.cuda.device_count())]
+    gpus = gpus or visible_gpus()
     if not gpus:  # no GPU: each trial's processes share the CPU (gloo)
         return [None] * workers
     if per_trial > len(gpus) or len(gpus) % per_trial:
@@ -61,6 +57,17 @@ def _trial_slots(workers: int, gpus: list[str], workers_per_gpu: int, per_trial:
             "give a number that divides them, or name the GPUs with --gpus"
         )
     return [",".join(gpus[i : i + per_trial]) for i in range(0, len(gpus), per_trial)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may hand to its workers: its own ``CUDA_VISIBLE_DEVICES`` (e.g. the GPUs a
+    cluster allocated), else every CUDA device.
+    """
+    import torch
+
+    count = torch.cuda.device_count()
+    inherited = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return inherited[:count] if inherited else [str(i) for i in range(count)]
 
 
 def spawn_workers(
@@ -78,7 +85,8 @@ def spawn_workers(
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), ADALORA_SEARCH_THREADS=str(threads))
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, "-m", "adalora_search", "worker", study_file, "--storage", url]
+        env["ADALORA_SEARCH_STORAGE"] = url  # read by --storage: a password stays out of the process list
+        cmd = [sys.executable, "-m", "adalora_search", "worker", study_file]
         cmd += ["--n-trials", str(budget.n_trials)] if budget.n_trials else []
         cmd += ["--timeout", str(budget.timeout)] if budget.timeout else []
         cmd += ["--allow-changed-study"] if allow_changed else []

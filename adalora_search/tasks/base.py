@@ -145,6 +145,12 @@ class Task(ABC):
     def direction(self, metric: str) -> Direction:
         return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")
 
+    def loss_terms(self, labels: Any) -> int:
+        """The terms a batch's mean training loss averages over (labels [batch]: one per row). A trial on
+        several processes weights each rank's loss by its share of them (train/distributed.py).
+        """
+        return int(labels.shape[0])
+
     def is_better(self, metric: str, new: float, old: float | None) -> bool:
         """True when ``new`` beats ``old`` for this metric."""
         if old is None:

@@ -54,6 +54,12 @@ class CausalLM(Task):
     generates = True
 
     # ---------------------------------------------------------------- checks
+    def loss_terms(self, labels: Any) -> int:
+        """Predicted tokens with a label: transformers shifts the labels [batch, width] by one, so a row's first
+        label is never a loss term (it may be a real token in plain-text rows).
+        """
+        return int((labels[:, 1:] != -100).sum())
+
     def check_data(self, data: Any) -> list[Problem]:
         form = _form(data)
         wanted = {

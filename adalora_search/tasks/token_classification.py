@@ -48,6 +48,10 @@ class TokenClassification(Task):
     }
     main_metric = "f1"
 
+    def loss_terms(self, labels: Any) -> int:
+        """Tokens with a label (labels [batch, width], -100 where no loss is taken)."""
+        return int((labels != -100).sum())
+
     def check_data(self, data: Any) -> list[Problem]:
         problems = used_fields(data, {"text_fields", "label_field", "label_names"}, self.name)
         if not data.text_fields or len(data.text_fields) != 1:

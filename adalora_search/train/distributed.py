@@ -10,8 +10,13 @@ that the rounding-free weighting also holds for the last, smaller batch of an ep
 ``update_and_allocate`` then sees the same gradients on every rank and prunes the same ranks; each
 rank keeps a digest of every allocation, compared at the end (``check_same``): a difference fails the
 trial. At each evaluation rank 0 broadcasts whether training stops (trial pruning, an error), so all
-ranks stop together. A rank that dies fails the trial with its reason (``RankFailure``), and the
-others are torn down: no process outlives the trial.
+ranks stop together. A rank that fails (a non-finite loss, an input error) fails the trial with its
+error, as one process would; a rank that dies fails it with ``RankFailure`` (re-queued like a lost
+worker's trial); the others are torn down, and a follower whose rank 0 is gone exits: no process
+outlives the trial. On CUDA the gradients go over NCCL and the small messages over gloo; a dead
+rank is noticed at once by gloo, and by NCCL only at the collective timeout (``COLLECTIVE``).
+Every rank seeds as one process does, so dropout draws the same masks on each rank's own rows:
+with dropout, N processes train a different sample of the same run than one process.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
-from collections.abc import Iterator
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from adalora_search.errors import TrialFailure
+from adalora_search.errors import TrialFailure, UserError
 from adalora_search.study.space import TrialConfig
 
 _log = logging.getLogger(__name__)
@@ -61,23 +69,31 @@ class Ranks:
         """Rank r trains on the r-th visible GPU (its worker's slot), or on the CPU."""
         return torch.device("cuda", self.rank) if device.type == "cuda" else device
 
-    def shard(self, batch: dict[str, torch.Tensor], terms: int) -> tuple[dict[str, torch.Tensor] | None, float]:
-        """This rank's rows of a global batch (``rank::world``; None when it has none) and its share of the
-        batch's ``terms`` loss terms, by which its mean loss is weighted (``terms_of`` counts them).
+    def shard(
+        self, batch: dict[str, torch.Tensor], terms: Callable[[torch.Tensor], int]
+    ) -> tuple[dict[str, torch.Tensor] | None, float]:
+        """This rank's rows of a global batch (``rank::world``) and its share of the batch's loss terms
+        (``terms``: the task's ``loss_terms``), by which its mean loss is weighted; None when its rows hold
+        no loss term (no rows left at the end of an epoch, or only masked labels).
         """
         mine = {k: v[self.rank :: self.world] for k, v in batch.items()}
-        if mine["input_ids"].shape[0] == 0:
-            return None, 0.0
-        return mine, terms_of(mine["labels"]) / max(terms, 1)
+        share = terms(mine["labels"]) if mine["input_ids"].shape[0] else 0
+        return (mine, share / max(terms(batch["labels"]), 1)) if share else (None, 0.0)
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum the weighted gradients over the ranks (one flat ``all_reduce``); a rank without rows adds zeros."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        """Sum the weighted gradients over the ranks (one flat ``all_reduce``, in float32).
+
+        A rank without rows adds zeros; a parameter no rank has a gradient for keeps none (as one process).
+        """
+        device = params[0].device
+        grads = [p.grad.float() if p.grad is not None else torch.zeros(p.shape, device=device) for p in params]
+        present = torch.tensor([float(p.grad is not None) for p in params], device=device)
+        flat = torch.cat([*(g.reshape(-1) for g in grads), present])
         self._collective(dist.all_reduce, flat)
         offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            summed = flat[offset : offset + g.numel()].view(p.shape)
+            p.grad = summed.to(p.dtype) if flat[-len(params) + i] > 0 else None
             offset += g.numel()
 
     def record(self, allocation: dict[str, int]) -> None:
@@ -109,35 +125,35 @@ class Ranks:
     def _collective(self, op: Any, *args: Any, **kwargs: Any) -> None:
         try:
             op(*args, **kwargs)
-        except (RuntimeError, dist.DistBackendError) as exc:  # a peer died: say which and why, not gloo's words
-            raise RankFailure(self._why(exc)) from None
+        except (RuntimeError, dist.DistBackendError) as exc:  # a peer failed or died: its reason, not gloo's words
+            raise self._failure(exc) from None
 
-    def _why(self, exc: BaseException) -> str:
-        """The failed rank's own message, else which rank died with what exit code, else gloo/NCCL's words."""
+    def _failure(self, exc: BaseException) -> Exception:
+        """What another rank's failure means here: its own error when it said one (a non-finite loss, an input
+        error: it would repeat, so the trial fails as one process's would), else ``RankFailure`` (it died).
+        """
         if self.failures is not None:
             try:
-                return str(self.failures.get(timeout=5))
+                kind, message = self.failures.get(timeout=5)
+                return {"user": UserError, "trial": TrialFailure}.get(kind, TrialFailure)(message)
             except Exception:  # noqa: BLE001 - queue.Empty, or a closed queue: the follower died silently
                 pass
         for proc in self.followers:
             proc.join(5)
         dead = [f"rank {r} died (exit code {p.exitcode})" for r, p in enumerate(self.followers, 1) if not p.is_alive()]
-        return "; ".join(dead) or f"a rank of the trial's {self.world} processes failed ({type(exc).__name__}: {exc})"
-
-
-def terms_of(labels: torch.Tensor) -> int:
-    """Loss terms a batch's mean loss averages over: one per row, or per label token that is not -100.
-
-    A causal LM shifts its labels by one, so its first label never counts: it is -100 in our
-    encoding (the prompt, or the first token), so counting the unshifted labels is the same.
-    """
-    return int((labels != -100).sum()) if labels.dim() > 1 else int(labels.shape[0])
+        reason = "; ".join(dead) or f"a rank of the trial's {self.world} processes failed ({type(exc).__name__}: {exc})"
+        return RankFailure(reason)
 
 
 def _init(store: dist.Store, rank: int, world: int, cuda: bool) -> None:
+    """Join the trial's group: gloo on the CPU; on CUDA NCCL for the gradients and gloo for the small CPU
+    messages (the stop flag, the allocation digests), with blocking waits so a timeout raises here.
+    """
     if cuda:
         torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world, timeout=COLLECTIVE)
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=COLLECTIVE)
 
 
 def _await_followers(store: dist.TCPStore, procs: list[Any]) -> None:
@@ -146,6 +162,7 @@ def _await_followers(store: dist.TCPStore, procs: list[Any]) -> None:
     Raises:
         RankFailure: naming the follower and its exit code.
     """
+    deadline = time.monotonic() + COLLECTIVE.total_seconds()
     for rank, proc in enumerate(procs, start=1):
         while True:
             try:
@@ -154,6 +171,8 @@ def _await_followers(store: dist.TCPStore, procs: list[Any]) -> None:
             except RuntimeError:  # not there yet (the store's wait timed out)
                 if not proc.is_alive():
                     raise RankFailure(f"rank {rank} exited with code {proc.exitcode} before training") from None
+                if time.monotonic() > deadline:
+                    raise RankFailure(f"rank {rank} did not start within {COLLECTIVE}") from None
 
 
 @contextmanager
@@ -185,6 +204,17 @@ def group(cfg: TrialConfig, world: int, cuda: bool) -> Iterator[Ranks]:
         failures.close()
 
 
+def _exit_with(parent: int) -> None:
+    """Exit as soon as ``parent`` (rank 0, the worker) is gone, killed or not: no rank outlives its trial."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def follow(rank: int, world: int, port: int, cuda: bool, cfg_json: str, failures: Any) -> None:
     """Rank ``rank`` (> 0) of a trial: train with rank 0 until it says stop; put any failure on ``failures``."""
     from adalora_search.tasks import get_task
@@ -192,6 +222,7 @@ def follow(rank: int, world: int, port: int, cuda: bool, cfg_json: str, failures
     from adalora_search.train.engine import TrialRun
     from adalora_search.train.modeling import load_tokenizer
 
+    _exit_with(os.getppid())
     try:
         cfg = TrialConfig.model_validate_json(cfg_json)
         data = load_tokenized(cfg.data, load_tokenizer(cfg.model), get_task(cfg.model.task))
@@ -202,7 +233,8 @@ def follow(rank: int, world: int, port: int, cuda: bool, cfg_json: str, failures
     except (Stopped, RankFailure):
         pass  # rank 0 stopped the trial, or another rank failed first: their reason is the trial's
     except BaseException as exc:  # noqa: BLE001 - any failure of this rank is the trial's reason
-        failures.put(f"rank {rank} of {world} failed: {type(exc).__name__}: {str(exc)[:1000]}")
+        kind = "user" if isinstance(exc, UserError) else "trial"
+        failures.put((kind, f"rank {rank} of {world}: {type(exc).__name__}: {str(exc)[:1000]}"))
         raise SystemExit(1) from None
     finally:
         if dist.is_initialized():

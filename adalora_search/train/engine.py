@@ -25,7 +25,7 @@ from adalora_search.tasks import EvalContext, get_task
 from adalora_search.train import compiling, memory, methods, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
-from adalora_search.train.distributed import Ranks, Stopped, terms_of
+from adalora_search.train.distributed import Ranks, Stopped
 from adalora_search.train.regularizer import OrthogonalRegularizer
 
 OnEval = Callable[[int, dict[str, float]], None]
@@ -152,7 +152,7 @@ class TrialRun:
                 if self.parallel is None:
                     yield batch
                 else:  # this rank's rows of the global batch (None: it has none), its loss weighted by their share
-                    shard, self._weight = self.parallel.shard(batch, terms_of(batch["labels"]))
+                    shard, self._weight = self.parallel.shard(batch, self.task.loss_terms)
                     yield shard
             epoch += 1
 

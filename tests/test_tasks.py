@@ -409,3 +409,32 @@ def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeyp
         )
         in out
     )
+
+
+def test_the_engine_batches_and_generates_through_the_task(tmp_path, monkeypatch) -> None:
+    """Batches and generations are the task's (``Task.collate`` / ``Task.generate``): a task with labels or
+    outputs of another shape overrides them, and nothing else in the engine assumes a decoder.
+    """
+    from adalora_search.tasks.causal_lm import CausalLM
+
+    widths: list[int] = []
+    generated: list[int] = []
+    collate, generate = CausalLM.collate, CausalLM.generate
+
+    def spy_collate(self, split, rows, pad_id, width):
+        widths.append(width)
+        return collate(self, split, rows, pad_id, width)
+
+    def spy_generate(self, model, prompts, max_new_tokens, how):
+        out = generate(self, model, prompts, max_new_tokens, how)
+        generated.append(len(out))
+        return out
+
+    monkeypatch.setattr(CausalLM, "collate", spy_collate)
+    monkeypatch.setattr(CausalLM, "generate", spy_generate)
+    data = causal_study(tiny_decoder(tmp_path / "tiny"), training={"max_steps": 8, "eval_every": 8})
+    spec = parse_spec(yaml.safe_dump(data))
+    run = TrialRun(sample(spec, optuna.trial.FixedTrial({})), prepare_data(spec))
+    run.train()
+    assert len(widths) >= 3 and generated and generated[0] > 0  # training and validation batches; generations
+    assert "exact_match" in run.result.metrics["final"]

@@ -24,6 +24,7 @@ from adalora_search.study.study_section import (  # noqa: F401 - re-exported: on
     StudySection,
 )
 from adalora_search.study.trackers import TrackingSpec
+from adalora_search.tasks import TASKS
 
 
 # ---------------------------------------------------------------- model
@@ -31,7 +32,7 @@ class ModelSpec(Frozen):
     """``model``: which model, for which task, and how it is built."""
 
     name_or_path: str = Field(min_length=1, description="packaged name (minilm-l6), Hub id, or local directory")
-    task: Literal["classification", "regression", "token_classification", "causal_lm"] = Field(
+    task: Literal[tuple(TASKS)] = Field(  # type: ignore[valid-type] - the registry's names
         default="classification", description="a task of the registry in adalora_search/tasks"
     )
     init: Literal["pretrained", "random"] = Field(

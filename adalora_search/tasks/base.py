@@ -1,20 +1,23 @@
 """What a task is: the contract between the data pipeline, the model builder and the evaluator.
 
 A task owns everything that differs between, say, sequence classification and causal language
-modelling: which source columns it reads, how rows become ``input_ids`` and ``labels``, which
-transformers Auto class and PEFT ``TaskType`` it uses, how a split is evaluated and which
-metrics a study may optimise (each with its default direction). Adding a task is one module
+modelling: which source columns it reads, how rows become ``input_ids`` and ``labels``, how rows
+become a batch (``collate``) and prompts a generation (``generate``), which transformers Auto class
+and PEFT ``TaskType`` it uses, how a split is evaluated and which metrics a study may optimise (each
+with its default direction). Adding a task is one module
 beside this one plus one line in ``tasks/__init__.py``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from adalora_search.errors import Problem, UserError
+from adalora_search.tasks import batching
+from adalora_search.tasks.batching import Generation
 
 if TYPE_CHECKING:
     import torch
@@ -141,6 +144,17 @@ class Task(ABC):
         None as well for tasks without a chance level.
         """
         return None
+
+    # ---------------------------------------------------------------- batches and generation
+    def collate(self, split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+        """The batch of ``rows`` at ``width`` tokens: ``input_ids``, ``attention_mask`` [batch, width] and
+        ``labels`` on the input's positions ([batch], or [batch, width] -100 padded); see ``batching.collate``.
+        """
+        return batching.collate(split, rows, pad_id, width)
+
+    def generate(self, model: Any, prompts: list[list[int]], max_new_tokens: int, how: Generation) -> list[list[int]]:
+        """Greedy generations [n_new] for prompt ids: a decoder's continuations (``batching``)."""
+        return batching.generate_continuations(model, prompts, max_new_tokens, how)
 
     def direction(self, metric: str) -> Direction:
         return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")

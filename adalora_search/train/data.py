@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,11 +23,15 @@ import torch
 
 from adalora_search import files
 from adalora_search.study.spec import DataSpec
+from adalora_search.tasks import batching
 from adalora_search.train import sources, splits
 from adalora_search.train.splits import SPLITS, load_splits  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from adalora_search.tasks import Task
+
+# (split, row indices, pad id, width) -> one batch: the task's ``Task.collate``
+Collate = Callable[["Split", Sequence[int], int, int], dict[str, torch.Tensor]]
 
 
 def _datasets():  # noqa: ANN202 - the module
@@ -220,8 +224,10 @@ def batches(
     shuffle_seed: int | None,
     pad_to_multiple_of: int | None = None,
     max_width: int | None = None,
+    collate: Collate = batching.collate,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given).
+    """Length-grouped, dynamically padded batches (shuffled by bucket when a seed is given), each made by
+    ``collate`` (the task's ``Task.collate``; by default ``tasks.batching.collate``).
 
     ``pad_to_multiple_of``: each batch's width is rounded up to a multiple of it (at most ``max_width``,
     the data's ``max_length``, when the rows are shorter), so a compiled model sees a few shapes.
@@ -242,34 +248,12 @@ def batches(
     else:
         order_chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in order_chunks:
-        yield _collate(split, chunk, pad_id, pad_to_multiple_of, max_width)
+        yield collate(split, chunk, pad_id, _width(split, chunk, pad_to_multiple_of, max_width))
 
 
-def _pad(rows: list[list[Any]], width: int, value: int) -> torch.Tensor:
-    """Rows of ids [n, <= width] right-padded with ``value`` into a long tensor [n, width] (filled in numpy: one
-    tensor per batch, not one per row).
-    """
-    out = np.full((len(rows), width), value, dtype=np.int64)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row
-    return torch.from_numpy(out)
-
-
-def _collate(
-    split: Split, rows: np.ndarray, pad_id: int, multiple: int | None = None, max_width: int | None = None
-) -> dict[str, torch.Tensor]:
-    ids = [split.columns["input_ids"][i] for i in rows]
-    lengths = np.array([len(x) for x in ids])
-    width = int(lengths.max())
+def _width(split: Split, rows: np.ndarray, multiple: int | None, max_width: int | None) -> int:
+    """The batch's width: its longest row, rounded up to ``multiple`` (at most ``max_width``) when given."""
+    width = max(len(split.columns["input_ids"][i]) for i in rows)
     if multiple:
         width = max(width, min(-(-width // multiple) * multiple, max_width or width + multiple))
-    mask = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
-    batch = {"input_ids": _pad(ids, width, pad_id), "attention_mask": mask}
-    if "token_type_ids" in split.columns:
-        batch["token_type_ids"] = _pad([split.columns["token_type_ids"][i] for i in rows], width, 0)
-    labels = [split.columns["labels"][i] for i in rows]
-    if isinstance(labels[0], list):
-        batch["labels"] = _pad(labels, width, -100)
-    else:
-        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
-    return batch
+    return width

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 from adalora_search.errors import TrialFailure
 from adalora_search.study.space import TrialConfig, optimizer_steps
 from adalora_search.tasks import EvalContext, get_task
+from adalora_search.tasks.batching import Generation
 from adalora_search.train import compiling, memory, methods, modeling
 from adalora_search.train.allocator import RankBook
 from adalora_search.train.data import TokenizedData, batches
@@ -148,6 +149,7 @@ class TrialRun:
                 self.data.pad_token_id,
                 shuffle_seed=t.seed * 1000 + epoch,
                 **self._padding(),
+                collate=self.task.collate,
             ):
                 if self.parallel is None:
                     yield batch
@@ -330,7 +332,9 @@ class TrialRun:
             split=data,
             label_names=self.data.label_names,
             tokenizer=self.data.tokenizer,
-            batches=lambda: batches(data, self.cfg.training.eval_batch_size, self.data.pad_token_id, None),
+            batches=lambda: batches(
+                data, self.cfg.training.eval_batch_size, self.data.pad_token_id, None, collate=self.task.collate
+            ),
             generate=self._generate,
             generation=self.cfg.training.generation,
             final=final,
@@ -342,27 +346,15 @@ class TrialRun:
             return self.forward_model(**batch).logits
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuations [n_new] of each prompt, left-padded batches, cut at EOS."""
-        pad, eos = self.data.pad_token_id, getattr(self.data.tokenizer, "eos_token_id", None)
-        out: list[list[int]] = []
-        size = self.cfg.training.eval_batch_size
-        for i in range(0, len(prompts), size):
-            chunk = prompts[i : i + size]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=self.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                generated = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad,
-                    eos_token_id=eos,
-                )
-            for row in generated[:, width:].tolist():
-                out.append(row[: row.index(eos)] if eos in row else row)
-        return out
+        """Greedy generations [n_new] for prompt ids, as the task generates (``Task.generate``)."""
+        how = Generation(
+            pad_id=self.data.pad_token_id,
+            eos_id=getattr(self.data.tokenizer, "eos_token_id", None),
+            batch_size=self.cfg.training.eval_batch_size,
+            device=self.device,
+            autocast=self.autocast,
+        )
+        return self.task.generate(self.model, prompts, max_new_tokens, how)
 
     def _record_timing(self, steps: int, tokens: int, seconds: float, eval_s: float) -> None:
         t = self.result.timing

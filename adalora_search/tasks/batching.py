@@ -1,0 +1,92 @@
+"""What most tasks do with batches and generation, as ``Task.collate`` and ``Task.generate`` use it.
+
+Encoder and decoder-only tasks put labels on the input's positions (one per row, or one per token),
+and a decoder continues its prompt: its new tokens follow the prompt in ``generate``'s output. A task
+whose labels or outputs are shaped otherwise (a text-to-text model: labels of their own length, an
+output that is all new tokens) overrides ``collate`` / ``generate`` instead of changing these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported by the calls that batch: reading a study file never imports it
+    import torch
+
+    from adalora_search.train.data import Split
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How the engine runs ``generate`` for a task: padding and end ids, batch size, device, bf16 autocast."""
+
+    pad_id: int
+    eos_id: int | None
+    batch_size: int
+    device: Any  # torch.device
+    autocast: bool
+
+
+def pad(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
+    """Rows of ids [n, <= width] right-padded with ``value`` into a long tensor [n, width] (filled in numpy: one
+    tensor per batch, not one per row).
+    """
+    import torch
+
+    out = np.full((len(rows), width), value, dtype=np.int64)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+    return torch.from_numpy(out)
+
+
+def collate(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [batch, width] (long, right-padded), ``token_type_ids`` when the
+    split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
+    """
+    import torch
+
+    ids = [split.columns["input_ids"][i] for i in rows]
+    lengths = np.array([len(x) for x in ids])
+    mask = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
+    batch = {"input_ids": pad(ids, width, pad_id), "attention_mask": mask}
+    if "token_type_ids" in split.columns:
+        batch["token_type_ids"] = pad([split.columns["token_type_ids"][i] for i in rows], width, 0)
+    labels = [split.columns["labels"][i] for i in rows]
+    if isinstance(labels[0], list):
+        batch["labels"] = pad(labels, width, -100)
+    else:
+        batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+    return batch
+
+
+def generate_continuations(
+    model: Any, prompts: list[list[int]], max_new_tokens: int, how: Generation
+) -> list[list[int]]:
+    """Greedy continuations [n_new] of each prompt of a decoder-only model: left-padded batches, the tokens
+    after the prompt, cut at EOS.
+    """
+    import torch
+
+    out: list[list[int]] = []
+    pad_id, eos = how.pad_id, how.eos_id
+    for i in range(0, len(prompts), how.batch_size):
+        chunk = prompts[i : i + how.batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=how.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=how.device)
+        with torch.autocast(how.device.type, dtype=torch.bfloat16, enabled=how.autocast):
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=eos,
+            )
+        for row in generated[:, width:].tolist():
+            out.append(row[: row.index(eos)] if eos in row else row)
+    return out

@@ -38,7 +38,8 @@ def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr
         return cfg.model_copy(update={"method": "full" if ref.kind == "full" else "none", "training": training})
     r = max(1, round(sum(ranks.values()) / max(len(ranks), 1)))
     uniform, alphas = lora_patterns({n: r for n in ranks}, cfg.adalora.lora_alpha, cfg.adalora.init_r)
-    lora = LoraKnobs(rank_pattern=uniform, alpha_pattern=alphas)  # same per-direction scale as AdaLoRA
+    init = ref.kind if ref.kind in ("pissa", "eva") else "default"
+    lora = LoraKnobs(rank_pattern=uniform, alpha_pattern=alphas, init=init, use_dora=ref.kind == "dora")
     return cfg.model_copy(update={"method": "lora", "lora": lora, "training": training})
 
 
@@ -62,6 +63,8 @@ def train_reference(cfg: TrialConfig, data: TokenizedData) -> ReferenceResult:
             "timing": run.result.timing,
             "learning_rate": cfg.training.learning_rate,
             "warnings": [chance] if chance else [],
+            # EVA's ranks moved between matrices: the report sets them beside AdaLoRA's allocation
+            "rank_allocation": run.result.rank_allocation if cfg.lora is not None and cfg.lora.init == "eva" else {},
         }
     )
 

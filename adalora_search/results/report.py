@@ -62,12 +62,16 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
         "allocation_topk_share": tables.pivot(allocations, [t.number for t in top], "rank_share"),
         "references": tables.references_table(study),
     }
+    eva = StudyRecord.of(study).references.get("eva")
+    if eva is not None and eva.rank_allocation:  # EVA's ranks, moved between matrices, beside AdaLoRA's
+        frames["allocation_eva"] = tables.allocation_grid(eva.rank_allocation)
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
     gains = [
         *_gains(trials, best, metric, StudyRecord.of(study).references),
         *budget_sentences(frames["allocation_best"], best),
+        *eva_sentences(frames, best),
         *diagnostics.study_notes(study),
     ]
     if (note := references_note(study)) is not None:
@@ -83,6 +87,21 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     return page
 
 
+def eva_sentences(frames: dict[str, pd.DataFrame], best) -> list[str]:
+    """How far EVA's data-driven ranks agree with AdaLoRA's allocation (the share of budget both give the
+    same layer x matrix type), when the study has an ``eva`` reference with its ranks.
+    """
+    if "allocation_eva" not in frames or best is None or frames["allocation_best"].empty:
+        return []
+    shared = tables.overlap(frames["allocation_best"], frames["allocation_eva"])
+    eva_total = int(frames["allocation_eva"].fillna(0).to_numpy().sum())
+    return [
+        f"EVA's ranks (reference eva, {eva_total} in all, redistributed from its activations) and AdaLoRA's "
+        f"allocation (best trial {best.number}) give {100 * shared:.0f} % of their budgets to the same layer x "
+        "matrix type."
+    ]
+
+
 def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, Path]:
     figs: dict[str, Path] = {}
     if best is not None:
@@ -96,6 +115,10 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
             fmt="{:.1f}",
             label="% of total rank",
         )
+        if "allocation_eva" in frames:
+            figs["EVA's ranks (reference eva, layer x module)"] = plots.heatmap(
+                frames["allocation_eva"], "EVA: rank per matrix after its redistribution", out / "heatmap_eva.png"
+            )
         figs["Budget schedule of the top trials"] = plots.budget_curves(top, metric, out / "budget_curves.png")
     if not trials.empty and f"final_{metric}" in trials:
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE

@@ -96,24 +96,41 @@ def allocations_table(study: optuna.Study) -> pd.DataFrame:
     """Long table: trial x adapted module -> final rank, with layer index and module type."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        record = TrialRecord.of(t)
-        total = record.total_rank or 1
-        for name, rank in record.rank_allocation.items():
-            rows.append(
-                {
-                    "trial": t.number,
-                    "state": t.state.name,
-                    "module": name,
-                    "layer": layer_index(name),
-                    "module_type": module_type(name),
-                    "module_name": module_name(name),
-                    "rank": rank,
-                    "rank_share": rank / total,
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["trial", "state", "module", "layer", "module_type", "module_name", "rank", "rank_share"]
-    )
+        rows += _allocation_rows(t.number, t.state.name, TrialRecord.of(t).rank_allocation)
+    return pd.DataFrame(rows, columns=ALLOCATION_COLUMNS)
+
+
+ALLOCATION_COLUMNS = ["trial", "state", "module", "layer", "module_type", "module_name", "rank", "rank_share"]
+
+
+def _allocation_rows(trial: int, state: str, ranks: dict[str, int]) -> list[dict[str, Any]]:
+    total = sum(ranks.values()) or 1
+    return [
+        {
+            "trial": trial,
+            "state": state,
+            "module": name,
+            "layer": layer_index(name),
+            "module_type": module_type(name),
+            "module_name": module_name(name),
+            "rank": rank,
+            "rank_share": rank / total,
+        }
+        for name, rank in ranks.items()
+    ]
+
+
+def allocation_grid(ranks: dict[str, int]) -> pd.DataFrame:
+    """One allocation (module -> rank, e.g. a reference's) as the layer x module table of ``pivot``."""
+    return pivot(pd.DataFrame(_allocation_rows(0, "COMPLETE", ranks), columns=ALLOCATION_COLUMNS), [0])
+
+
+def overlap(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """The share of budget two layer x module allocations give to the same cells: sum of the smaller share."""
+    share_a, share_b = a.fillna(0) / max(float(a.fillna(0).to_numpy().sum()), 1e-12), b.fillna(0)
+    share_b = share_b / max(float(share_b.to_numpy().sum()), 1e-12)
+    share_a, share_b = share_a.align(share_b, fill_value=0.0)
+    return float(share_a.where(share_a < share_b, share_b).to_numpy().sum())
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -119,7 +119,8 @@ class ReferenceResult:
 
     ``metrics``: "final" (validation) and "test" -> metric -> value; ``tried``: every learning rate
     trained, the kept one chosen on validation; ``of_trial``: the trial whose settings it used;
-    ``failure``: why the kept run failed (every rate diverged).
+    ``failure``: why the kept run failed (every rate diverged); ``rank_allocation``: a LoRA variant's rank per
+    module (EVA's, after its redistribution), the layout of a trial's ``rank_allocation``.
     """
 
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -130,6 +131,7 @@ class ReferenceResult:
     tried: list[TriedRate] = field(default_factory=list)
     of_trial: int | None = None
     failure: str | None = None
+    rank_allocation: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stored: Mapping[str, Any]) -> ReferenceResult:
@@ -142,6 +144,7 @@ class ReferenceResult:
             tried=[TriedRate(**t) for t in _stored(stored, "tried", list)],
             of_trial=stored.get("of_trial"),
             failure=stored.get("failure"),
+            rank_allocation=dict(_stored(stored, "rank_allocation", dict)),
         )
 
     def as_attr(self) -> dict[str, Any]:
@@ -151,7 +154,8 @@ class ReferenceResult:
         """
         out = asdict(self)
         kept = ("failure", "learning_rate", "tried", "of_trial") if self.failure is not None else tuple(out)
-        return {k: v for k, v in out.items() if k in kept and not (v is None and k in ("failure", "of_trial"))}
+        empty = {"failure": None, "of_trial": None, "rank_allocation": {}}  # left out when they hold nothing
+        return {k: v for k, v in out.items() if k in kept and not (k in empty and v == empty[k])}
 
     def metric(self, which: str, name: str) -> float | None:
         """``which`` ("final", "test") value of metric ``name``, or None."""

@@ -50,6 +50,8 @@ class LoraKnobs(Frozen):
 
     rank_pattern: dict[str, int]
     alpha_pattern: dict[str, float]
+    init: Literal["default", "pissa", "eva"] = "default"  # PEFT's init_lora_weights (eva: from activations)
+    use_dora: bool = False  # PEFT's DoRA
 
 
 class TrialConfig(Frozen):

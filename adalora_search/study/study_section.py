@@ -55,21 +55,29 @@ class Objective(Frozen):
 LORA_LEARNING_RATES: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
 
 
+# references trained as fixed-rank LoRA at the best trial's final budget (PEFT's LoraConfig), by variant
+LORA_KINDS = ("lora", "pissa", "dora", "eva")
+
+
 class Reference(Frozen):
     """A non-AdaLoRA run beside the search, trained with the best trial's settings unless overridden.
 
-    ``lora``: uniform rank over the best trial's target modules, at its final rank budget;
+    ``lora``: uniform rank over the best trial's target modules, at its final rank budget; ``pissa``,
+    ``dora`` and ``eva``: the same budget with PEFT's SVD-based LoRA variants (PiSSA's principal singular
+    vectors as initialisation, DoRA's magnitude/direction split, EVA's initialisation from the SVD of
+    activations on training batches, which also moves ranks between matrices, up to 2x, ``rho`` 2);
     ``full``: every weight trainable (usually wants a lower learning rate);
     ``zero_shot``: the base model evaluated with no adapter and no training.
     """
 
-    kind: Literal["lora", "full", "zero_shot"] = Field(
-        description="lora: uniform rank at the best trial's final budget; full: every weight; zero_shot: no training"
+    kind: Literal["lora", "pissa", "dora", "eva", "full", "zero_shot"] = Field(
+        description="lora: uniform rank at the best trial's final budget; pissa, dora, eva: PEFT's SVD-based "
+        "LoRA variants at that budget; full: every weight; zero_shot: no training"
     )
     learning_rate: float | list[float] | None = Field(
         default=None,
         description="one rate, or several: each is trained, the best on validation is kept; "
-        f"default: lora {list(LORA_LEARNING_RATES)}, full the best trial's",
+        f"default: lora, pissa, dora, eva {list(LORA_LEARNING_RATES)}, full the best trial's",
     )
     epochs: float | None = Field(
         default=None, gt=0, description="passes over the training rows (default: as the trials)"
@@ -89,7 +97,7 @@ class Reference(Frozen):
         if self.kind == "zero_shot":
             return [None]
         if self.learning_rate is None:
-            return list(LORA_LEARNING_RATES) if self.kind == "lora" else [None]
+            return list(LORA_LEARNING_RATES) if self.kind in LORA_KINDS else [None]
         return list(self.learning_rate) if isinstance(self.learning_rate, list) else [self.learning_rate]
 
 

@@ -70,6 +70,7 @@ class Task(ABC):
     main_metric: ClassVar[str]  # what "best" means for references, retrain and the summary
     stratify: ClassVar[bool] = False  # stratified split by label (classification only)
     pools_on_pad: ClassVar[bool] = True  # the head reads the last non-pad token: the config needs a pad id
+    token_labels: ClassVar[bool] = False  # labels sit on token positions ([batch, width], -100 where none)
 
     # ---------------------------------------------------------------- study-file checks
     def check_data(self, data: DataSpec) -> list[Problem]:

@@ -41,6 +41,7 @@ class CausalLM(Task):
     """Supervised fine-tuning of a decoder LLM: loss on responses, generation metrics."""
 
     name = "causal_lm"
+    token_labels = True
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
     metrics: ClassVar[dict[str, Direction]] = {

@@ -37,6 +37,7 @@ class TokenClassification(Task):
     """One tag per word (e.g. named entities), scored per entity with seqeval."""
 
     name = "token_classification"
+    token_labels = True
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     metrics: ClassVar[dict[str, Direction]] = {

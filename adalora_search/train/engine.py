@@ -12,7 +12,7 @@ import os
 import resource
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,6 +71,8 @@ class TrialRun:
         self.model = methods.wrap(base, cfg, self.total_steps)
         if not memory.placed(cfg.model):  # a quantized or dispatched base is placed by its device_map
             self.model = self.model.to(self.device)
+        lora_ranks = methods.initialize(self.model, cfg, self._device_batches)  # EVA: from training batches
+        self.result.rank_allocation = lora_ranks  # a LoRA reference's ranks (AdaLoRA's are set by RankBook)
         adalora = methods.METHODS[cfg.method].rank_pruning
         self.ranks = RankBook(self.model) if adalora else None
         # AdaLoRA: the transformers model under PEFT's AdaLoraModel, whose forward only adds its own
@@ -157,6 +159,12 @@ class TrialRun:
                     shard, self._weight = self.parallel.shard(batch, self.task.loss_terms)
                     yield shard
             epoch += 1
+
+    def _device_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches (the first epoch's order) on the model's device."""
+        for batch in self._train_batches():
+            if batch is not None:
+                yield {k: v.to(self.device) for k, v in batch.items()}
 
     def _padding(self) -> dict[str, int | None]:
         """Training batches' widths (evaluation is eager: its batches are not padded further)."""

@@ -8,8 +8,9 @@ trained; ``none``: the base model as it is, evaluated only (the zero-shot refere
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from peft import get_peft_model
@@ -31,9 +32,37 @@ def _adalora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch
 def _lora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn.Module:
     assert cfg.lora is not None, "a lora run names its ranks (TrialConfig.lora)"
     fan = modeling.conv1d_targets(base, list(cfg.lora.rank_pattern))
-    return get_peft_model(
-        base, modeling.lora_config(cfg.lora.rank_pattern, cfg.lora.alpha_pattern, cfg.adalora, cfg.model.task, fan)
+    lora = cfg.lora
+    config = modeling.lora_config(
+        lora.rank_pattern, lora.alpha_pattern, cfg.adalora, cfg.model.task, fan, lora.init, lora.use_dora
     )
+    return get_peft_model(base, config)
+
+
+EVA_BATCHES = 32  # training batches EVA's incremental SVD may cycle through (PEFT stops once it converges)
+
+
+def initialize(model: torch.nn.Module, cfg: TrialConfig, batches: Callable[[], Iterable[dict]]) -> dict[str, int]:
+    """What a method does once the model is on its device, before training; returns the LoRA ranks per module
+    (empty for AdaLoRA, whose allocation is its own, and for ``full`` / ``none``).
+
+    EVA (``lora.init: eva``): PEFT's ``initialize_lora_eva_weights`` over the first ``EVA_BATCHES`` training
+    batches (the SVD of each adapted layer's inputs), which also redistributes the ranks (EvaConfig's rho).
+    """
+    if cfg.method != "lora" or cfg.lora is None:
+        return {}
+    if cfg.lora.init == "eva":
+        from peft import initialize_lora_eva_weights
+
+        initialize_lora_eva_weights(model, dataloader=list(islice(batches(), EVA_BATCHES)), show_progress_bar=False)
+    from peft.tuners.lora import LoraLayer
+
+    kept = {  # the ranks as built (EVA's pattern names only those off its default r; rank 0: layer removed)
+        name.removeprefix("base_model.model."): int(module.r["default"])
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    return {name: kept.get(name, 0) for name in sorted(cfg.lora.rank_pattern)}
 
 
 @dataclass(frozen=True)

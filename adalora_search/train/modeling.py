@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import transformers
 from packaging import version
-from peft import AdaLoraConfig, LoraConfig
+from peft import AdaLoraConfig, EvaConfig, LoraConfig
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
@@ -172,8 +172,14 @@ def lora_config(
     knobs: AdaLoraSpec,
     task: str = "classification",
     fan_in_fan_out: bool = False,
+    init: str = "default",
+    use_dora: bool = False,
 ) -> LoraConfig:
-    """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns."""
+    """Fixed-rank LoRA reproducing an allocation: only modules with rank > 0, full-name patterns.
+
+    ``init``: PEFT's ``init_lora_weights`` ("default": Kaiming A and zero B; "pissa": the principal
+    singular vectors of each weight; "eva": from activations, ``methods.initialize``); ``use_dora``: DoRA.
+    """
     kept = {name: r for name, r in ranks.items() if r > 0}
     default_r = max(kept.values(), default=1)
     return LoraConfig(
@@ -186,6 +192,10 @@ def lora_config(
         # full module names: PEFT matches pattern keys as `(.*\.)?key$`, so each hits exactly one module
         rank_pattern=dict(kept),
         alpha_pattern={n: alphas[n] for n in kept},
+        init_lora_weights=True if init == "default" else init,
+        # rho 2: a matrix may get up to twice its rank; label masks only where labels sit on tokens
+        eva_config=EvaConfig(use_label_mask=get_task(task).token_labels) if init == "eva" else None,
+        use_dora=use_dora,
     )
 
 

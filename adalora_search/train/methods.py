@@ -8,6 +8,7 @@ trained; ``none``: the base model as it is, evaluated only (the zero-shot refere
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
@@ -36,7 +37,10 @@ def _lora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn
     config = modeling.lora_config(
         lora.rank_pattern, lora.alpha_pattern, cfg.adalora, cfg.model.task, fan, lora.init, lora.use_dora
     )
-    return get_peft_model(base, config)
+    with warnings.catch_warnings():  # PEFT's advice to build EVA's adapters on the meta device: the engine
+        # moves the model to its device before EVA fills them, which meta tensors cannot do
+        warnings.filterwarnings("ignore", message="lora with eva initialization used with low_cpu_mem_usage=False")
+        return get_peft_model(base, config)
 
 
 EVA_BATCHES = 32  # training batches EVA's incremental SVD may cycle through (PEFT stops once it converges)

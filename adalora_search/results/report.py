@@ -65,13 +65,14 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     eva = StudyRecord.of(study).references.get("eva")
     if eva is not None and eva.rank_allocation:  # EVA's ranks, moved between matrices, beside AdaLoRA's
         frames["allocation_eva"] = tables.allocation_grid(eva.rank_allocation)
+        frames["allocation_eva_trial"] = tables.pivot(allocations, [eva.of_trial])  # the trial it was trained beside
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
     gains = [
         *_gains(trials, best, metric, StudyRecord.of(study).references),
         *budget_sentences(frames["allocation_best"], best),
-        *eva_sentences(frames, best),
+        *eva_sentences(frames, StudyRecord.of(study).references.get("eva")),
         *diagnostics.study_notes(study),
     ]
     if (note := references_note(study)) is not None:
@@ -87,18 +88,18 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     return page
 
 
-def eva_sentences(frames: dict[str, pd.DataFrame], best) -> list[str]:
-    """How far EVA's data-driven ranks agree with AdaLoRA's allocation (the share of budget both give the
-    same layer x matrix type), when the study has an ``eva`` reference with its ranks.
+def eva_sentences(frames: dict[str, pd.DataFrame], eva: ReferenceResult | None) -> list[str]:
+    """How far EVA's data-driven ranks agree with AdaLoRA's allocation of the trial EVA was trained beside (its
+    budget; the share of budget both give the same layer x matrix type), when the study has an ``eva`` reference.
     """
-    if "allocation_eva" not in frames or best is None or frames["allocation_best"].empty:
+    if eva is None or "allocation_eva" not in frames or frames["allocation_eva_trial"].empty:
         return []
-    shared = tables.overlap(frames["allocation_best"], frames["allocation_eva"])
+    shared = tables.overlap(frames["allocation_eva_trial"], frames["allocation_eva"])
     eva_total = int(frames["allocation_eva"].fillna(0).to_numpy().sum())
     return [
         f"EVA's ranks (reference eva, {eva_total} in all, redistributed from its activations) and AdaLoRA's "
-        f"allocation (best trial {best.number}) give {100 * shared:.0f} % of their budgets to the same layer x "
-        "matrix type."
+        f"allocation (trial {eva.of_trial}, whose budget it was trained at) give {100 * shared:.0f} % of their "
+        "budgets to the same layer x matrix type."
     ]
 
 
@@ -198,7 +199,8 @@ def references_note(study: optuna.Study) -> str | None:
     missing = [kind for kind in planned or [] if kind not in stored.references]
     if planned == [] or (planned is None and not stored.references):
         return (
-            "_This study names no reference run (`study.references`: `lora`, `full`, `zero_shot`) to compare "
+            "_This study names no reference run (`study.references`: `lora`, `pissa`, `dora`, `eva`, `full`, "
+            "`zero_shot`) to compare "
             "the best trial with._\n"
         )
     if missing:

@@ -71,7 +71,9 @@ class TrialRun:
         self.model = methods.wrap(base, cfg, self.total_steps)
         if not memory.placed(cfg.model):  # a quantized or dispatched base is placed by its device_map
             self.model = self.model.to(self.device)
-        lora_ranks = methods.initialize(self.model, cfg, self._device_batches)  # EVA: from training batches
+        self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):  # EVA's forwards
+            lora_ranks = methods.initialize(self.model, cfg, self._device_batches)  # EVA: from training batches
         self.result.rank_allocation = lora_ranks  # a LoRA reference's ranks (AdaLoRA's are set by RankBook)
         adalora = methods.METHODS[cfg.method].rank_pruning
         self.ranks = RankBook(self.model) if adalora else None
@@ -79,7 +81,6 @@ class TrialRun:
         # (unbatched) orthogonal regularizer; the batched one of equal value is added in _loss
         self.regularizer = OrthogonalRegularizer(self.model) if adalora else None
         self.forward_model = self.model.base_model.model if adalora else self.model
-        self.autocast = self.device.type == "cuda" and cfg.model.dtype in ("auto", "bfloat16")
         settings = compiling.options(cfg.training.compile)
         self.compiled = compiling.CompiledLoss(self._loss, settings) if settings is not None else None
         self._record_params(initial=True)

@@ -100,13 +100,13 @@ def platform_problems(spec: StudySpec, cuda: bool | None = None) -> list[Problem
                     "weights; remove the full reference, or use quantization: none",
                 )
             )
-        for kind in sorted({r.kind for r in spec.study.references} & {"pissa", "eva"}):
+        if any(r.kind == "pissa" for r in spec.study.references):
             problems.append(
                 Problem(
                     "study.references",
-                    kind,
-                    "initialises from the full-precision weights (PiSSA) or activations (EVA), which PEFT "
-                    "does not do on a bitsandbytes-quantized base; remove it, or use quantization: none",
+                    "pissa",
+                    "PiSSA takes the principal singular vectors out of the full-precision weights, which PEFT "
+                    "cannot do on a bitsandbytes-quantized base; remove it, or use quantization: none",
                 )
             )
     if m.device_map is not None and not on_cuda:

@@ -12,11 +12,12 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
+from typing import Any
 
 import torch
 from peft import get_peft_model
 
-from adalora_search.errors import UserError
+from adalora_search.errors import TrialFailure, UserError
 from adalora_search.study.space import TrialConfig
 from adalora_search.train import allocator, memory, modeling
 
@@ -43,7 +44,41 @@ def _lora(base: torch.nn.Module, cfg: TrialConfig, total_steps: int) -> torch.nn
         return get_peft_model(base, config)
 
 
-EVA_BATCHES = 32  # training batches EVA's incremental SVD may cycle through (PEFT stops once it converges)
+EVA_BATCHES = 32  # training batches EVA's incremental SVD cycles through (PEFT stops once it converges)
+EVA_FORWARDS = 20 * EVA_BATCHES  # forward passes after which EVA has failed to converge
+
+
+def _eva(model: torch.nn.Module, batches: list[dict]) -> None:
+    """PEFT's EVA over ``batches`` (cycled until its SVDs converge, at most ``EVA_FORWARDS`` forwards), then the
+    adapters back in float32 (EVA rebuilds a resized layer in the base weights' dtype).
+
+    Raises:
+        TrialFailure: EVA's SVDs did not converge within ``EVA_FORWARDS`` forward passes.
+    """
+    from peft import initialize_lora_eva_weights
+    from peft.tuners.lora.eva import forward_fn_dict, prepare_layer_inputs_fn_language_modeling
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    calls = iter(range(EVA_FORWARDS + 1))
+
+    def forward(model: torch.nn.Module, inputs: dict) -> Any:
+        if next(calls) == EVA_FORWARDS:
+            raise TrialFailure(
+                f"EVA's SVDs did not converge within {EVA_FORWARDS} forward passes; use a larger "
+                "batch_size or max_length, or drop the eva reference"
+            )
+        return forward_fn_dict(model, inputs)
+
+    def layer_inputs(layer_input: Any, model_input: torch.Tensor, layer_name: str) -> torch.Tensor:
+        tensor = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+        if tensor.dim() == 2:  # one vector per row (e.g. BERT's pooler): every row is a sample, no token mask
+            return tensor.contiguous()  # e.g. hidden_states[:, 0], a strided view
+        return prepare_layer_inputs_fn_language_modeling(layer_input, model_input, layer_name)
+
+    initialize_lora_eva_weights(
+        model, dataloader=batches, forward_fn=forward, prepare_layer_inputs_fn=layer_inputs, show_progress_bar=False
+    )
+    cast_adapter_dtype(model, "default")
 
 
 def initialize(model: torch.nn.Module, cfg: TrialConfig, batches: Callable[[], Iterable[dict]]) -> dict[str, int]:
@@ -56,9 +91,7 @@ def initialize(model: torch.nn.Module, cfg: TrialConfig, batches: Callable[[], I
     if cfg.method != "lora" or cfg.lora is None:
         return {}
     if cfg.lora.init == "eva":
-        from peft import initialize_lora_eva_weights
-
-        initialize_lora_eva_weights(model, dataloader=list(islice(batches(), EVA_BATCHES)), show_progress_bar=False)
+        _eva(model, list(islice(batches(), EVA_BATCHES)))
     from peft.tuners.lora import LoraLayer
 
     kept = {  # the ranks as built (EVA's pattern names only those off its default r; rank 0: layer removed)

@@ -216,10 +216,11 @@ def report(
     ``storage``).
     """
     with quiet_warnings():
-        stored = session.locate(study, storage, study_name)
+        resolved = session.resolve(study) if study else None  # the study file read once, for both uses
+        stored = session.locate(resolved[0] if resolved else None, storage, study_name)
         from adalora_search.results.report import write_report
 
-        beside = Path(session.resolve(study)[1]).resolve().parent if study else Path()
+        beside = Path(resolved[1]).resolve().parent if resolved else Path()
         directory = Path(out) if out else beside / f"{stored.study_name}_report"
         page = write_report(stored, directory, top_k)
     return Report(directory, page, sorted(directory.iterdir()))

@@ -127,10 +127,15 @@ def allocation_grid(ranks: dict[str, int]) -> pd.DataFrame:
 
 def overlap(a: pd.DataFrame, b: pd.DataFrame) -> float:
     """The share of budget two layer x module allocations give to the same cells: sum of the smaller share."""
-    share_a, share_b = a.fillna(0) / max(float(a.fillna(0).to_numpy().sum()), 1e-12), b.fillna(0)
-    share_b = share_b / max(float(share_b.to_numpy().sum()), 1e-12)
+    share_a, share_b = (_shares(frame) for frame in (a, b))
     share_a, share_b = share_a.align(share_b, fill_value=0.0)
     return float(share_a.where(share_a < share_b, share_b).to_numpy().sum())
+
+
+def _shares(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's share of the frame's total (NaN: no rank, 0)."""
+    filled = frame.fillna(0)
+    return filled / max(float(filled.to_numpy().sum()), 1e-12)
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

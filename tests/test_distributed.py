@@ -143,10 +143,14 @@ def test_a_rank_that_fails_fails_the_trial_as_one_process_would_and_only_a_death
 def test_loss_terms_follow_each_tasks_mean() -> None:
     from adalora_search.tasks import get_task
 
-    labels = torch.tensor([[5, 6, -100], [-100, 7, 8]])
-    assert get_task("causal_lm").loss_terms(labels) == 3  # shifted: a row's first label predicts nothing
-    assert get_task("token_classification").loss_terms(labels) == 4
-    assert get_task("classification").loss_terms(torch.tensor([1, 0, 1])) == 3
+    batch = {"input_ids": torch.zeros(2, 3), "labels": torch.tensor([[5, 6, -100], [-100, 7, 8]])}
+    assert get_task("causal_lm").loss_terms(batch) == 3  # shifted: a row's first label predicts nothing
+    assert get_task("token_classification").loss_terms(batch) == 4
+    assert get_task("seq2seq").loss_terms(batch) == 4  # target tokens: the decoder's inputs are shifted, not labels
+    rows = {"input_ids": torch.zeros(3, 4), "labels": torch.tensor([1, 0, 1])}
+    assert get_task("classification").loss_terms(rows) == 3
+    windows = {"input_ids": torch.zeros(3, 4), "start_positions": torch.tensor([1, 0, 2])}
+    assert get_task("question_answering").loss_terms(windows) == 3
 
 
 def test_reduced_gradients_keep_dtype_and_absent_gradients() -> None:

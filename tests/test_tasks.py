@@ -22,8 +22,9 @@ from adalora_search.search.runner import prepare_data
 from adalora_search.study.loader import load_spec, parse_spec
 from adalora_search.study.space import sample
 from adalora_search.tasks import TASKS, get_task
-from adalora_search.tasks.causal_lm import normalize, text_scores
+from adalora_search.tasks.causal_lm import text_scores
 from adalora_search.tasks.lm_rows import chat_tokens
+from adalora_search.tasks.squad import normalize
 from adalora_search.tasks.token_classification import align_labels
 from adalora_search.train.data import load_splits
 from adalora_search.train.engine import TrialRun

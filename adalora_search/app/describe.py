@@ -35,8 +35,13 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
 
 
 def _data(data: TokenizedData) -> list[str]:
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
-    lines = [f"data: {sizes} rows"]
+    if data.examples:  # rows read as several windows (question answering)
+        sizes = ", ".join(
+            f"{name} {data.examples[name]} rows ({len(split)} windows)" for name, split in data.splits.items()
+        )
+        lines = [f"data: {sizes}"]
+    else:
+        lines = [f"data: {', '.join(f'{name} {len(split)}' for name, split in data.splits.items())} rows"]
     lines += [f"  {note}" for note in data.notes()]
     labels = data.splits["train"].columns["labels"]
     if data.label_names is not None and labels and not isinstance(labels[0], list):

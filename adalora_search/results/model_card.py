@@ -139,6 +139,11 @@ def _files(data: ExportManifest, out: Path, has_adapter: bool) -> list[str]:
             f"model = {peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})",
             "```",
             "",
+            "  `model.generate(...)` and `model(**inputs)` without labels work as they are. Two PEFT quirks: its "
+            "AdaLoRA model loaded for inference fails when labels are passed (it adds the training-only orthogonal "
+            "regularizer), and `PeftModelForQuestionAnswering` does not pass `token_type_ids` on; "
+            "`model.get_base_model()(**inputs)` runs the base with the adapter in place, as it was evaluated.",
+            "",
         ]
     lines += [
         "- `lora/`: fixed-rank LoRA with the final ranks and AdaLoRA's per-direction scale "

@@ -19,8 +19,8 @@ MODULE_TYPES: tuple[tuple[str, str], ...] = (
     (r"(^|\.)(key|key_proj|k_proj|k)$", "key"),
     (r"(^|\.)(value|value_proj|v_proj|v)$", "value"),
     (r"attention\.output\.dense$|attn\.c_proj$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
-    (r"(^|\.)(gate_proj|w1)$", "ffn_gate"),  # gated MLPs (Llama, Qwen, SmolLM): gate, up, down
-    (r"intermediate\.dense$|mlp\.c_fc$|(^|\.)(fc1|up_proj|wi|w3)$", "ffn_in"),
+    (r"(^|\.)(gate_proj|w1|wi_0)$", "ffn_gate"),  # gated MLPs (Llama, Qwen, SmolLM, T5 v1.1): gate, up, down
+    (r"intermediate\.dense$|mlp\.c_fc$|(^|\.)(fc1|up_proj|wi|w3|wi_1)$", "ffn_in"),
     (r"(^|\.)output\.dense$|mlp\.c_proj$|(^|\.)(fc2|down_proj|wo|w2)$", "ffn_out"),
     (r"pooler\.dense$", "pooler"),
 )
@@ -35,12 +35,31 @@ def module_type(name: str) -> str:
     return ".".join(name.split(".")[-2:])
 
 
-def module_name(name: str) -> str:
+def module_name(name: str, stacks: bool = False) -> str:
     """The model's own name of the module within its block (``self_attn.q_proj``, ``attention.self.query``),
     the heatmaps' column; the name's last two parts outside the blocks (``pooler.dense``).
+
+    ``stacks``: the model has an encoder and a decoder (T5, BART): the name starts with its stack, so that
+    encoder self-attention, decoder self-attention and cross-attention (``encoder_attn``, ``EncDecAttention``)
+    are columns of their own (``decoder encoder_attn.q_proj``).
     """
     match = re.search(r"(?:layer|layers|h|block|blocks)\.\d+\.(.+)$", name)
-    return match.group(1) if match else ".".join(name.split(".")[-2:])
+    own = match.group(1) if match else ".".join(name.split(".")[-2:])
+    stack = re.search(r"(?:^|\.)(encoder|decoder)\.", name) if stacks else None
+    return f"{stack.group(1)} {own}" if stack else own
+
+
+def encoder_decoder(names: Any) -> bool:
+    """Whether module names come from an encoder-decoder model: some under ``decoder.``, some under ``encoder.``."""
+    return all(any(re.search(rf"(^|\.){stack}\.", n) for n in names) for stack in ("encoder", "decoder"))
+
+
+def _column_order(column: str, kind: str | None) -> tuple[int, int, int, str]:
+    """Heatmap column order: encoder before decoder; in a block self-attention, cross-attention, then the FFN."""
+    rank = {k: i for i, k in enumerate(TYPE_ORDER)}
+    stack = 1 if column.startswith("decoder ") else 0
+    cross = 1 if re.search(r"encoder_attn|EncDecAttention|crossattention", column) else 0
+    return stack, cross if rank.get(kind, len(rank)) <= rank["attn_out"] else 2, rank.get(kind, len(rank)), column
 
 
 def layer_index(name: str) -> int:
@@ -105,6 +124,7 @@ ALLOCATION_COLUMNS = ["trial", "state", "module", "layer", "module_type", "modul
 
 def _allocation_rows(trial: int, state: str, ranks: dict[str, int]) -> list[dict[str, Any]]:
     total = sum(ranks.values()) or 1
+    stacks = encoder_decoder(ranks)
     return [
         {
             "trial": trial,
@@ -112,7 +132,7 @@ def _allocation_rows(trial: int, state: str, ranks: dict[str, int]) -> list[dict
             "module": name,
             "layer": layer_index(name),
             "module_type": module_type(name),
-            "module_name": module_name(name),
+            "module_name": module_name(name, stacks),
             "rank": rank,
             "rank_share": rank / total,
         }
@@ -144,7 +164,8 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> pd.DataFrame:
-    """Layer x module (the model's own names, in block order: query, key, value, attention output, FFN),
+    """Layer x module (the model's own names, in block order: query, key, value, attention output, cross-attention,
+    FFN; an encoder's columns before a decoder's),
     averaged over those of ``trials`` that adapted each cell.
 
     A cell is ``value`` of that module (rank, or rank_share to compare budgets), summed over its modules
@@ -157,8 +178,7 @@ def pivot(allocations: pd.DataFrame, trials: list[int], value: str = "rank") -> 
     per_trial = subset.groupby(["trial", "layer", column])[value].sum()
     table = per_trial.groupby(["layer", column]).mean().unstack(column)
     kinds = dict(zip(subset[column], subset["module_type"]))
-    rank = {kind: i for i, kind in enumerate(TYPE_ORDER)}
-    ordered = sorted(table.columns, key=lambda c: (rank.get(kinds.get(c), len(rank)), str(c)))
+    ordered = sorted(table.columns, key=lambda c: _column_order(str(c), kinds.get(c)))
     rows = sorted(table.index, key=lambda layer: (layer < 0, layer))  # blocks in order, the pooler (-1) last
     return table.loc[rows, ordered]
 

@@ -14,12 +14,13 @@ from adalora_search.study.spec import StudySpec
 def resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
     """Relative data files and model directories are relative to the study file, not the working directory.
 
-    ``model.name_or_path`` is taken as a directory beside the study file when one exists there (or
-    when it starts with ``./`` or ``../``); otherwise it stays a packaged name or a Hub id.
+    ``model.name_or_path`` and ``model.tokenizer`` are taken as directories beside the study file when one exists
+    there (or when they start with ``./`` or ``../``); otherwise they stay packaged names or Hub ids.
     """
-    name = spec.model.name_or_path
-    if not Path(name).is_absolute() and ((base / name).is_dir() or name.startswith(("./", "../"))):
-        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name_or_path": str(base / name)})})
+    for field in ("name_or_path", "tokenizer"):
+        name = getattr(spec.model, field)
+        if name and not Path(name).is_absolute() and ((base / name).is_dir() or name.startswith(("./", "../"))):
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={field: str(base / name)})})
     spec = _resolve_outputs(spec, base)
     source = spec.data.source
     if isinstance(source, FilesSource):

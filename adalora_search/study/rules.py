@@ -25,7 +25,6 @@ from adalora_search.study.space import (
 )
 from adalora_search.study.spec import StudySpec
 from adalora_search.tasks import Task, get_task
-from adalora_search.tasks.causal_lm import GENERATION_METRICS
 from adalora_search.urls import artifact_location_problem, mask, url_problem
 
 
@@ -177,7 +176,7 @@ def _pruning_metric(spec: StudySpec, task: Task) -> list[Problem]:
         return [Problem(where, metric, "a multi-objective study prunes no trials; remove study.pruning_metric")]
     if problems := _metric(spec, task, where, metric, set(task.metrics)):
         return problems
-    if metric in GENERATION_METRICS and not spec.training.generation.at_evals:
+    if metric in task.generation_metrics and not spec.training.generation.at_evals:
         return [
             Problem(
                 where,

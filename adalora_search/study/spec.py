@@ -13,7 +13,7 @@ from typing import Any, Literal, Union
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from adalora_search.study.data_sources import Source
+from adalora_search.study.data_spec import DataSpec, SplitNames, SplitSpec  # noqa: F401 - re-exported
 from adalora_search.study.distributions import FloatRange, IntRange, fixed_values_schema, tunable
 from adalora_search.study.frozen import Frozen, describe_defaults
 from adalora_search.study.study_section import (  # noqa: F401 - re-exported: one place to import the spec from
@@ -65,6 +65,12 @@ class ModelSpec(Frozen):
         description="transformers' attention kernel; default: the model's own choice; "
         "flash_attention_2 needs CUDA and the flash-attn package",
     )
+    tokenizer: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the tokenizer of another model (packaged name, Hub id or directory), e.g. for a model "
+        "built from a config alone; default: the model's own",
+    )
     chat_template: str | None = Field(
         default=None,
         min_length=1,
@@ -73,102 +79,17 @@ class ModelSpec(Frozen):
     )
 
 
-# ---------------------------------------------------------------- data
-class SplitSpec(Frozen):
-    """Carve validation/test out of the train split (stratified for classification)."""
-
-    validation: float = Field(default=0.1, gt=0, lt=1, description="fraction of the rows held out for validation")
-    test: float = Field(default=0.0, ge=0, lt=1, description="fraction of the rows held out for test (0: no test)")
-    seed: int = Field(default=0, description="seed of the random split (and of the sample caps)")
-    stratify: bool = Field(default=True, description="keep the class proportions in each split (classification)")
-
-    @model_validator(mode="after")
-    def _fits(self) -> SplitSpec:
-        if self.validation + self.test >= 1:
-            raise ValueError(f"validation + test must be < 1, but got {self.validation + self.test}")
-        return self
-
-
-class SplitNames(Frozen):
-    """Which of the source's splits play train/validation/test (null: not used, e.g. GLUE's unlabeled test)."""
-
-    train: str = Field(default="train", description="the source's split to train on")
-    validation: str | None = Field(default="validation", description="the split to validate on (null: none)")
-    test: str | None = Field(default="test", description="the split to test on (null: none)")
-
-
-class DataSpec(Frozen):
-    """``data``: the source, its splits and which fields the task reads (each task names its fields)."""
-
-    source: Source = Field(description="a packaged dataset's name, or {type: packaged|hub|files|disk, ...}")
-    splits: SplitNames = Field(default=SplitNames(), description="which source splits to use (defaults: by name)")
-    text_fields: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=2,
-        description="classification/regression: one field, or two for sentence pairs; token_classification: "
-        "the column of word lists; causal_lm: one plain-text column",
-    )
-    label_field: str = Field(default="label", description="class, score or tag-list column")
-    label_names: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        description="names of integer labels or tags in id order (0, 1, ...), for data "
-        "that stores ids without ClassLabel names, e.g. [O, B-PER, I-PER, B-LOC]",
-    )
-    prompt_field: str | None = Field(default=None, description="causal_lm: the prompt column")
-    prompt_template: str | None = Field(
-        default=None, description="causal_lm: a prompt built from columns, e.g. 'Headline: {headline}\nTopic:'"
-    )
-    response_field: str | None = Field(default=None, description="causal_lm: what the model learns to write")
-    messages_field: str | None = Field(default=None, description="causal_lm: a column of chat turns {role, content}")
-    system_turn: Literal["keep", "merge", "drop"] = Field(
-        default="keep",
-        description="causal_lm chats: keep system turns, merge their text into the first user turn "
-        "(for chat templates that refuse a system role), or drop them",
-    )
-    use_chat_template: bool = Field(
-        default=False, description="causal_lm: render prompt/response as a user and an assistant turn"
-    )
-    split: SplitSpec | None = Field(
-        default=None,
-        description="carve validation (and test) rows out of the train "
-        "split; omit when the source has a validation split",
-    )
-    deduplicate: bool = Field(default=True, description="remove repeated rows (validate counts them)")
-    drop_blank_labels: bool = Field(default=False, description="drop rows whose label is empty instead of refusing")
-    max_length: int = Field(default=128, ge=8, le=8192, description="tokens per row at most (longer rows are cut)")
-    pad_to_multiple_of: int | None = Field(
-        default=None, ge=1, description="pad each batch's width to a multiple of this (compiled trials: fewer shapes)"
-    )
-    max_train_samples: int | None = Field(
-        default=None, ge=1, description="at most this many training rows, a random sample (default: all)"
-    )
-    max_eval_samples: int | None = Field(
-        default=None,
-        ge=1,
-        description="at most this many validation rows, and test rows, a random sample (default: all)",
-    )
-
-    @field_validator("label_names")
-    @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            repeated = sorted({name for name in value if value.count(name) > 1})
-            raise ValueError(f"label names must be distinct (one per id), but {repeated} repeat")
-        return value
-
-    @field_validator("source", mode="before", json_schema_input_type=Union[str, Source])
-    @classmethod
-    def _name_shorthand(cls, value: Any) -> Any:
-        return {"type": "packaged", "name": value} if isinstance(value, str) else value
-
-
 # ---------------------------------------------------------------- training
 class GenerationSpec(Frozen):
-    """Greedy decoding of validation/test prompts (causal_lm) for exact_match and rouge_l."""
+    """Decoding of validation/test inputs for the generation metrics (causal_lm: exact_match, rouge_l;
+    seq2seq: ROUGE); transformers' ``generate`` arguments, greedy by default.
+    """
 
     max_new_tokens: int = Field(default=32, ge=1, description="tokens generated per prompt at most")
+    num_beams: int = Field(default=1, ge=1, description="beam search width (1: greedy)")
+    length_penalty: float = Field(
+        default=1.0, description="beam search: > 1 favours longer outputs, < 1 shorter (transformers' meaning)"
+    )
     max_samples: int = Field(default=64, ge=1, description="rows of each split that are generated")
     at_evals: bool = Field(default=False, description="also at every evaluation (then trial pruning can use them)")
 
@@ -226,7 +147,7 @@ class TrainingSpec(Frozen):
         "options); evaluation stays eager; a trial that cannot compile runs eager",
     )
     generation: GenerationSpec = Field(
-        default_factory=lambda: GenerationSpec(), description="causal_lm: greedy generation for exact_match / rouge_l"
+        default_factory=lambda: GenerationSpec(), description="causal_lm, seq2seq: decoding for the generation metrics"
     )
 
     @model_validator(mode="after")

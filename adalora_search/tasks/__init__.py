@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from adalora_search.tasks.base import Direction, Encoded, EvalContext, Task
 from adalora_search.tasks.causal_lm import CausalLM
+from adalora_search.tasks.question_answering import QuestionAnswering
+from adalora_search.tasks.seq2seq import Seq2Seq
 from adalora_search.tasks.sequence_classification import (
     Regression,
     SequenceClassification,
@@ -17,6 +19,8 @@ TASKS: dict[str, Task] = {
         Regression(),
         TokenClassification(),
         CausalLM(),
+        Seq2Seq(),
+        QuestionAnswering(),
     )
 }
 

@@ -33,21 +33,24 @@ Rows = dict[str, list[Any]]
 class Encoded:
     """One split's token columns (``input_ids``, ``labels``, ...), with what encoding left out or cut.
 
-    ``dropped``: rows left out, by reason (e.g. empty text); ``truncated``: rows cut to ``max_length``.
+    ``dropped``: rows left out, by reason (e.g. empty text); ``truncated``: rows cut to ``max_length``;
+    ``examples``: the source rows encoded, when a row may become several (question answering's windows).
     """
 
     columns: Rows
     dropped: dict[str, int] = field(default_factory=dict)
     truncated: int = 0
+    examples: int | None = None
 
 
 @dataclass
 class EvalContext:
     """What a task's evaluation may use; built by the engine for one split.
 
-    ``forward`` runs the model on one collated batch (labels removed) and returns float32 logits
-    on the CPU ([batch, classes], or [batch, tokens, classes/vocab]); ``batches`` yields collated
-    batches in a fixed order; ``generate`` (causal LM) maps prompt ids to generated token ids.
+    ``forward`` runs the model on one collated batch (labels removed, except where the model needs them:
+    seq2seq's decoder inputs) and returns ``Task.logits`` of its output ([batch, classes], or [batch, tokens,
+    classes/vocab]; question answering [batch, tokens, 2]); ``batches`` yields collated batches of the split's
+    rows in ``batching.eval_order``; ``generate`` (causal LM, seq2seq) maps input ids to generated token ids.
     """
 
     forward: Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -58,6 +61,7 @@ class EvalContext:
     generate: Callable[[list[list[int]], int], list[list[int]]] | None = None
     generation: Any = None  # spec.GenerationSpec
     final: bool = False  # the evaluation after training (generation metrics always run then)
+    data: Any = None  # spec.DataSpec: what a task's decoding reads (question answering's n_best, ...)
 
 
 class Task(ABC):
@@ -71,13 +75,16 @@ class Task(ABC):
     stratify: ClassVar[bool] = False  # stratified split by label (classification only)
     pools_on_pad: ClassVar[bool] = True  # the head reads the last non-pad token: the config needs a pad id
     token_labels: ClassVar[bool] = False  # labels sit on token positions ([batch, width], -100 where none)
+    data_fields: ClassVar[frozenset[str]] = frozenset()  # DataSpec fields only some tasks read (others refuse them)
+    layers_see_input: ClassVar[bool] = True  # every layer sees the input's positions (not so: a decoder of targets)
 
     # ---------------------------------------------------------------- study-file checks
     def check_data(self, data: DataSpec) -> list[Problem]:
         """Problems with the data section for this task (missing or unused fields)."""
         return []
 
-    generates: ClassVar[bool] = False  # greedy generation (training.generation) means something
+    generates: ClassVar[bool] = False  # generation (training.generation) means something
+    generation_metrics: ClassVar[tuple[str, ...]] = ()  # metrics of generated text: after training unless at_evals
 
     def check_training(self, training: TrainingSpec, data: DataSpec) -> list[Problem]:
         """Training fields this task does not use with this data, written in the study file."""
@@ -130,6 +137,16 @@ class Task(ABC):
         """Keyword arguments for ``AutoConfig.from_pretrained`` (labels, problem type)."""
         return {}
 
+    def check_config(self, config: Any) -> str | None:
+        """Why the model's config cannot serve this task (a decoder-only model for seq2seq...), or None."""
+        return None
+
+    def logits(self, output: Any) -> torch.Tensor:
+        """What ``EvalContext.forward`` returns of the model's output: its ``logits`` (a task whose head returns
+        other tensors, e.g. start and end logits, stacks them here).
+        """
+        return output.logits
+
     # ---------------------------------------------------------------- evaluation
     @abstractmethod
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
@@ -160,11 +177,11 @@ class Task(ABC):
     def direction(self, metric: str) -> Direction:
         return self.metrics.get(metric, "minimize" if metric == "trainable_params" else "maximize")
 
-    def loss_terms(self, labels: Any) -> int:
-        """The terms a batch's mean training loss averages over (labels [batch]: one per row). A trial on
+    def loss_terms(self, batch: dict[str, Any]) -> int:
+        """The terms a batch's mean training loss averages over (``labels`` [batch]: one per row). A trial on
         several processes weights each rank's loss by its share of them (train/distributed.py).
         """
-        return int(labels.shape[0])
+        return int(batch["input_ids"].shape[0])
 
     def is_better(self, metric: str, new: float, old: float | None) -> bool:
         """True when ``new`` beats ``old`` for this metric."""
@@ -205,28 +222,19 @@ def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> An
     return names[value]
 
 
-# fields of the study's DataSpec that only some tasks read (a task refuses the ones it does not use)
-TASK_DATA_FIELDS = {
-    "text_fields",
-    "label_field",
-    "label_names",
-    "prompt_field",
-    "prompt_template",
-    "response_field",
-    "messages_field",
-    "system_turn",
-    "use_chat_template",
-    "drop_blank_labels",
-}
-
-
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
-    """Refuse data fields that were written in the study file but mean nothing for this task."""
+    """Refuse data fields that were written in the study file but mean nothing for this task: those another task
+    reads (``Task.data_fields``) and ``wanted`` (what this task reads in the data's form) does not.
+    """
+    from adalora_search.tasks import TASKS
+
+    others = set().union(*(task.data_fields for task in TASKS.values()))
     return [
         Problem(
             f"data.{name}",
             getattr(data, name),
             f"not used by model.task {task}; remove it (this task reads {sorted(wanted)})",
         )
-        for name in sorted(TASK_DATA_FIELDS & data.model_fields_set - wanted)
+        for name in sorted(others & data.model_fields_set - wanted)
+        if getattr(data, name) is not None  # written as null: not set
     ]

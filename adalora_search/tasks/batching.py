@@ -22,13 +22,31 @@ if TYPE_CHECKING:  # torch is imported by the calls that batch: reading a study 
 
 @dataclass(frozen=True)
 class Generation:
-    """How the engine runs ``generate`` for a task: padding and end ids, batch size, device, bf16 autocast."""
+    """How the engine runs ``generate`` for a task: padding and end ids, batch size, device, bf16 autocast, and
+    the study's decoding (``training.generation``: beams, length penalty).
+    """
 
     pad_id: int
     eos_id: int | None
     batch_size: int
     device: Any  # torch.device
     autocast: bool
+    num_beams: int = 1
+    length_penalty: float = 1.0
+
+    def kwargs(self) -> dict[str, Any]:
+        """``generate``'s decoding arguments: no sampling, the study's beams (always given: a checkpoint's
+        ``generation_config`` may set its own, e.g. BART-large's 4) and, with beams, its length penalty. The
+        checkpoint's other settings (e.g. ``no_repeat_ngram_size``) still apply, as in ``model.generate``.
+        """
+        penalty = {"length_penalty": self.length_penalty} if self.num_beams > 1 else {}
+        return {
+            "do_sample": False,
+            "num_beams": self.num_beams,
+            "pad_token_id": self.pad_id,
+            "eos_token_id": self.eos_id,
+            **penalty,
+        }
 
 
 def pad(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
@@ -43,9 +61,16 @@ def pad(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def collate(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` [batch, width] (long, right-padded), ``token_type_ids`` when the
-    split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
+def eval_order(split: Split) -> np.ndarray:
+    """The row order of unshuffled batches (evaluation): shortest first, ties in row order. A task that maps
+    outputs back to rows (question answering's windows) walks the batches in this order.
+    """
+    return np.argsort([len(x) for x in split.columns["input_ids"]], kind="stable")
+
+
+def inputs(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [batch, width] (long, right-padded), and ``token_type_ids`` when the
+    split has them: a batch without its labels.
     """
     import torch
 
@@ -55,6 +80,16 @@ def collate(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[
     batch = {"input_ids": pad(ids, width, pad_id), "attention_mask": mask}
     if "token_type_ids" in split.columns:
         batch["token_type_ids"] = pad([split.columns["token_type_ids"][i] for i in rows], width, 0)
+    return batch
+
+
+def collate(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [batch, width] (long, right-padded), ``token_type_ids`` when the
+    split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
+    """
+    import torch
+
+    batch = inputs(split, rows, pad_id, width)
     labels = [split.columns["labels"][i] for i in rows]
     if isinstance(labels[0], list):
         batch["labels"] = pad(labels, width, -100)
@@ -66,7 +101,7 @@ def collate(split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[
 def generate_continuations(
     model: Any, prompts: list[list[int]], max_new_tokens: int, how: Generation
 ) -> list[list[int]]:
-    """Greedy continuations [n_new] of each prompt of a decoder-only model: left-padded batches, the tokens
+    """Continuations [n_new] of each prompt of a decoder-only model: left-padded batches, the tokens
     after the prompt, cut at EOS.
     """
     import torch
@@ -83,9 +118,7 @@ def generate_continuations(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad_id,
-                eos_token_id=eos,
+                **how.kwargs(),
             )
         for row in generated[:, width:].tolist():
             out.append(row[: row.index(eos)] if eos in row else row)

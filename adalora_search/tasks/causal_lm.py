@@ -23,13 +23,13 @@ prompt on a capped sample gives ``exact_match`` (SQuAD-style normalised) and ``r
 from __future__ import annotations
 
 import math
-import re
 import string
 from typing import Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.tasks import lm_rows
 from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
+from adalora_search.tasks.squad import normalize
 
 IGNORE = -100
 GENERATION_METRICS = ("exact_match", "rouge_l")
@@ -51,15 +51,28 @@ class CausalLM(Task):
         "rouge_l": "maximize",
     }
     main_metric = "eval_loss"
+    data_fields = frozenset(
+        {"text_fields", "prompt_field", "prompt_template", "response_field", "use_chat_template"}
+        | {"messages_field", "system_turn"}
+    )
     pools_on_pad = False
     generates = True
+    generation_metrics = GENERATION_METRICS
 
     # ---------------------------------------------------------------- checks
-    def loss_terms(self, labels: Any) -> int:
+    def check_config(self, config: Any) -> str | None:
+        if getattr(config, "is_encoder_decoder", False):  # AutoModelForCausalLM would keep its decoder alone
+            return (
+                f"{config.model_type} is an encoder-decoder model; causal_lm would train its decoder alone, "
+                "without the encoder; use model.task: seq2seq with source_field and target_field"
+            )
+        return None
+
+    def loss_terms(self, batch: dict[str, Any]) -> int:
         """Predicted tokens with a label: transformers shifts the labels [batch, width] by one, so a row's first
         label is never a loss term (it may be a real token in plain-text rows).
         """
-        return int((labels[:, 1:] != -100).sum())
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     def check_data(self, data: Any) -> list[Problem]:
         form = _form(data)
@@ -258,12 +271,6 @@ def text_scores(predictions: list[str], references: list[str]) -> dict[str, floa
     exact = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references)) / n
     rouge = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / n
     return {"exact_match": float(exact), "rouge_l": float(rouge)}
-
-
-def normalize(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 def _form(data: Any) -> str | None:

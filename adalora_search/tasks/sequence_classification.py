@@ -46,6 +46,7 @@ class SequenceClassification(Task):
         "eval_loss": "minimize",
     }
     main_metric = "accuracy"
+    data_fields = frozenset({"text_fields", "label_field", "label_names", "drop_blank_labels"})
     stratify = True
 
     def check_data(self, data: Any) -> list[Problem]:

@@ -48,10 +48,11 @@ class TokenClassification(Task):
         "eval_loss": "minimize",
     }
     main_metric = "f1"
+    data_fields = frozenset({"text_fields", "label_field", "label_names"})
 
-    def loss_terms(self, labels: Any) -> int:
+    def loss_terms(self, batch: dict[str, Any]) -> int:
         """Tokens with a label (labels [batch, width], -100 where no loss is taken)."""
-        return int((labels != -100).sum())
+        return int((batch["labels"] != -100).sum())
 
     def check_data(self, data: Any) -> list[Problem]:
         problems = used_fields(data, {"text_fields", "label_field", "label_names"}, self.name)

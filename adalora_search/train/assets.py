@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -142,7 +143,64 @@ def _bbc_news() -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows)
 
 
-DATASETS: dict[str, Callable[[], datasets.Dataset]] = {"bbc-news": _bbc_news}
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
+
+
+def _lead(body: str) -> str:
+    """An article's first sentence (the body's first paragraph up to its first sentence end)."""
+    return _SENTENCE.split(body.strip().split("\n")[0].strip())[0]
+
+
+def _bbc_headlines() -> datasets.Dataset:
+    """BBC News headline generation (text-to-text): ``lead`` (the article's first sentence) -> ``headline``;
+    ``label`` the topic.
+    """
+    import datasets
+
+    news = _bbc_news()
+    return datasets.Dataset.from_dict(
+        {"lead": [_lead(b) for b in news["body"]], "headline": news["headline"], "label": news["label"]}
+    )
+
+
+def _bbc_cloze(negatives: bool) -> datasets.Dataset:
+    """BBC News cloze questions in SQuAD's format (extractive QA, made from the articles, no model involved).
+
+    ``question``: the article's first sentence with one capitalised name blanked (``_____``); ``context``: the
+    next two paragraphs; ``answers``: where the name first stands in the context (SQuAD's
+    ``{text, answer_start}``). The name is the first of the sentence's capitalised words (not its first word)
+    that recurs in the context. With ``negatives``, articles whose names do not recur give questions without an
+    answer (SQuAD v2.0); otherwise they are left out.
+    """
+    import datasets
+
+    news = _bbc_news()
+    rows: dict[str, list] = {"id": [], "question": [], "context": [], "answers": []}
+    for file, body in zip(news["file"], news["body"]):
+        paragraphs = [p.strip() for p in body.split("\n") if p.strip()]
+        lead, context = _lead(body), "\n".join(paragraphs[1:3])
+        names = [w for w in re.findall(r"\b[A-Z][a-z]{2,}\b", lead)[1:] if w not in _COMMON]
+        found = [(w, m.start()) for w in names if (m := re.search(rf"\b{w}\b", context))]
+        if not context or not names or (not found and not negatives):
+            continue
+        name, start = found[0] if found else (names[0], -1)
+        question = re.sub(rf"\b{name}\b", "_____", lead, count=1)
+        answers = {"text": [name], "answer_start": [start]} if found else {"text": [], "answer_start": []}
+        rows["id"].append(file)
+        rows["question"].append(question)
+        rows["context"].append(context)
+        rows["answers"].append(answers)
+    return datasets.Dataset.from_dict(rows)
+
+
+_COMMON = {"The", "But", "And", "This", "That", "There", "Their", "They", "What", "When", "Mr", "Mrs", "Ms"}
+
+DATASETS: dict[str, Callable[[], datasets.Dataset]] = {
+    "bbc-news": _bbc_news,
+    "bbc-headlines": _bbc_headlines,
+    "bbc-cloze-qa": lambda: _bbc_cloze(negatives=False),
+    "bbc-cloze-qa-v2": lambda: _bbc_cloze(negatives=True),
+}
 
 
 def load_packaged(name: str) -> datasets.DatasetDict:

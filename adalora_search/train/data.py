@@ -70,6 +70,7 @@ class TokenizedData:
     conflicts: dict[str, int] = field(default_factory=dict)  # of the repeats: rows with another label
     blank_labels: dict[str, int] = field(default_factory=dict)  # rows dropped for a blank label, per source split
     truncation: str = ""  # how the task truncates a row (Task.truncation)
+    examples: dict[str, int] = field(default_factory=dict)  # encoded rows per split, when a row makes several
     tokenizer: Any = field(default=None, compare=False)  # for decoding generations
 
     def notes(self) -> list[str]:
@@ -103,7 +104,7 @@ class TokenizedData:
             counts = {split: self.dropped[split].get(reason, 0) for split in self.dropped}
             notes.append(f"rows left out ({reason}): {per_split(counts, {})}")
         if any(self.truncated.values()):
-            sizes = {split: len(rows) for split, rows in self.splits.items()}
+            sizes = self.examples or {split: len(rows) for split, rows in self.splits.items()}
             notes.append(
                 f"rows longer than data.max_length, truncated: {per_split(self.truncated, sizes)} ({self.truncation})"
             )
@@ -143,6 +144,7 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
         meta.get("conflicts", {}),
         meta.get("blank_labels", {}),
         meta["truncation"],
+        meta.get("examples", {}),
         tokenizer,
     )
 
@@ -156,7 +158,7 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
         "task": task.name,
         "tokenizer": tokenizer_identity(tokenizer),
         "source_content": sources.content_identity(spec.source),
-        "version": 5,
+        "version": 6,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -180,16 +182,19 @@ def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) ->
     counts: dict[str, Any] = {"duplicates": {}, "source_rows": {}}
     raw = splits.load_splits(spec, task, counts)
     label_names = task.label_names(raw["train"].to_dict(), spec, counts.pop("class_names"))
-    tokenized, dropped, truncated = {}, {}, {}
+    tokenized, dropped, truncated, examples = {}, {}, {}, {}
     for name, ds in raw.items():
         encoded = task.encode(ds.to_dict(), spec, tokenizer, label_names, name)
         tokenized[name] = _datasets().Dataset.from_dict(encoded.columns)
         dropped[name], truncated[name] = encoded.dropped, encoded.truncated
+        if encoded.examples is not None:  # a row encoded as several (question answering's windows)
+            examples[name] = encoded.examples
     meta = {
         "label_names": label_names,
         "pad_token_id": pad_id(tokenizer),
         "dropped": dropped,
         "truncated": truncated,
+        "examples": examples,
         **counts,
         "truncation": task.truncation(spec),
         "sizes": {k: len(v) for k, v in tokenized.items()},
@@ -235,7 +240,7 @@ def batches(
     split has them, and ``labels``: [batch] (long ids or float scores) or [batch, width] (-100 padded).
     """
     lengths = [len(x) for x in split.columns["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    order = batching.eval_order(split)
     if shuffle_seed is not None:
         rng = np.random.default_rng(shuffle_seed)
         order = rng.permutation(len(split))

@@ -70,15 +70,15 @@ class Ranks:
         return torch.device("cuda", self.rank) if device.type == "cuda" else device
 
     def shard(
-        self, batch: dict[str, torch.Tensor], terms: Callable[[torch.Tensor], int]
+        self, batch: dict[str, torch.Tensor], terms: Callable[[dict[str, torch.Tensor]], int]
     ) -> tuple[dict[str, torch.Tensor] | None, float]:
         """This rank's rows of a global batch (``rank::world``) and its share of the batch's loss terms
         (``terms``: the task's ``loss_terms``), by which its mean loss is weighted; None when its rows hold
         no loss term (no rows left at the end of an epoch, or only masked labels).
         """
         mine = {k: v[self.rank :: self.world] for k, v in batch.items()}
-        share = terms(mine["labels"]) if mine["input_ids"].shape[0] else 0
-        return (mine, share / max(terms(batch["labels"]), 1)) if share else (None, 0.0)
+        share = terms(mine) if mine["input_ids"].shape[0] else 0
+        return (mine, share / max(terms(batch), 1)) if share else (None, 0.0)
 
     def reduce_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum the weighted gradients over the ranks (one flat ``all_reduce``, in float32).

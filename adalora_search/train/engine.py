@@ -347,21 +347,25 @@ class TrialRun:
             generate=self._generate,
             generation=self.cfg.training.generation,
             final=final,
+            data=self.cfg.data,
         )
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.forward_model(**batch).logits
+            return self.task.logits(self.forward_model(**batch))
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy generations [n_new] for prompt ids, as the task generates (``Task.generate``)."""
+        """Generations [n_new] for prompt ids, as the task generates (``Task.generate``)."""
+        generation = self.cfg.training.generation
         how = Generation(
             pad_id=self.data.pad_token_id,
             eos_id=getattr(self.data.tokenizer, "eos_token_id", None),
             batch_size=self.cfg.training.eval_batch_size,
             device=self.device,
             autocast=self.autocast,
+            num_beams=generation.num_beams,
+            length_penalty=generation.length_penalty,
         )
         return self.task.generate(self.model, prompts, max_new_tokens, how)
 

@@ -19,6 +19,7 @@ from peft import get_peft_model
 
 from adalora_search.errors import TrialFailure, UserError
 from adalora_search.study.space import TrialConfig
+from adalora_search.tasks import get_task
 from adalora_search.train import allocator, memory, modeling
 
 Adapt = Callable[[torch.nn.Module, TrialConfig, int], torch.nn.Module]
@@ -48,9 +49,13 @@ EVA_BATCHES = 32  # training batches EVA's incremental SVD cycles through (PEFT 
 EVA_FORWARDS = 20 * EVA_BATCHES  # forward passes after which EVA has failed to converge
 
 
-def _eva(model: torch.nn.Module, batches: list[dict]) -> None:
+def _eva(model: torch.nn.Module, batches: list[dict], input_positions: bool = True) -> None:
     """PEFT's EVA over ``batches`` (cycled until its SVDs converge, at most ``EVA_FORWARDS`` forwards), then the
     adapters back in float32 (EVA rebuilds a resized layer in the base weights' dtype).
+
+    ``input_positions``: every adapted layer sees the input's token positions, so the attention mask picks
+    the tokens of its SVD (PEFT's default); otherwise (an encoder-decoder: the decoder sees the target's
+    positions) every position of a layer's input is used, padding included (PEFT's rule without a mask).
 
     Raises:
         TrialFailure: EVA's SVDs did not converge within ``EVA_FORWARDS`` forward passes.
@@ -71,12 +76,20 @@ def _eva(model: torch.nn.Module, batches: list[dict]) -> None:
 
     def layer_inputs(layer_input: Any, model_input: torch.Tensor, layer_name: str) -> torch.Tensor:
         tensor = layer_input[0] if isinstance(layer_input, (tuple, list)) else layer_input
+        if not input_positions:
+            return tensor.reshape(-1, tensor.shape[-1])
         if tensor.dim() == 2:  # one vector per row (e.g. BERT's pooler): every row is a sample, no token mask
             return tensor.contiguous()  # e.g. hidden_states[:, 0], a strided view
         return prepare_layer_inputs_fn_language_modeling(layer_input, model_input, layer_name)
 
+    masks = {} if input_positions else {"prepare_model_inputs_fn": None}
     initialize_lora_eva_weights(
-        model, dataloader=batches, forward_fn=forward, prepare_layer_inputs_fn=layer_inputs, show_progress_bar=False
+        model,
+        dataloader=batches,
+        forward_fn=forward,
+        prepare_layer_inputs_fn=layer_inputs,
+        show_progress_bar=False,
+        **masks,
     )
     cast_adapter_dtype(model, "default")
 
@@ -91,7 +104,7 @@ def initialize(model: torch.nn.Module, cfg: TrialConfig, batches: Callable[[], I
     if cfg.method != "lora" or cfg.lora is None:
         return {}
     if cfg.lora.init == "eva":
-        _eva(model, list(islice(batches(), EVA_BATCHES)))
+        _eva(model, list(islice(batches(), EVA_BATCHES)), get_task(cfg.model.task).layers_see_input)
     from peft.tuners.lora import LoraLayer
 
     kept = {  # the ranks as built (EVA's pattern names only those off its default r; rank 0: layer removed)

@@ -25,17 +25,18 @@ from adalora_search.train.assets import resolve_model
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
-    """The model's tokenizer (packaged names resolved), with ``model.chat_template`` when the study gives one.
+    """The model's tokenizer, or ``model.tokenizer``'s (packaged names resolved), with ``model.chat_template``
+    when the study gives one.
 
     Raises:
         UserError: the tokenizer cannot be loaded.
     """
-    path = resolve_model(spec.name_or_path)
+    field, name = ("model.tokenizer", spec.tokenizer) if spec.tokenizer else ("model.name_or_path", spec.name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
-    except (OSError, ValueError) as exc:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError, ImportError) as exc:
         raise UserError(
-            f"model.name_or_path = {spec.name_or_path!r}: cannot load its tokenizer ({exc}); "
+            f"{field} = {name!r}: cannot load its tokenizer ({exc}); "
             "use a packaged name (minilm-l6), a local directory, or a reachable Hub id"
         ) from None
     if spec.chat_template is not None:  # the study's template replaces the tokenizer's everywhere
@@ -69,6 +70,8 @@ def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
             f"model.name_or_path = {spec.name_or_path!r}: cannot read its config ({exc}); "
             "use a packaged name (minilm-l6), a local directory, or a reachable Hub id"
         ) from None
+    if why := task.check_config(config):
+        raise UserError(f"model.task = {spec.task!r}: {spec.name_or_path}: {why}")
     if getattr(config, "pad_token_id", None) is None and task.pools_on_pad:
         config.pad_token_id = getattr(config, "eos_token_id", None)  # GPT-2-style models batch with EOS as pad
     return config
@@ -242,7 +245,7 @@ def conv1d_targets(model: torch.nn.Module, targets: list[str]) -> bool:
     return any(isinstance(m, Conv1D) and targeted(n, targets) for n, m in model.named_modules())
 
 
-HEADS = ("classifier", "score", "lm_head")  # task heads: trained in full or frozen, never adapted
+HEADS = ("classifier", "score", "lm_head", "qa_outputs")  # task heads: trained in full or frozen, never adapted
 
 
 def matching(linears: dict[str, tuple[int, int]], targets: list[str]) -> dict[str, tuple[int, int]]:

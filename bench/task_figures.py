@@ -41,8 +41,6 @@ def run_study(name: str) -> dict:
         os.environ["ADALORA_SEARCH_CACHE"] = str(Path(tmp) / "cache")
         path = Path(tmp) / f"{name}.yaml"
         shutil.copy(REPO / "studies" / f"{name}.yaml", path)
-        if (REPO / "studies" / "models").is_dir():
-            shutil.copytree(REPO / "studies" / "models", Path(tmp) / "models")
         start = time.perf_counter()
         result = api.run(path)
         wall = time.perf_counter() - start
@@ -81,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     figures = {
+        "command": " ".join(["python", "bench/task_figures.py", "--studies", *args.studies]),
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "studies": {name: run_study(name) for name in args.studies},

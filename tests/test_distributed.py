@@ -181,3 +181,31 @@ def test_a_compiled_trial_on_several_processes_is_refused(tmp_path, monkeypatch,
     study = write_study(tmp_path, _study(compile=True))
     code, out = run_cli(["run", str(study), "--gpus-per-trial", "2"], monkeypatch, capsys)
     assert code == 2 and "set compile: false or --gpus-per-trial 1" in out
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "question_answering"])
+def test_text_to_text_and_question_answering_trials_on_two_processes_equal_one(task: str) -> None:
+    """Targets of their own width (seq2seq) and start/end positions (QA) are sharded and weighted as one
+    process averages them: the same allocation and evaluation.
+    """
+    from test_question_answering import qa_study
+    from test_seq2seq import seq2seq_study
+
+    schedule = {"lora_dropout": 0.0, "schedule": {"unit": "steps", "t_init": 2, "t_final": 3, "delta_t": 1}}
+    training = {"max_steps": 8, "batch_size": 8, "gradient_accumulation": 1, "eval_every": 4}
+    if task == "seq2seq":
+        data = seq2seq_study(
+            model={"config_overrides": {"dropout": 0.0}}, training=training, data={"max_train_samples": 60}
+        )
+    else:
+        base = qa_study()["model"]
+        overrides = {**base["config_overrides"], **NO_DROPOUT}
+        data = qa_study(model={"config_overrides": overrides}, training=training, data={"max_train_samples": 40})
+    data["adalora"] = {**data["adalora"], **schedule}
+    spec = parse_spec(yaml.safe_dump(data))
+    alone = _trial(spec)
+    with distributed.group(sample(spec, optuna.trial.FixedTrial({})), 2, cuda=False) as ranks:
+        pair = _trial(spec, ranks)
+    assert pair.result.rank_allocation == alone.result.rank_allocation
+    for one, two in zip(alone.result.history, pair.result.history, strict=True):
+        assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-4, abs=1e-5)

@@ -5,13 +5,15 @@ export loaded by ``AutoPeftModelForSeq2SeqLM`` alone.
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import REPO, run_cli, study_dict, tiny_decoder, write_study
+from conftest import run_cli, study_dict, tiny_decoder, write_study
 from peft import AutoPeftModelForSeq2SeqLM
 
 from adalora_search.app.session import run_session
@@ -27,13 +29,44 @@ from adalora_search.train.assets import resolve_model
 from adalora_search.train.data import Split, batches
 from adalora_search.train.modeling import load_tokenizer
 
-TINY_BART = REPO / "studies" / "models" / "tiny-bart"
+
+@functools.cache
+def tiny_bart() -> Path:
+    """A tiny BART config (2 + 2 layers, d_model 64) in MiniLM's vocabulary, written once: built with random
+    weights (``init: random``) and read with MiniLM's tokenizer (``model.tokenizer``).
+    """
+    from transformers import BartConfig
+
+    path = Path(tempfile.mkdtemp(prefix="tiny-bart-"))
+    BartConfig(
+        vocab_size=30522,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+        decoder_start_token_id=102,
+        forced_eos_token_id=102,
+    ).save_pretrained(path)
+    return path
 
 
 def seq2seq_study(**sections) -> dict:
-    """A headline-generation study on the shipped tiny BART config (random weights, MiniLM's tokenizer)."""
+    """A headline-generation study on a tiny random BART (``tiny_bart``) with MiniLM's tokenizer."""
     data = study_dict(
-        model={"name_or_path": str(TINY_BART), "tokenizer": "minilm-l6", "task": "seq2seq", "config_overrides": {}},
+        model={
+            "name_or_path": str(tiny_bart()),
+            "tokenizer": "minilm-l6",
+            "init": "random",
+            "task": "seq2seq",
+            "config_overrides": {},
+        },
         study={"objective": {"metric": "eval_loss", "direction": "minimize"}},
         data={
             "source": "bbc-headlines",
@@ -126,7 +159,7 @@ def test_a_decoder_only_model_for_seq2seq_and_an_encoder_decoder_for_causal_lm_e
     assert "Traceback" not in out
     from conftest import causal_study
 
-    data = causal_study(TINY_BART)
+    data = causal_study(tiny_bart())
     data["model"]["tokenizer"] = "minilm-l6"
     code, out = run_cli(["validate", str(write_study(tmp_path, data, "b.yaml"))], monkeypatch, capsys)
     assert code == 2 and "bart is an encoder-decoder model" in out and "model.task: seq2seq" in out
@@ -205,3 +238,16 @@ def test_seq2seq_study_runs_reports_exports_and_the_export_reproduces_the_trial(
 
     code, out = run_cli(["retrain", str(out_dir), "--learning-rate", "5e-3"], monkeypatch, capsys)
     assert code == 0, out
+
+
+def test_packaged_minilm_bart_carries_minilm_embeddings_and_tokenizer() -> None:
+    from transformers import AutoModel, AutoModelForSeq2SeqLM
+
+    bart = AutoModelForSeq2SeqLM.from_pretrained(resolve_model("minilm-l6-bart"))
+    bert = AutoModel.from_pretrained(resolve_model("minilm-l6"))
+    words = bert.embeddings.word_embeddings.weight
+    assert torch.equal(bart.model.shared.weight, words) and torch.equal(bart.lm_head.weight, words)  # tied
+    assert torch.equal(bart.model.decoder.embed_positions.weight[2:], bert.embeddings.position_embeddings.weight)
+    tok = load_tokenizer(StudySpec.model_validate(study_dict(model={"name_or_path": "minilm-l6-bart"})).model)
+    assert bart.config.decoder_start_token_id == tok.sep_token_id == bart.config.eos_token_id
+    assert tok("a b")["input_ids"] == _tokenizer()("a b")["input_ids"]

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from adalora_search.results.manifest import ExportManifest
 from adalora_search.search.record import StudyRecord, TrialRecord
 from adalora_search.tasks import get_task
-from adalora_search.train.assets import GGUF_MODELS, MODELS
+from adalora_search.train.assets import BUILT_MODELS, GGUF_MODELS, MODELS
 
 
 def peft_class(task: str) -> str:
@@ -25,7 +25,7 @@ def peft_class(task: str) -> str:
 
 def hub_id(name: str) -> str | None:
     """``name`` when it reads as a Hub id (not a packaged name, not a local directory), else None."""
-    return None if name in MODELS or name in GGUF_MODELS or Path(name).exists() else name
+    return None if name in {*MODELS, *GGUF_MODELS, *BUILT_MODELS} or Path(name).exists() else name
 
 
 def model_card(

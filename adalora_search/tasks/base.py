@@ -171,7 +171,9 @@ class Task(ABC):
         return batching.collate(split, rows, pad_id, width)
 
     def generate(self, model: Any, prompts: list[list[int]], max_new_tokens: int, how: Generation) -> list[list[int]]:
-        """Greedy generations [n_new] for prompt ids: a decoder's continuations (``batching``)."""
+        """Generations [n_new] for prompt ids (``how``: the study's decoding): a decoder's continuations
+        (``batching``).
+        """
         return batching.generate_continuations(model, prompts, max_new_tokens, how)
 
     def direction(self, metric: str) -> Direction:

@@ -43,7 +43,7 @@ def resolve_model(name_or_path: str) -> str:
     if name_or_path in MODELS:
         package, sub, requirement = MODELS[name_or_path]
         return str(_package_dir(package, requirement) / sub)
-    if name_or_path in GGUF_MODELS:
+    if name_or_path in GGUF_MODELS or name_or_path in BUILT_MODELS:
         return str(_converted(name_or_path))
     if not Path(name_or_path).exists():
         offline_unless_reachable()
@@ -82,11 +82,11 @@ def _package_dir(package: str, requirement: str) -> Path:
 
 
 def _converted(name: str) -> Path:
-    """A GGUF model dequantized once into a safetensors directory in the cache (atomic, locked).
-
-    transformers reads GGUF with ``gguf_file=`` but refuses ``save_pretrained`` on such a model,
-    so the weights are loaded into a model built from the same config without its quantization.
+    """A packaged model made once into a transformers directory in the cache (atomic, locked): a GGUF model
+    dequantized (``_convert``), or a model built from packaged parts (``BUILT_MODELS``).
     """
+    import tempfile
+
     from filelock import FileLock
 
     from adalora_search.train.data import cache_root
@@ -97,14 +97,20 @@ def _converted(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not (target / "config.json").exists():
-            package, filename, requirement = GGUF_MODELS[name]
-            _convert(_package_dir(package, requirement), filename, target)
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+            if name in GGUF_MODELS:
+                package, filename, requirement = GGUF_MODELS[name]
+                _convert(_package_dir(package, requirement), filename, tmp)
+            else:
+                BUILT_MODELS[name](tmp)
+            os.replace(tmp, target)
     return target
 
 
-def _convert(directory: Path, filename: str, target: Path) -> None:
-    import tempfile
-
+def _convert(directory: Path, filename: str, out: Path) -> None:
+    """Reads a GGUF model: transformers loads it with ``gguf_file=`` but refuses ``save_pretrained`` on it, so the
+    weights are loaded into a model built from the same config without its quantization.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -115,10 +121,52 @@ def _convert(directory: Path, filename: str, target: Path) -> None:
     config.pop("quantization_config", None)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
     model.load_state_dict(loaded.state_dict())
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(tmp)
-    os.replace(tmp, target)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(out)
+
+
+def _minilm_bart(out: Path) -> None:
+    """``minilm-l6-bart``: a small BART (2 encoder + 2 decoder layers, d_model 384, 20M parameters) whose word and
+    position embeddings (and the tied output layer) are MiniLM-L6's, its layers random: offline text-to-text that
+    can learn through adapters alone (a fully random model cannot: its frozen embeddings mean nothing). MiniLM's
+    WordPiece tokenizer: a target is ``[CLS] ... [SEP]``, the decoder starts from ``[SEP]`` (BART's convention).
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    source = resolve_model("minilm-l6")
+    bert, tokenizer = AutoModel.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    sep = tokenizer.sep_token_id
+    config = BartConfig(
+        vocab_size=bert.config.vocab_size,
+        d_model=bert.config.hidden_size,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=bert.config.intermediate_size,
+        decoder_ffn_dim=bert.config.intermediate_size,
+        max_position_embeddings=bert.config.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=sep,
+        decoder_start_token_id=sep,
+        forced_eos_token_id=sep,
+    )
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(config)
+    with torch.no_grad():
+        model.model.shared.weight.copy_(bert.embeddings.word_embeddings.weight)
+        for stack in (model.model.encoder, model.model.decoder):
+            stack.embed_positions.weight[2:].copy_(bert.embeddings.position_embeddings.weight)  # BART's offset 2
+            stack.layernorm_embedding.load_state_dict(bert.embeddings.LayerNorm.state_dict())
+    model.tie_weights()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# name -> a function writing a transformers model directory built from packaged parts (once, then cached)
+BUILT_MODELS: dict[str, Callable[[Path], None]] = {"minilm-l6-bart": _minilm_bart}
 
 
 def _bbc_news() -> datasets.Dataset:

@@ -16,7 +16,7 @@ Decoding (``data.n_best``, ``max_answer_length``, SQuAD v2.0's ``version_2_with_
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -121,11 +121,8 @@ class QuestionAnswering(Task):
             return_offsets_mapping=True,
         )
         columns = _windows(enc, kept, rows, tokenizer, evaluation=split != "train")
-        windows = defaultdict(int)
-        for example in enc["overflow_to_sample_mapping"]:
-            windows[example] += 1
         dropped = len(rows["question"]) - len(kept)
-        long = sum(n > 1 for n in windows.values())
+        long = sum(n > 1 for n in Counter(enc["overflow_to_sample_mapping"]).values())  # read in several windows
         return Encoded(columns, {DROPPED_NO_ROOM: dropped} if dropped else {}, long, examples=len(kept))
 
     # ---------------------------------------------------------------- batches

@@ -76,7 +76,7 @@ class Ranks:
         (``terms``: the task's ``loss_terms``), by which its mean loss is weighted; None when its rows hold
         no loss term (no rows left at the end of an epoch, or only masked labels).
         """
-        mine = {k: v[self.rank :: self.world] for k, v in batch.items()}
+        mine = {k: v[self.rank :: self.world].contiguous() for k, v in batch.items()}  # models .view() labels
         share = terms(mine) if mine["input_ids"].shape[0] else 0
         return (mine, share / max(terms(batch), 1)) if share else (None, 0.0)
 

@@ -251,3 +251,17 @@ def test_packaged_minilm_bart_carries_minilm_embeddings_and_tokenizer() -> None:
     tok = load_tokenizer(StudySpec.model_validate(study_dict(model={"name_or_path": "minilm-l6-bart"})).model)
     assert bart.config.decoder_start_token_id == tok.sep_token_id == bart.config.eos_token_id
     assert tok("a b")["input_ids"] == _tokenizer()("a b")["input_ids"]
+    assert tok.eos_token_id == tok.sep_token_id  # generation stops where a target ends
+
+
+def test_generation_ends_at_the_tokenizers_eos_else_the_models() -> None:
+    from types import SimpleNamespace
+
+    from adalora_search.tasks.batching import Generation, until_end
+
+    chat = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
+    how = Generation(0, None, 4, torch.device("cpu"), False)
+    assert how.ends(chat) == {5, 7} and "eos_token_id" not in how.kwargs()  # None would never stop
+    assert until_end([3, 4, 7, 9, 5], how.ends(chat)) == [3, 4]
+    assert Generation(0, 2, 4, torch.device("cpu"), False).ends(chat) == {2}
+    assert until_end([3, 4], {9}) == [3, 4]

@@ -40,13 +40,23 @@ class Generation:
         checkpoint's other settings (e.g. ``no_repeat_ngram_size``) still apply, as in ``model.generate``.
         """
         penalty = {"length_penalty": self.length_penalty} if self.num_beams > 1 else {}
-        return {
-            "do_sample": False,
-            "num_beams": self.num_beams,
-            "pad_token_id": self.pad_id,
-            "eos_token_id": self.eos_id,
-            **penalty,
-        }
+        eos = {"eos_token_id": self.eos_id} if self.eos_id is not None else {}  # None would disable stopping
+        return {"do_sample": False, "num_beams": self.num_beams, "pad_token_id": self.pad_id, **eos, **penalty}
+
+    def ends(self, model: Any) -> set[int]:
+        """The ids a generation ends at: the tokenizer's EOS, else the model's ``generation_config`` EOS (one id
+        or a list, e.g. a chat model's end-of-turn too).
+        """
+        if self.eos_id is not None:
+            return {self.eos_id}
+        config = getattr(model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+
+
+def until_end(row: list[int], ends: set[int]) -> list[int]:
+    """A generated row up to (without) its first end id."""
+    return next((row[:i] for i, token in enumerate(row) if token in ends), row)
 
 
 def pad(rows: Sequence[Sequence[int]], width: int, value: int) -> torch.Tensor:
@@ -107,7 +117,7 @@ def generate_continuations(
     import torch
 
     out: list[list[int]] = []
-    pad_id, eos = how.pad_id, how.eos_id
+    pad_id, ends = how.pad_id, how.ends(model)
     for i in range(0, len(prompts), how.batch_size):
         chunk = prompts[i : i + how.batch_size]
         width = max(len(p) for p in chunk)
@@ -120,6 +130,5 @@ def generate_continuations(
                 max_new_tokens=max_new_tokens,
                 **how.kwargs(),
             )
-        for row in generated[:, width:].tolist():
-            out.append(row[: row.index(eos)] if eos in row else row)
+        out += [until_end(row, ends) for row in generated[:, width:].tolist()]
     return out

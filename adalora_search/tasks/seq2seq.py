@@ -124,6 +124,7 @@ class Seq2Seq(Task):
         import torch
 
         out: list[list[int]] = []
+        ends = how.ends(model)
         for i in range(0, len(prompts), how.batch_size):
             chunk = prompts[i : i + how.batch_size]
             width = max(len(p) for p in chunk)
@@ -133,8 +134,7 @@ class Seq2Seq(Task):
                 generated = model.generate(
                     input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **how.kwargs()
                 )
-            for row in generated[:, 1:].tolist():
-                out.append(row[: row.index(how.eos_id)] if how.eos_id in row else row)
+            out += [batching.until_end(row, ends) for row in generated[:, 1:].tolist()]
         return out
 
     # ---------------------------------------------------------------- evaluation

@@ -153,6 +153,7 @@ def _minilm_bart(out: Path) -> None:
         decoder_start_token_id=sep,
         forced_eos_token_id=sep,
     )
+    tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token  # a target's ends
     torch.manual_seed(0)
     model = BartForConditionalGeneration(config)
     with torch.no_grad():

@@ -19,7 +19,7 @@ from peft import AutoPeftModelForSeq2SeqLM
 from adalora_search.app.session import run_session
 from adalora_search.errors import UserError
 from adalora_search.results.export import export_trial
-from adalora_search.results.tables import module_name, pivot
+from adalora_search.results.tables import module_name
 from adalora_search.search.runner import prepare_data
 from adalora_search.study.loader import load_spec
 from adalora_search.study.spec import StudySpec
@@ -146,7 +146,6 @@ def test_heatmap_keeps_encoder_decoder_and_cross_attention_apart() -> None:
     t5 = "decoder.block.1.layer.1.EncDecAttention.q"
     assert module_name(t5, stacks=True) == "decoder layer.1.EncDecAttention.q"
     assert module_name("bert.encoder.layer.0.attention.self.query") == "attention.self.query"  # BERT: one stack
-    assert pivot is not None
 
 
 def test_a_decoder_only_model_for_seq2seq_and_an_encoder_decoder_for_causal_lm_exit_2(

@@ -224,6 +224,11 @@ def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> An
     return names[value]
 
 
+def texts(values: list[Any]) -> list[str]:
+    """A text column's cells as strings (None: empty)."""
+    return ["" if v is None else str(v) for v in values]
+
+
 def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
     """Refuse data fields that were written in the study file but mean nothing for this task: those another task
     reads (``Task.data_fields``) and ``wanted`` (what this task reads in the data's form) does not.

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.tasks import lm_rows
-from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, texts, used_fields
 from adalora_search.tasks.squad import normalize
 
 IGNORE = -100
@@ -142,21 +142,21 @@ class CausalLM(Task):
     def select(self, rows: Rows, data: Any, split: str, features: Any = None) -> Rows:
         form = _form(data)
         if form == "plain":
-            return {"text": _texts(rows[data.text_fields[0]])}
+            return {"text": texts(rows[data.text_fields[0]])}
         if form == "messages":
             return {
                 "messages": [
                     _messages(m, data.messages_field, split, i) for i, m in enumerate(rows[data.messages_field])
                 ]
             }
-        responses = _texts(rows[data.response_field])
+        responses = texts(rows[data.response_field])
         if not any(r.strip() for r in responses):
             raise UserError(
                 f"data.response_field = {data.response_field!r}: every response of the {split} split "
                 "is empty; point response_field at the column the model should learn to write"
             )
         # the prompt's columns, kept apart so that truncation shortens their text, never the template's own
-        return {**{PROMPT + c: _texts(rows[c]) for c in _placeholders(_template(data))}, "response": responses}
+        return {**{PROMPT + c: texts(rows[c]) for c in _placeholders(_template(data))}, "response": responses}
 
     def dedupe_key(self, rows: Rows, i: int) -> Any:
         return tuple(str(rows[c][i]) for c in rows)
@@ -258,8 +258,8 @@ class CausalLM(Task):
             return {}
         prompts = [ctx.split.columns["prompt_ids"][i] for i in rows]
         outputs = ctx.generate(prompts, ctx.generation.max_new_tokens)
-        texts = [ctx.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
-        return text_scores(texts, [references[i] for i in rows])
+        generated = [ctx.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        return text_scores(generated, [references[i] for i in rows])
 
 
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -340,10 +340,6 @@ def _template_failure(
         f"model.name_or_path = {tokenizer.name_or_path!r}: its chat template failed on {len(failures)} "
         f"of {n} rows of the {split} split; first, row {i} ({shown}): {exc}; {exc.fix}"
     )
-
-
-def _texts(values: list[Any]) -> list[str]:
-    return ["" if v is None else str(v) for v in values]
 
 
 def _eos(tokenizer: Any) -> list[int]:

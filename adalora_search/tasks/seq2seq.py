@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import Problem, UserError
 from adalora_search.tasks import batching
-from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, texts, used_fields
 from adalora_search.tasks.batching import Generation
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Seq2Seq(Task):
 
     # ---------------------------------------------------------------- rows
     def select(self, rows: Rows, data: Any, split: str, features: Any = None) -> Rows:
-        out = {"source": _texts(rows[data.source_field]), "target": _texts(rows[data.target_field])}
+        out = {"source": texts(rows[data.source_field]), "target": texts(rows[data.target_field])}
         for key, field in (("source", "source_field"), ("target", "target_field")):
             if out[key] and not any(text.strip() for text in out[key]):
                 raise UserError(
@@ -168,8 +168,8 @@ class Seq2Seq(Task):
         if not rows:
             return {}
         outputs = ctx.generate([ctx.split.columns["input_ids"][i] for i in rows], ctx.generation.max_new_tokens)
-        texts = [ctx.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
-        return rouge(texts, [ctx.split.columns["reference"][i] for i in rows])
+        generated = [ctx.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        return rouge(generated, [ctx.split.columns["reference"][i] for i in rows])
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -209,7 +209,3 @@ def _cut(tokenizer: Any, texts: list[str], max_length: int, target: bool) -> lis
             full[i] = ids
     long_set = set(long)
     return [(list(ids), i in long_set) for i, ids in enumerate(full)]
-
-
-def _texts(values: list[Any]) -> list[str]:
-    return ["" if v is None else str(v) for v in values]

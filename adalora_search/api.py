@@ -95,15 +95,19 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
     """Check a study completely: the spec, its storage, and (``check_data``) its data and model, loaded once."""
     from adalora_search.app import describe
     from adalora_search.search import storage as storage_mod
+    from adalora_search.search import warm_start
 
     try:
         with quiet_warnings():
             spec, study_file = session.resolve(study)
             storage_mod.check_reachable_here(session.storage_url(spec, study_file, storage))
             data, linears = session.check_inputs(spec, study_file) if check_data else (None, None)
+            warm = warm_start.plan(spec)
     except UserError as exc:
         return Validation(exc)
     summary = describe.summary(spec, linears, data)
+    if warm:
+        summary.append(f"  warm start: {len(warm)} configuration(s) run first: {', '.join(o for _, o in warm)}")
     if spec.model.trust_remote_code:
         summary.append("WARNING: model.trust_remote_code is true: code from the model repository will run")
     return Validation(None, summary)

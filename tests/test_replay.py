@@ -235,3 +235,37 @@ def test_build_table_runs_every_configuration_on_every_seed_and_resumes(tmp_path
     } == first
     with gzip.open(out, "rt") as f:
         assert math.isclose(json.load(f)["cpu_hours"], table["cpu_hours"])
+
+
+def test_a_warm_arm_asks_the_portfolio_first_fitted_into_the_table():
+    table = Table(tiny_table())
+    portfolio = [{"training.learning_rate": 0.05, "adalora.target_modules": ["b"]}, {"training.learning_rate": 5.0}]
+    assert arms.fitted(table, portfolio) == [{"training.learning_rate": 0.05, "adalora.target_modules": "b"}]
+    out = replay(table, arms.arm("warm-random", 4, 12, portfolio), seed=0, n_trials=3)
+    first = out.queries[0]
+    assert first.warm and first.params == {"training.learning_rate": 0.1, "adalora.target_modules": "b"}  # snapped
+    assert not any(q.warm for q in out.queries[1:])
+
+
+def test_the_portfolio_is_chosen_greedily_over_every_run():
+    sys.path.insert(0, str(REPO / "bench"))
+    import choose_portfolio
+
+    picks = choose_portfolio.greedy([Table(tiny_table())], 2)
+    # the best mean first; then nothing lowers the best regret of any run (0 and 0.04), so the next-best mean
+    assert [dict(p) for p in picks] == [
+        {"training.learning_rate": 1e-2, "adalora.target_modules": ("b",)},
+        {"training.learning_rate": 1e-2, "adalora.target_modules": ("a",)},
+    ]
+
+
+TABLE_STUDIES = sorted((REPO / "bench" / "tables").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TABLE_STUDIES, ids=[p.stem for p in TABLE_STUDIES])
+def test_table_study_files_are_grids_that_start_with_their_command(path):
+    from adalora_search.study.loader import load_spec
+
+    spec = load_spec(path)
+    assert spec.study.sampler.root.type == "grid" and spec.study.keep_top_k_adapters == 0
+    assert path.read_text().splitlines()[0].startswith(f"# python bench/build_table.py bench/tables/{path.name}")

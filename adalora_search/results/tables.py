@@ -11,28 +11,7 @@ import pandas as pd
 from adalora_search.search import ranking
 from adalora_search.search.record import StudyRecord, TrialRecord
 from adalora_search.tasks import TASKS
-
-# (pattern on the module name, type label), first match wins; ordered as in a transformer block
-MODULE_TYPES: tuple[tuple[str, str], ...] = (
-    (r"(^|\.)(c_attn|qkv_proj|query_key_value|Wqkv)$", "qkv"),  # fused query/key/value (GPT-2, Phi-3, ...)
-    (r"(^|\.)(query|query_proj|q_proj|q)$", "query"),
-    (r"(^|\.)(key|key_proj|k_proj|k)$", "key"),
-    (r"(^|\.)(value|value_proj|v_proj|v)$", "value"),
-    (r"attention\.output\.dense$|attn\.c_proj$|(^|\.)(o_proj|out_proj|o)$", "attn_out"),
-    (r"(^|\.)(gate_proj|w1|wi_0)$", "ffn_gate"),  # gated MLPs (Llama, Qwen, SmolLM, T5 v1.1): gate, up, down
-    (r"intermediate\.dense$|mlp\.c_fc$|(^|\.)(fc1|up_proj|wi|w3|wi_1)$", "ffn_in"),
-    (r"(^|\.)output\.dense$|mlp\.c_proj$|(^|\.)(fc2|down_proj|wo|w2)$", "ffn_out"),
-    (r"pooler\.dense$", "pooler"),
-)
-TYPE_ORDER = [label for _, label in MODULE_TYPES]
-
-
-def module_type(name: str) -> str:
-    """The module's kind (query, value, ffn_in, ...) for the heatmaps; the name's tail when unknown."""
-    for pattern, label in MODULE_TYPES:
-        if re.search(pattern, name):
-            return label
-    return ".".join(name.split(".")[-2:])
+from adalora_search.train.module_kinds import TYPE_ORDER, module_type
 
 
 def module_name(name: str, stacks: bool = False) -> str:
@@ -84,7 +63,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     r = TrialRecord.of(t)
-    row: dict[str, Any] = {"trial": r.number, "state": r.state.name, "baseline": r.baseline or ""}
+    row: dict[str, Any] = {
+        "trial": r.number,
+        "state": r.state.name,
+        "baseline": r.baseline or "",
+        "warm_start": r.warm_start or "",
+    }
     row.update({f"param:{k}": v for k, v in r.params.items()})
     for which in ("final", "best", "test"):
         for key, value in r.metrics.get(which, {}).items():

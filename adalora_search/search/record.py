@@ -58,6 +58,7 @@ class TrialRecord:
     last_eval_step: int | None = None  # a running trial: the optimizer step of its last evaluation
     label_names: list[str] | None = None  # class or tag names in id order, as the trial trained them
     has_label_names: bool = False  # label_names was stored (studies from before it was are read from the data)
+    warm_start: str | None = None  # enqueued by study.warm_start: where from ("portfolio #2", "<study> trial 7")
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -86,6 +87,7 @@ class TrialRecord:
             last_eval_step=a.get("last_eval_step"),
             label_names=a.get("label_names"),
             has_label_names="label_names" in a,
+            warm_start=a.get("warm_start"),
         )
 
     def metric(self, which: str, name: str) -> float | None:

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from adalora_search.errors import Interrupted, RepeatedFailure, UserError
-from adalora_search.search import diagnostics, fingerprint, progress, ranking, status
+from adalora_search.search import diagnostics, fingerprint, progress, ranking, status, warm_start
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
 from adalora_search.search.optuna_internals import AskTellGridSampler, storage_of, trial_id
@@ -92,6 +92,7 @@ def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.
                 f"{[d.name.lower() for d in study.directions]}; rename the study to change them"
             )
         _enqueue_baselines(study, spec)
+        warm_start.enqueue(study, spec)  # after the baselines: they run first
     return study
 
 

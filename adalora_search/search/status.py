@@ -38,7 +38,13 @@ def summary_lines(study: optuna.Study) -> list[str]:
     )
     records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best_record = TrialRecord.of(best)
-    label = f"best trial {best.number}" + (f" = baseline {best_record.baseline}" if best_record.baseline else "")
+    label = f"best trial {best.number}" + (
+        f" = baseline {best_record.baseline}"
+        if best_record.baseline
+        else f" = warm start {best_record.warm_start}"
+        if best_record.warm_start
+        else ""
+    )
     rows: list[tuple[str, TrialRecord | ReferenceResult]] = [(label, best_record)]
     rows += [
         (f"baseline {r.baseline} (trial {r.number})", r)
@@ -61,7 +67,23 @@ def summary_lines(study: optuna.Study) -> list[str]:
         )
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
         lines += [f"  WARNING: {note}" for note in row.warnings]
-    return lines
+    return lines + warm_start_lines(study, best.number)
+
+
+def warm_start_lines(study: optuna.Study, best: int | None) -> list[str]:
+    """Which trials the warm start enqueued (``study.warm_start``), and whether the best trial is one of them."""
+    warm = [t for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs]
+    if not warm:
+        return []
+    origins = "; ".join(f"trial {t.number}: {t.user_attrs['warm_start']}" for t in warm)
+    verdict = (
+        "the best trial is one of them"
+        if any(t.number == best for t in warm)
+        else "the search found a better one"
+        if best is not None
+        else "none completed yet"
+    )
+    return [f"warm start ({len(warm)} trials run first): {origins}; {verdict}"]
 
 
 def _gain(metric: str, best: float, other: float) -> str:
@@ -147,6 +169,8 @@ def _failed_and_queued(study: optuna.Study, last: int = 3) -> list[str]:
             if "retried_from" in t.user_attrs
             else f"baseline {t.user_attrs['baseline']}"
             if "baseline" in t.user_attrs
+            else f"warm start: {t.user_attrs['warm_start']}"
+            if "warm_start" in t.user_attrs
             else "enqueued"
         )
         lines.append(f"queued: trial {t.number} ({why})")
@@ -217,6 +241,7 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
             "metrics": record.metrics.get("final", {}),
             "trainable_params": record.trainable_params,
             "baseline": record.baseline,
+            "warm_start": record.warm_start,
             "warnings": record.warnings,
         }
     stored = StudyRecord.of(study)
@@ -247,6 +272,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "failure": record.failure,
         "adapter_failure": record.adapter_failure,
         "baseline": record.baseline,
+        "warm_start": record.warm_start,
         "worker": record.worker,
         "compile": record.timing.get("compile"),
     }

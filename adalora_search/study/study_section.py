@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from adalora_search.study.frozen import Frozen
 from adalora_search.study.samplers import PrunerSpec, SamplerSpec
@@ -101,6 +101,20 @@ class Reference(Frozen):
         return list(self.learning_rate) if isinstance(self.learning_rate, list) else [self.learning_rate]
 
 
+class WarmStartFrom(Frozen):
+    """Start from an earlier study: its best ``top_k`` configurations are this study's first trials."""
+
+    model_config = ConfigDict(**Frozen.model_config, populate_by_name=True)  # `from` in YAML, `source` in Python
+
+    source: str = Field(
+        alias="from",
+        min_length=1,
+        description="an earlier study's file (relative to this file), or its storage URL (then name `study`)",
+    )
+    study: str | None = Field(default=None, min_length=1, description="the study name in that storage")
+    top_k: int = Field(default=4, ge=1, description="how many of its best completed trials to start from")
+
+
 class StudySection(Frozen):
     """``study``: name, storage, objectives, sampler, trial pruner and the budget of trials."""
 
@@ -160,6 +174,23 @@ class StudySection(Frozen):
         description="reference runs after the search: uniform LoRA (lora), full fine-tuning "
         "(full), the base model with no adapter (zero_shot)",
     )
+
+    warm_start: Literal["portfolio"] | WarmStartFrom | None = Field(
+        default=None,
+        description="configurations run as the first trials, before the sampler's own: portfolio (a few shipped "
+        "with the tool, chosen on its benchmark tables) or {from: EARLIER_STUDY_FILE, top_k: K} (the best K of an "
+        "earlier study, on another task or model); a knob the earlier study fixed or left outside this space is "
+        "sampled as usual. Default: none",
+    )
+
+    @model_validator(mode="after")
+    def _warm_start_with_a_sampler(self) -> StudySection:
+        if self.warm_start is not None and self.sampler.root.type == "grid":
+            raise ValueError(
+                "study.warm_start: a grid study runs every point of its grid anyway; remove warm_start, or use "
+                "another sampler"
+            )
+        return self
 
     @property
     def objectives(self) -> list[Objective]:

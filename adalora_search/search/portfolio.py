@@ -1,0 +1,28 @@
+"""The warm-start portfolio (``study.warm_start: portfolio``): configurations run first, in this order.
+
+Written by ``python bench/choose_portfolio.py`` from the benchmark tables (``bench/tables/*.json.gz``): greedily,
+each pick is the configuration that most lowers the mean over the tables' runs (table x training seed) of the
+best normalized regret among the picks so far. Values are knob paths as in a study file; target modules are
+BERT's names, matched to another model's by the kinds of matrix they name (``search/warm_start.py``); t_init
+and t_final are fractions of the steps. A value outside a study's space is left to its sampler.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TABLES = ("t1_bbc_news_minilm (partial)",)  # what the picks were chosen on (bench/choose_portfolio.py)
+
+PORTFOLIO: tuple[dict[str, Any], ...] = (
+    {
+        "training.learning_rate": 0.012,
+        "adalora.target_modules": ["query", "value"],
+        "adalora.init_r": 12,
+        "adalora.target_r": 4,
+        "adalora.lora_alpha": 32.0,
+        "adalora.schedule.t_init": 0.1,
+        "adalora.schedule.t_final": 0.3,
+        "adalora.schedule.delta_t": 5,
+        "adalora.orth_reg_weight": 0.1,
+    },
+)

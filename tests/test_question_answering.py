@@ -199,3 +199,28 @@ def test_question_answering_study_runs_reports_exports_and_the_export_reproduces
 
     code, out = run_cli(["retrain", str(out_dir), "--learning-rate", "5e-3"], monkeypatch, capsys)
     assert code == 0, out
+
+
+def test_answers_with_the_space_beside_them_label_only_the_answer_tokens(tmp_path: Path) -> None:
+    """Field case case42: answers exported with the space beside the word (answer_start on the space) labelled
+    the neighbouring word's token too in 12 of 18 training windows; they are trimmed, offsets moved, first."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(Path(__file__).parent / "field_cases" / "case42", tmp_path / "case42")
+    spec = load_spec(tmp_path / "case42" / "study.yaml")
+    data = prepare_data(spec)
+    tok = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    rows = [json.loads(line) for line in (tmp_path / "case42" / "train.jsonl").read_text().splitlines()]
+    assert sum(r["answers"]["text"][0] != r["answers"]["text"][0].strip() for r in rows) == 12  # the case as built
+    train = data.splits["train"].columns
+    labelled = 0
+    for ids, (start, end) in zip(train["input_ids"], train["labels"]):
+        if start == end == ids.index(tok.cls_token_id):
+            continue
+        text = tok.decode(ids)
+        row = next(r for r in rows if f"[CLS] {r['question'].lower()} [SEP]" in text)
+        assert tok.decode(ids[start : end + 1]) == row["answers"]["text"][0].strip().lower()
+        labelled += 1
+    assert labelled == len(rows)  # every answer fits its one window

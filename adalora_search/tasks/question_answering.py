@@ -87,6 +87,7 @@ class QuestionAnswering(Task):
         contexts = [str(c or "") for c in rows[data.context_field]]
         answers = [_answers(a, data.answers_field, split, i) for i, a in enumerate(rows[data.answers_field])]
         _check_rows(questions, contexts, answers, data, split)
+        answers = [[_trimmed(t, s) for t, s in a] for a in answers]
         return {
             "question": questions,
             "context": contexts,
@@ -179,6 +180,12 @@ def _answers(value: Any, field: str, split: str, row: int) -> list[tuple[str, in
     )
 
 
+def _trimmed(text: str, start: int) -> tuple[str, int]:
+    """The answer without the whitespace an annotation tool kept beside it, ``answer_start`` moved past what was
+    cut: a span taken with the space would label the neighbouring word's token too (the metric strips it)."""
+    return text.strip(), start + len(text) - len(text.lstrip())
+
+
 def _check_rows(
     questions: list[str], contexts: list[str], answers: list[list[tuple[str, int]]], data: Any, split: str
 ) -> None:
@@ -191,7 +198,7 @@ def _check_rows(
     checks = [
         (
             "answers_field",
-            lambda i: any(contexts[i][s : s + len(t)] != t or not t for t, s in answers[i]),
+            lambda i: any(contexts[i][s : s + len(t)] != t or not t.strip() for t, s in answers[i]),
             "an answer whose text is not the context's at answer_start",
             "answer_start must be the answer's 0-based character offset in the context (not a byte, token or "
             "1-based offset); fix the offsets or drop those rows",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -213,3 +215,17 @@ def test_a_head_of_another_kind_and_size_is_found_from_the_checkpoint_shapes(tmp
     study = study_dict(model={"name_or_path": str(ckpt), "init": "pretrained", "config_overrides": {}})
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and "head has 9 outputs but model.task classification needs 5 here" in out, out
+
+
+def test_a_split_labelled_minus_one_is_no_label_and_the_fix_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Field case case52: a GLUE-style test split labelled -1 was refused naming data.label_names, which the
+    study does not set, and not the fix (``data.splits.test: null``)."""
+    shutil.copytree(FIELD / "case52", tmp_path / "case52")
+    monkeypatch.chdir(tmp_path / "case52")
+    subprocess.run([sys.executable, "make_data.py"], check=True, capture_output=True)
+    code, out = run_cli(["validate", "study.yaml"], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in out
+    assert "the test split has label -1" in out and '"no label"' in out and "data.splits.test: null" in out
+    assert "data.label_names" not in out
+    code, out = run_cli(["validate", "study_control.yaml"], monkeypatch, capsys)
+    assert code == 0, out

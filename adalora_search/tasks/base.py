@@ -216,10 +216,20 @@ def named(value: Any, names: list[str] | None, data: DataSpec, split: str) -> An
     """
     if names is None or isinstance(value, bool) or not isinstance(value, int):
         return value
+    if value == -1:  # datasets' and GLUE's "no label" (their test splits hide the labels)
+        fix = (
+            f"leave the split out with data.splits.{split}: null, or give a labelled {split} split"
+            if split in ("validation", "test")
+            else "drop the rows without a label from the data"
+        )
+        raise UserError(
+            f"data.label_field = {data.label_field!r}: the {split} split has label -1, which datasets and GLUE use "
+            f'for "no label" (a hidden test split): it cannot be trained on or scored; {fix}'
+        )
     if not 0 <= value < len(names):
         raise UserError(
-            f"data.label_names = {names[:10]}: the {split} split has label id {value}, but only ids "
-            f"0..{len(names) - 1} are named; name every id in order"
+            f"data.label_field = {data.label_field!r}: the {split} split has label id {value}, but only ids "
+            f"0..{len(names) - 1} are named ({names[:10]}); name every id in order in data.label_names"
         )
     return names[value]
 

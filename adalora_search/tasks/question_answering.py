@@ -182,7 +182,8 @@ def _answers(value: Any, field: str, split: str, row: int) -> list[tuple[str, in
 
 def _trimmed(text: str, start: int) -> tuple[str, int]:
     """The answer without the whitespace an annotation tool kept beside it, ``answer_start`` moved past what was
-    cut: a span taken with the space would label the neighbouring word's token too (the metric strips it)."""
+    cut: a span taken with the space would label the neighbouring word's token too (the metric strips it).
+    """
     return text.strip(), start + len(text) - len(text.lstrip())
 
 

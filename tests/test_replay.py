@@ -215,6 +215,7 @@ def test_build_table_runs_every_configuration_on_every_seed_and_resumes(tmp_path
     grid = study_dict(
         study={"name": "g", "n_trials": 2, "sampler": {"type": "grid", "seed": 0}, "pruner": {"type": "none"}},
         training={"max_steps": 8, "eval_every": 4, "learning_rate": {"choices": [1e-3, 1e-2]}},
+        adalora={"target_modules": {"choices": [["query", "value"]]}},
     )
     path = write_study(tmp_path, grid)
     out = tmp_path / "g.json.gz"
@@ -235,6 +236,25 @@ def test_build_table_runs_every_configuration_on_every_seed_and_resumes(tmp_path
     } == first
     with gzip.open(out, "rt") as f:
         assert math.isclose(json.load(f)["cpu_hours"], table["cpu_hours"])
+    refs = [sys.executable, str(REPO / "bench" / "build_references.py"), str(out), "--modules", "query,value"]
+    refs += ["--methods", "lora", "dora", "--rates", "1e-2"]
+    subprocess.run(refs, check=True, capture_output=True, text=True, cwd=tmp_path)
+    with gzip.open(tmp_path / "g.references.json.gz", "rt") as f:
+        made = json.load(f)
+    assert made["matrices"] == 4 and made["init_r"] == 4  # 2 layers x (query, value); the table's init_r
+    assert sorted((r["method"], r["seed"]) for r in made["runs"]) == [
+        ("dora", 0),
+        ("dora", 1),
+        ("lora", 0),
+        ("lora", 1),
+    ]
+    for r in made["runs"]:
+        assert r["state"] == "COMPLETE" and r["target_r"] == 2 and r["steps"] == 8 and "accuracy" in r["test"]
+        assert [p["step"] for p in r["curve"]] == [4, 8]
+    lora, dora = (next(r for r in made["runs"] if r["method"] == m and r["seed"] == 0) for m in ("lora", "dora"))
+    assert lora["trainable_params"]["final"] < dora["trainable_params"]["final"]  # DoRA's magnitudes on top
+    again = subprocess.run(refs, check=True, capture_output=True, text=True, cwd=tmp_path)  # resumed: nothing to run
+    assert "seed=" not in again.stdout and "4 runs" in again.stdout
 
 
 def test_a_warm_arm_asks_the_portfolio_first_fitted_into_the_table():

@@ -264,3 +264,36 @@ def test_generation_ends_at_the_tokenizers_eos_else_the_models() -> None:
     assert until_end([3, 4, 7, 9, 5], how.ends(chat)) == [3, 4]
     assert Generation(0, 2, 4, torch.device("cpu"), False).ends(chat) == {2}
     assert until_end([3, 4], {9}) == [3, 4]
+
+
+@pytest.mark.parametrize(
+    "study, field, limit",
+    [
+        ("a_long_targets.yaml", "data.max_target_length = 64", "use max_target_length <= 32"),
+        ("b_long_generation.yaml", "training.generation.max_new_tokens = 48", "use max_new_tokens <= 31"),
+    ],
+)
+def test_lengths_beyond_the_decoders_positions_are_refused_before_trial_0(
+    study: str, field: str, limit: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Field case case41: a target or a generation longer than a 32-position BART passed validate, then every trial
+    failed with IndexError (after training, for generation)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(Path(__file__).parent / "field_cases" / "case41", tmp_path / "case41")
+    monkeypatch.chdir(tmp_path / "case41")
+    subprocess.run([sys.executable, "make_data.py"], check=True, capture_output=True)
+    code, out = run_cli(["validate", study], monkeypatch, capsys)
+    assert code == 2 and field in out and limit in out and "Traceback" not in out
+
+
+def test_a_decoder_only_prompt_and_its_generation_must_fit_the_positions() -> None:
+    from adalora_search.train.model_checks import length_problems
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "smollm2_bbc_topic.yaml")  # 96 + 3 tokens
+    assert length_problems(spec, 99, encoder_decoder=False) == []
+    (problem,) = length_problems(spec, 98, encoder_decoder=False)
+    assert problem.field == "training.generation.max_new_tokens" and "use max_new_tokens <= 2" in problem.message
+    assert [p.field for p in length_problems(spec, 64, encoder_decoder=False)] == ["data.max_length"]

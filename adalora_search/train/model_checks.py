@@ -36,19 +36,62 @@ def check_model(
                     f"matches no Linear or Conv1D module of {spec.model.name_or_path}; its module names end in {names}",
                 )
             )
-    positions = max_positions(config)
-    if positions is not None and spec.data.max_length > positions:
-        problems.append(
-            Problem(
-                "data.max_length",
-                spec.data.max_length,
-                f"{spec.model.name_or_path} has {positions} positions; use max_length <= {positions}",
-            )
-        )
+    problems += length_problems(spec, max_positions(config), bool(getattr(config, "is_encoder_decoder", False)))
     problems += _head_problems(spec, label_names)
     problems += memory.platform_problems(spec)
     if problems:
         raise UserError(f"{len(problems)} problem(s) with the model", problems)
+
+
+def length_problems(spec: StudySpec, positions: int | None, encoder_decoder: bool) -> list[Problem]:
+    """Every length the model will see against its ``positions``: the input (``data.max_length``); for a task that
+    generates, the decoder's target (``data.max_target_length``, seq2seq) and the generated tokens
+    (``training.generation.max_new_tokens``: after the decoder's start token on an encoder-decoder, after a prompt
+    of up to ``max_length`` tokens on a decoder-only model). Beyond them every trial fails (an embedding index
+    out of range), after training when it is generation.
+    """
+    if positions is None:
+        return []
+    name, data = spec.model.name_or_path, spec.data
+    problems = []
+    if data.max_length > positions:
+        problems.append(
+            Problem(
+                "data.max_length", data.max_length, f"{name} has {positions} positions; use max_length <= {positions}"
+            )
+        )
+    if not get_task(spec.model.task).generates:
+        return problems
+    new = spec.training.generation.max_new_tokens
+    if encoder_decoder:
+        if data.max_target_length > positions:
+            problems.append(
+                Problem(
+                    "data.max_target_length",
+                    data.max_target_length,
+                    f"{name}'s decoder has {positions} positions; use max_target_length <= {positions} "
+                    "(longer targets are cut)",
+                )
+            )
+        if new + 1 > positions:
+            problems.append(
+                Problem(
+                    "training.generation.max_new_tokens",
+                    new,
+                    f"{name}'s decoder has {positions} positions, one of them its start token; use "
+                    f"max_new_tokens <= {positions - 1}",
+                )
+            )
+    elif data.max_length <= positions < data.max_length + new:
+        problems.append(
+            Problem(
+                "training.generation.max_new_tokens",
+                new,
+                f"a prompt of up to data.max_length = {data.max_length} tokens and {new} new tokens pass {name}'s "
+                f"{positions} positions; use max_new_tokens <= {positions - data.max_length}, or a lower max_length",
+            )
+        )
+    return problems
 
 
 def max_positions(config: Any) -> int | None:

@@ -93,3 +93,48 @@ def test_stored_references_keep_their_shape() -> None:
         ReferenceResult.of({**trained, "metrics": {"final": {"accuracy": 0.9}, "test": None}}).metric("test", "x")
         is None
     )  # an older study stored a missing test split as null
+
+
+def _handlers() -> dict:
+    import signal
+
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def test_run_leaves_signal_handlers_as_it_found_them_in_any_thread_or_event_loop(tmp_path: Path) -> None:
+    """Field case case47: run() replaced the program's SIGINT handler and made SIGTERM raise KeyboardInterrupt for
+    good, and from a worker thread it failed with ValueError (handlers can only be set in the main thread)."""
+    import asyncio
+    import signal
+    import threading
+
+    def own(signum, frame):  # the program's own handler
+        raise KeyboardInterrupt("app")
+
+    previous = signal.signal(signal.SIGINT, own)
+    try:
+        before = _handlers()
+        study = tmp_path / "s.yaml"
+        study.write_text(__import__("yaml").safe_dump(study_dict(study={"name": "s", "n_trials": 1})))
+        als.run(str(study))
+        assert _handlers() == before
+
+        async def in_a_loop():
+            return als.run(str(study), n_trials=2)
+
+        assert len(asyncio.run(in_a_loop()).trials) == 2 and _handlers() == before
+        errors: list[BaseException] = []
+
+        def worker():
+            try:
+                als.run(str(study), n_trials=3)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+                errors.append(exc)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert errors == [] and _handlers() == before
+        assert len(als.status(str(study)).trials) == 3
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -6,13 +6,16 @@ study has fewer than n_trials finished-or-running trials) -> run it with a heart
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,8 +198,7 @@ def work(
     objective = Objective(spec, data, artifact_store, log, processes)
     deadline = time.time() + budget.timeout if budget.timeout else None
     ran = 0
-    _sigterm_as_interrupt()
-    with progress.bars(study, budget.n_trials) as bars:
+    with interrupts_raise(), progress.bars(study, budget.n_trials) as bars:
         objective.on_progress = bars.step
         while (trial := _claim(study, spec, url, budget, deadline)) is not None:
             ran += 1
@@ -288,15 +290,30 @@ def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
     return attrs
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGINT and SIGTERM stop the worker cleanly (also when started with SIGINT ignored, e.g. by `&`)."""
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """While the worker runs, SIGINT and SIGTERM raise ``KeyboardInterrupt`` (also when started with SIGINT
+    ignored, e.g. by ``&``), so the running trial is re-queued; the program's own handlers are back afterwards.
+    Outside the main thread (a worker thread, a web server) Python cannot set handlers: they are left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    wanted = {signal.SIGINT: signal.default_int_handler}
     if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, handler)
+        wanted[signal.SIGTERM] = handler
+    saved = {sig: signal.getsignal(sig) for sig in wanted}
+    for sig, new in wanted.items():
+        signal.signal(sig, new)
+    try:
+        yield
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def best_text(study: optuna.Study) -> str | None:

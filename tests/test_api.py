@@ -138,3 +138,27 @@ def test_run_leaves_signal_handlers_as_it_found_them_in_any_thread_or_event_loop
         assert len(als.status(str(study)).trials) == 3
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_program_with_its_own_logging_sees_each_progress_line_once(tmp_path: Path, capsys) -> None:
+    """Field case case47 (logging): with a handler on the root logger, every progress line was printed twice."""
+    import io
+    import logging
+
+    import yaml
+
+    buffer = io.StringIO()
+    root, handler = logging.getLogger(), logging.StreamHandler(buffer)
+    root.addHandler(handler)
+    package = logging.getLogger("adalora_search")
+    level = package.level
+    package.setLevel(logging.INFO)
+    try:
+        study = tmp_path / "s.yaml"
+        study.write_text(yaml.safe_dump(study_dict(study={"name": "s", "n_trials": 1})))
+        als.run(str(study))
+    finally:
+        root.removeHandler(handler)
+        package.setLevel(level)
+    line = "[study s] 1 complete"
+    assert buffer.getvalue().count(line) == 1 and line not in capsys.readouterr().err

@@ -74,10 +74,16 @@ class Progress:
 def bars(
     study: optuna.Study, n_trials: int | None, disable: bool | None = None, file: IO[str] | None = None
 ) -> Iterator[Progress]:
-    """``Progress`` for the duration of a worker, with the package's log lines printed above it."""
+    """``Progress`` for the duration of a worker, with the package's log lines printed above it: through the
+    package logger's own console handler (the command line's), or a new one when the program configured no logging.
+    A program that configured its own (a handler on the root logger) gets each line once, through it.
+    """
     progress = Progress(study, n_trials, disable, file)
+    logger = logging.getLogger("adalora_search")
+    own = any(isinstance(h, logging.StreamHandler) for h in logger.handlers)
+    redirect = logging_redirect_tqdm(loggers=[logger]) if own or not logging.getLogger().handlers else None
     try:
-        with logging_redirect_tqdm(loggers=[logging.getLogger("adalora_search")]):
+        with redirect or contextlib.nullcontext():
             yield progress
     finally:
         progress.close()

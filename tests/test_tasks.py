@@ -439,3 +439,26 @@ def test_the_engine_batches_and_generates_through_the_task(tmp_path, monkeypatch
     run.train()
     assert len(widths) >= 3 and generated and generated[0] > 0  # training and validation batches; generations
     assert "exact_match" in run.result.metrics["final"]
+
+
+@pytest.mark.parametrize("case", ["case50", "case09"])
+def test_a_rows_logits_do_not_depend_on_the_rows_padded_beside_it(case: str) -> None:
+    """Field case case50: a GPT-2 config without pad_token_id got EOS as its pad id while the batches padded with
+    the tokenizer's [PAD]; last-token pooling then read a pad position and a row's logits changed with its batch
+    (up to 0.22). The config's pad id is now the batches' (case09: GPT-2 with its own tokenizer files)."""
+    from adalora_search.tasks.batching import pad_id
+    from adalora_search.train import modeling
+
+    spec = load_spec(Path(__file__).parent / "field_cases" / case / "study.yaml")
+    tokenizer = modeling.load_tokenizer(spec.model)
+    model = modeling.build_base(spec.model, ["neg", "pos"], 0).eval()
+    assert model.config.pad_token_id == pad_id(tokenizer)
+    texts = ["a short one", "the soup was cold and the bread was stale", "fine", "quick and friendly service here"]
+    rows = [tokenizer(t)["input_ids"] for t in texts]
+    width, pad = max(len(r) for r in rows), pad_id(tokenizer)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # as the tool's batches: right-padded, mask 0
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask).logits
+        alone = torch.cat([model(input_ids=torch.tensor([r])).logits for r in rows])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)

@@ -132,3 +132,11 @@ def generate_continuations(
             )
         out += [until_end(row, ends) for row in generated[:, width:].tolist()]
     return out
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id padding uses: the tokenizer's pad token, else EOS (decoder LLMs), else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

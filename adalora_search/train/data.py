@@ -191,7 +191,7 @@ def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) ->
             examples[name] = encoded.examples
     meta = {
         "label_names": label_names,
-        "pad_token_id": pad_id(tokenizer),
+        "pad_token_id": batching.pad_id(tokenizer),
         "dropped": dropped,
         "truncated": truncated,
         "examples": examples,
@@ -212,14 +212,6 @@ def _build_cache(spec: DataSpec, tokenizer: Any, task: Task, directory: Path) ->
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The id padding uses: the tokenizer's pad token, else EOS (decoder LLMs), else 0."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def batches(

@@ -18,7 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 from adalora_search.errors import UserError
 from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec
-from adalora_search.tasks import get_task
+from adalora_search.tasks import batching, get_task
 from adalora_search.train import memory
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
@@ -72,8 +72,8 @@ def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
         ) from None
     if why := task.check_config(config):
         raise UserError(f"model.task = {spec.task!r}: {spec.name_or_path}: {why}")
-    if getattr(config, "pad_token_id", None) is None and task.pools_on_pad:
-        config.pad_token_id = getattr(config, "eos_token_id", None)  # GPT-2-style models batch with EOS as pad
+    if task.pools_on_pad:  # GPT-2-style models pool the last token that is not pad: the id the batches pad with
+        config.pad_token_id = batching.pad_id(load_tokenizer(spec))
     return config
 
 

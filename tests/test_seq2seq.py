@@ -297,3 +297,50 @@ def test_a_decoder_only_prompt_and_its_generation_must_fit_the_positions() -> No
     (problem,) = length_problems(spec, 98, encoder_decoder=False)
     assert problem.field == "training.generation.max_new_tokens" and "use max_new_tokens <= 2" in problem.message
     assert [p.field for p in length_problems(spec, 64, encoder_decoder=False)] == ["data.max_length"]
+
+
+def test_a_perfect_prediction_scores_perfectly_in_any_script() -> None:
+    """#32 invariant 1: ROUGE on Russian or Greek targets scored an identical prediction 0.0 (rouge_score's default
+    tokenizer keeps ASCII words only), so a ROUGE objective was 0 for every trial."""
+    from adalora_search.tasks.base import imperfect
+    from adalora_search.tasks.causal_lm import text_scores
+    from adalora_search.tasks.seq2seq import ROUGE, rouge
+    from adalora_search.tasks.text_metrics import UnicodeTokenizer
+
+    targets = [
+        "Привет, мир: погода хорошая.",
+        "Καλημέρα κόσμε!",
+        "naïve café au lait",
+        "日本語の テキスト",
+        "plain English",
+    ]
+    assert rouge(targets, targets) == dict.fromkeys(ROUGE, 1.0)
+    assert text_scores(targets, targets) == {"exact_match": 1.0, "rouge_l": 1.0}
+    assert rouge(["Привет мир"], ["Пока мир"])["rouge1"] == pytest.approx(0.5)  # words of any script are words
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    english = "The runners were running quickly past 3.5 miles of the U.S.-based co-op's fields!"
+    assert UnicodeTokenizer(True).tokenize(english) == DefaultTokenizer(True).tokenize(english)  # as before on ASCII
+    ascii_only = lambda p, r: {"rouge1": float(p[0].isascii())}  # noqa: E731 - a metric that cannot read non-ASCII
+    assert imperfect(targets, ascii_only, {"rouge1": 1.0}) == ("rouge1", targets[0])
+    assert imperfect(["", "ok"], ascii_only, {"rouge1": 1.0}) is None
+
+
+def test_validate_refuses_a_metric_that_cannot_read_the_targets(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The invariant runs on the study's real validation targets before trial 0: a ROUGE that reads ASCII only (as
+    rouge_score's default tokenizer did) is refused on Greek targets, naming the metric and the target."""
+    from adalora_search.tasks import seq2seq
+
+    def ascii_rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+        return {"rouge1": float(all(r.isascii() for r in references)), "rougeL": 1.0}
+
+    rows = [
+        {"lead": f"a short notice number {i} about the weather", "headline": f"Καιρός {i} σήμερα"} for i in range(40)
+    ]
+    (tmp_path / "greek.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    study = seq2seq_study(data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "greek.jsonl"}}})
+    path = write_study(tmp_path, study)
+    assert run_cli(["validate", str(path)], monkeypatch, capsys)[0] == 0  # words of any script: read
+    monkeypatch.setattr(seq2seq, "rouge", ascii_rouge)
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 2 and "study.objective / rouge1 = 'Καιρός" in out and "cannot read it" in out

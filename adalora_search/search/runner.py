@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from adalora_search.errors import Interrupted, RepeatedFailure, UserError
+from adalora_search.errors import Interrupted, Problem, RepeatedFailure, UserError
 from adalora_search.search import diagnostics, fingerprint, progress, ranking, status, warm_start
 from adalora_search.search import storage as storage_mod
 from adalora_search.search.objective import TRIAL_ERRORS, Objective, pruning_value
@@ -129,8 +129,19 @@ def prepare_data(spec: StudySpec) -> TokenizedData:
     from adalora_search.study import rules
 
     tokenizer = load_tokenizer(spec.model)
-    data = load_tokenized(spec.data, tokenizer, get_task(spec.model.task))
+    task = get_task(spec.model.task)
+    data = load_tokenized(spec.data, tokenizer, task)
     problems = rules.check_total_steps(spec, optimizer_steps(spec.training, len(data.splits["train"])))
+    if (unread := task.perfect_prediction(data.splits["validation"])) is not None:  # invariant: best scores best
+        metric, target = unread
+        problems.append(
+            Problem(
+                f"study.objective / {metric}",
+                target[:120],
+                f"scored against itself, this validation target gets less than {metric}'s best value: the metric "
+                f"cannot read it, so every trial's {metric} would be wrong; report this, and optimise eval_loss",
+            )
+        )
     if problems:
         raise UserError(f"{len(problems)} problem(s) once the data is known", problems)
     return data

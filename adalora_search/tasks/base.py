@@ -156,6 +156,14 @@ class Task(ABC):
         """Metrics of generated text, computed after training (none for tasks that do not generate)."""
         return {}
 
+    def perfect_prediction(self, split: Split) -> tuple[str, str] | None:
+        """Invariant "a perfect prediction scores perfectly": the first (metric, target) of ``split`` for which the
+        target scored against itself falls short of the metric's best value (the metric cannot read it), else None.
+        Checked on the validation split before trial 0 (``search.runner.prepare_data``); tasks whose metrics are
+        computed from label ids (classification, tags) pass by construction.
+        """
+        return None
+
     def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
         """Why ``scores`` on ``split`` are at chance level (the run learned nothing), else None.
 
@@ -255,3 +263,23 @@ def used_fields(data: DataSpec, wanted: set[str], task: str) -> list[Problem]:
         for name in sorted(others & data.model_fields_set - wanted)
         if getattr(data, name) is not None  # written as null: not set
     ]
+
+
+def imperfect(
+    references: list[str],
+    score: Callable[[list[str], list[str]], dict[str, float]],
+    best: dict[str, float],
+    sample: int = 200,
+) -> tuple[str, str] | None:
+    """The first (metric, reference) among the first ``sample`` references where ``score([ref], [ref])`` falls short
+    of ``best`` (metric -> its best value), or None: a metric that cannot read a target scores even a perfect
+    prediction below its best.
+    """
+    for reference in references[:sample]:
+        if not reference.strip():
+            continue
+        scores = score([reference], [reference])
+        for metric, value in best.items():
+            if metric in scores and scores[metric] < value - 1e-9:
+                return metric, reference
+    return None

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.tasks import lm_rows
-from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, texts, used_fields
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, imperfect, texts, used_fields
 from adalora_search.tasks.squad import normalize
+
+if TYPE_CHECKING:
+    from adalora_search.train.data import Split
 
 IGNORE = -100
 GENERATION_METRICS = ("exact_match", "rouge_l")
@@ -250,6 +253,9 @@ class CausalLM(Task):
             scores.update(self.generation_scores(ctx))
         return scores
 
+    def perfect_prediction(self, split: Split) -> tuple[str, str] | None:
+        return imperfect(split.columns.get("reference", []), text_scores, {"exact_match": 1.0, "rouge_l": 1.0})
+
     def generation_scores(self, ctx: EvalContext) -> dict[str, float]:
         """exact_match and rouge_l of greedy generations on the first ``max_samples`` rows."""
         references = ctx.split.columns.get("reference", [])
@@ -264,9 +270,9 @@ class CausalLM(Task):
 
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean exact match (normalised) and ROUGE-L F-measure of predictions against references."""
-    from rouge_score import rouge_scorer
+    from adalora_search.tasks.text_metrics import scorer as rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scorer = rouge_scorer(["rougeL"])
     n = max(len(references), 1)
     exact = sum(normalize(p) == normalize(r) for p, r in zip(predictions, references)) / n
     rouge = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / n

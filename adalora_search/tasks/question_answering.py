@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from adalora_search.errors import DataRowError, Problem, UserError
 from adalora_search.tasks import batching
-from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, used_fields
+from adalora_search.tasks.base import Direction, Encoded, EvalContext, Rows, Task, imperfect, used_fields
 from adalora_search.tasks.squad import squad_scores
 
 if TYPE_CHECKING:
@@ -125,6 +125,12 @@ class QuestionAnswering(Task):
         dropped = len(rows["question"]) - len(kept)
         long = sum(n > 1 for n in Counter(enc["overflow_to_sample_mapping"]).values())  # read in several windows
         return Encoded(columns, {DROPPED_NO_ROOM: dropped} if dropped else {}, long, examples=len(kept))
+
+    def perfect_prediction(self, split: Split) -> tuple[str, str] | None:
+        answers = [a for a in split.columns.get("answers", []) if a]  # per window: the question's gold answers
+        return imperfect(
+            [a[0] for a in answers], lambda p, r: squad_scores(p, [[r[0]]]), {"exact_match": 1.0, "f1": 1.0}
+        )
 
     # ---------------------------------------------------------------- batches
     def collate(self, split: Split, rows: Sequence[int], pad_id: int, width: int) -> dict[str, torch.Tensor]:

@@ -229,3 +229,38 @@ def test_a_split_labelled_minus_one_is_no_label_and_the_fix_is_named(tmp_path: P
     assert "data.label_names" not in out
     code, out = run_cli(["validate", "study_control.yaml"], monkeypatch, capsys)
     assert code == 0, out
+
+
+def test_validate_without_data_refuses_a_packaged_dataset_that_does_not_exist(tmp_path: Path, monkeypatch, capsys):
+    """#32 item 7: ``validate --no-data`` accepted ``data.source: oops``."""
+    from conftest import study_dict, write_study
+
+    from adalora_search.study.data_sources import PACKAGED_DATASETS
+    from adalora_search.train.assets import DATASETS
+
+    assert list(DATASETS) == list(PACKAGED_DATASETS)  # the names the schema knows are the ones that load
+    path = write_study(tmp_path, study_dict(data={"source": "oops"}))
+    code, out = run_cli(["validate", "--no-data", str(path)], monkeypatch, capsys)
+    assert code == 2 and "data.source = 'oops': unknown packaged dataset 'oops'" in out and "Traceback" not in out
+
+
+def test_config_overrides_are_checked_against_the_models_config_all_at_once(tmp_path: Path, monkeypatch, capsys):
+    """#32 item 7 and #35 item 9: ``intermediate_size: -1`` ended in a PyTorch traceback; a misspelt field was
+    silently ignored; the num_labels refusal hid the problems behind it."""
+    from conftest import TINY_MODEL, study_dict, write_study
+
+    overrides = {**TINY_MODEL["config_overrides"], "intermediate_size": -1, "num_hidden_layer": 2}
+    overrides |= {"hidden_dropout_prob": 1.5, "hidden_act": 3, "num_labels": 1}
+    path = write_study(tmp_path, study_dict(model={**TINY_MODEL, "config_overrides": overrides}))
+    code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
+    assert code == 2 and "5 problem(s) with model.config_overrides" in out and "Traceback" not in out
+    for expected in (
+        "model.config_overrides.num_labels = 1: model.task classification sets it from the data",
+        "model.config_overrides.intermediate_size = -1: must be a positive whole number",
+        "model.config_overrides.num_hidden_layer = 2: BertConfig has no field 'num_hidden_layer'; did you mean "
+        "num_hidden_layers",
+        "model.config_overrides.hidden_dropout_prob = 1.5: must be a probability between 0 and 1",
+        "model.config_overrides.hidden_act = 3: must be text",
+    ):
+        assert expected in out, expected
+    assert f"{path}:" in out  # file:line

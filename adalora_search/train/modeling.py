@@ -16,12 +16,13 @@ from peft import AdaLoraConfig, EvaConfig, LoraConfig
 from transformers import AutoConfig, AutoTokenizer
 from transformers.pytorch_utils import Conv1D
 
-from adalora_search.errors import UserError
+from adalora_search.errors import Problem, UserError
 from adalora_search.study.spec import AdaLoraSpec, ModelSpec, ScheduleSpec
 from adalora_search.tasks import batching, get_task
 from adalora_search.train import memory
 from adalora_search.train.allocator import ADAPTER, adapted_modules, allocation  # noqa: F401 - re-exported
 from adalora_search.train.assets import resolve_model
+from adalora_search.train.config_overrides import override_problems
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:
@@ -52,13 +53,20 @@ def load_config(spec: ModelSpec, label_names: list[str] | None = None) -> Any:
     """
     task = get_task(spec.task)
     kwargs = task.config_kwargs(label_names)
-    clash = sorted(set(kwargs) & set(spec.config_overrides))
-    if clash:
-        raise UserError(
-            f"model.config_overrides.{clash[0]} = {spec.config_overrides[clash[0]]!r}: model.task "
-            f"{spec.task} sets it from the data; remove it from config_overrides"
-        )
+    overrides = spec.config_overrides
+    problems = [  # every problem at once: what the task derives from the data, then each override's own
+        Problem(f"model.config_overrides.{key}", value, f"model.task {spec.task} sets it from the data; remove it")
+        for key, value in overrides.items()
+        if key in kwargs
+    ]
     try:
+        if overrides:  # each override against the field it replaces, before anything is built
+            base = AutoConfig.from_pretrained(
+                resolve_model(spec.name_or_path), trust_remote_code=spec.trust_remote_code, **kwargs
+            )
+            problems += override_problems(base, {k: v for k, v in overrides.items() if k not in kwargs})
+        if problems:
+            raise UserError(f"{len(problems)} problem(s) with model.config_overrides", problems)
         config = AutoConfig.from_pretrained(
             resolve_model(spec.name_or_path),
             trust_remote_code=spec.trust_remote_code,

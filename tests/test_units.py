@@ -123,3 +123,20 @@ def test_sampling_a_searched_spec_serialises_every_knob_form_cleanly() -> None:
         )
     assert dumped["init_r"] == {"choices": [12, 16]}
     assert cfg.adalora.schedule.delta_t == 3 and cfg.adalora.target_modules == ["query", "value"]
+
+
+def test_a_regression_no_better_than_a_constant_is_flagged() -> None:
+    """#32 item 6: a best trial with validation Pearson -0.03 and an MSE worse than predicting the mean was exported
+    and described with no warning."""
+    from adalora_search.tasks import get_task
+    from adalora_search.train.data import Split
+
+    split = Split({"input_ids": [[1]] * 4, "labels": [0.0, 1.0, 2.0, 3.0]})  # variance 1.25
+    regression = get_task("regression")
+    assert "no better than a constant prediction" in regression.chance_note(
+        {"pearson": -0.03, "eval_loss": 0.5}, split, None
+    )
+    assert "MSE 1.2500" in regression.chance_note(
+        {"pearson": 0.6, "eval_loss": 1.30}, split, None
+    )  # worse than the mean
+    assert regression.chance_note({"pearson": 0.8, "eval_loss": 0.3}, split, None) is None

@@ -220,6 +220,25 @@ class Regression(SequenceClassification):
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
 
+    def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
+        """The trivial predictor of a score is a constant: the run learned nothing when its Pearson correlation is
+        at most ``CHANCE_MARGIN`` or its MSE (``eval_loss``) is no lower than predicting the validation labels' own
+        mean (their variance; the training mean does worse still).
+        """
+        import numpy as np
+
+        pearson, mse = scores.get("pearson"), scores.get("eval_loss")
+        if pearson is None or len(split) < 2:
+            return None
+        constant = float(np.var(np.asarray(split.columns["labels"], dtype=float)))
+        if pearson <= CHANCE_MARGIN or (mse is not None and mse >= constant):
+            return (
+                f"validation Pearson {pearson:.3f} and MSE {mse if mse is not None else float('nan'):.4f}: no better "
+                f"than a constant prediction (the labels' mean scores Pearson 0 and MSE {constant:.4f}); the run "
+                "learned nothing"
+            )
+        return None
+
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch
 

@@ -140,3 +140,15 @@ def test_a_regression_no_better_than_a_constant_is_flagged() -> None:
         {"pearson": 0.6, "eval_loss": 1.30}, split, None
     )  # worse than the mean
     assert regression.chance_note({"pearson": 0.8, "eval_loss": 0.3}, split, None) is None
+
+
+def test_a_study_shorter_than_the_samplers_start_up_is_said_to_be_random_search() -> None:
+    """#35 item 3: a study with fewer trials than TPE's start-up trials is random search; validate and run say so."""
+    from adalora_search.study.samplers import GP, TPE, Random, SamplerSpec, random_search_note
+
+    assert "this study is random search" in random_search_note(SamplerSpec(TPE()), 8)
+    assert "n_trials 12 leaves 10 sampled trials" in random_search_note(SamplerSpec(TPE()), 12, n_enqueued=2)
+    assert random_search_note(SamplerSpec(TPE()), 11) is None
+    assert random_search_note(SamplerSpec(GP(n_startup_trials=4)), 5) is None
+    assert random_search_note(SamplerSpec(Random()), 3) is None  # random search by name
+    assert random_search_note(SamplerSpec(TPE()), None) is None  # a timeout, no trial count

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from adalora_search.study.distributions import corners, describe
+from adalora_search.study.samplers import random_search_note
 from adalora_search.study.space import KNOBS, knob, optimizer_steps
 from adalora_search.study.spec import StudySpec
 from adalora_search.train import modeling
@@ -31,6 +32,8 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
     if linears is not None:
         lines += _budget(spec, linears)
     lines += [f"baselines: {', '.join(b.name for b in spec.baselines) or 'none'}"]
+    if note := random_search_note(s.sampler, s.n_trials, len(spec.baselines)):
+        lines.append(f"NOTE: {note}")
     return lines
 
 

@@ -20,6 +20,7 @@ from adalora_search.errors import UserError
 from adalora_search.search import artifacts
 from adalora_search.search import storage as storage_mod
 from adalora_search.study.loader import load_spec, located
+from adalora_search.study.samplers import random_search_note
 from adalora_search.study.spec import StudySpec
 from adalora_search.urls import check_url, mask
 
@@ -105,6 +106,8 @@ def run_session(
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
+    if note := random_search_note(spec.study.sampler, budget.n_trials, len(spec.baselines)):
+        _log.warning(note)
     for note in data.notes():
         _log.info(f"data: {note}")
     if len(slots) > 1 or slots[0] is not None:

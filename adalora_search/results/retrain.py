@@ -115,8 +115,11 @@ def _table(data: ExportManifest, best: ReferenceResult, task: Task) -> list[str]
         ),
     ):
         lines += [
-            f"{label:40s} {m:12s} {v[m]:10.4f} {t.get(m, float('nan')):10.4f} {n or 0:10d}"
-            for m in task.metrics
-            if m in v
+            f"{label:40s} {m:12s} {v[m]:10.4f} {_cell(t.get(m)):>10s} {n or 0:10d}" for m in task.metrics if m in v
         ]
     return lines
+
+
+def _cell(value: float | None) -> str:
+    """A test score, or ``-`` for a study without a test split."""
+    return "-" if value is None else f"{value:.4f}"

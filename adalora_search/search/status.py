@@ -265,7 +265,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
     return {
         "number": t.number,
         "state": t.state.name,
-        "values": t.values,
+        "values": t.values if t.state == TrialState.COMPLETE else None,  # a pruned trial's last report is no value
         "steps": record.steps,
         "total_steps": record.total_steps,
         "trainable_params": record.trainable_params,

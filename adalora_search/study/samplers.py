@@ -96,6 +96,21 @@ class SamplerSpec(RootModel[Annotated[Union[TPE, Random, GP, NSGA2, QMC, Grid], 
         return cls(TPE())
 
 
+def random_search_note(sampler: SamplerSpec, n_trials: int | None, n_enqueued: int = 0) -> str | None:
+    """What to say when a model-based sampler (TPE, GP) never gets past its random start-up trials: with
+    ``n_trials`` finished trials, ``n_enqueued`` of them fixed (baselines, a warm start), the study is random search.
+    """
+    root = sampler.root
+    startup = getattr(root, "n_startup_trials", None)
+    if startup is None or n_trials is None or n_trials - n_enqueued > startup:
+        return None
+    return (
+        f"n_trials {n_trials} leaves {max(n_trials - n_enqueued, 0)} sampled trials, no more than {root.type}'s "
+        f"{startup} random start-up trials: this study is random search; set study.sampler.n_startup_trials below "
+        f"{max(n_trials - n_enqueued, 1)} or raise n_trials to model the space"
+    )
+
+
 # ---------------------------------------------------------------- trial pruners
 class Median(Frozen):
     """Optuna's MedianPruner: stop a trial below the median of earlier trials at the same step."""

@@ -152,3 +152,24 @@ def test_a_study_shorter_than_the_samplers_start_up_is_said_to_be_random_search(
     assert random_search_note(SamplerSpec(GP(n_startup_trials=4)), 5) is None
     assert random_search_note(SamplerSpec(Random()), 3) is None  # random search by name
     assert random_search_note(SamplerSpec(TPE()), None) is None  # a timeout, no trial count
+
+
+def test_status_shows_the_reference_phase_while_references_run() -> None:
+    """#35 item 7: during 26 minutes of reference runs status said 'all 4 trials finished' and nothing else."""
+    import time
+
+    import optuna
+
+    from adalora_search.search.status import reference_phase, status_data
+
+    study = optuna.create_study()
+    assert reference_phase(study) is None
+    study.set_user_attr("references_planned", ["lora", "pissa", "dora"])
+    study.set_user_attr("references", {"lora": {"metrics": {"final": {"accuracy": 0.9}}}})
+    study.set_user_attr("reference_running", {"kind": "pissa", "since": time.time() - 60})
+    assert reference_phase(study) == "references: done lora; running pissa (1.0 min); to come dora"
+    assert status_data(study)["references_phase"] == reference_phase(study)
+    study.set_user_attr("reference_running", None)
+    assert reference_phase(study) == "references: done lora; to come pissa, dora"
+    study.set_user_attr("references", {k: {"metrics": {"final": {"accuracy": 0.9}}} for k in ("lora", "pissa", "dora")})
+    assert reference_phase(study) is None

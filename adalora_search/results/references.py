@@ -9,12 +9,13 @@ user attrs under ``references``, so the report can show what adaptive allocation
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import optuna
 
 from adalora_search.results.export import lora_patterns
-from adalora_search.search import diagnostics
+from adalora_search.search import diagnostics, status
 from adalora_search.search.objective import TRIAL_ERRORS
 from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord, TriedRate
 from adalora_search.search.runner import best_trial
@@ -27,6 +28,7 @@ from adalora_search.train.engine import TrialRun
 from adalora_search.train.methods import METHODS
 
 _log = logging.getLogger(__name__)
+REFERENCE_RUNNING = status.REFERENCE_RUNNING  # study attr: the reference being trained, {kind, since}
 
 
 def reference_config(cfg: TrialConfig, ref: Reference, ranks: dict[str, int], lr: float | None) -> TrialConfig:
@@ -99,6 +101,7 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     for ref in spec.study.references:
         if ref.kind in stored:
             continue
+        study.set_user_attr(REFERENCE_RUNNING, {"kind": ref.kind, "since": time.time()})  # status shows the phase
         results = []
         for lr in ref.learning_rates:
             _log.info(
@@ -110,6 +113,7 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
             results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
         stored[ref.kind] = replace(pick_best(results, task), of_trial=best.number)
         study.set_user_attr("references", {kind: result.as_attr() for kind, result in stored.items()})
+    study.set_user_attr(REFERENCE_RUNNING, None)
     return stored
 
 

@@ -181,6 +181,7 @@ class StudyRecord:
     budget: dict[str, Any]  # the last run's n_trials / timeout
     fingerprint_sections: dict[str, Any]  # section -> its readable copy (search/fingerprint.py)
     intermediate_values: str | None  # the metric reported to the trial pruner, "-eval_loss" when negated
+    reference_running: dict[str, Any] | None = None  # the reference run in training: {kind, since (epoch s)}
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -194,6 +195,7 @@ class StudyRecord:
             budget=dict(_stored(a, "budget", dict)),
             fingerprint_sections=dict(_stored(a, "fingerprint_sections", dict)),
             intermediate_values=a.get("intermediate_values"),
+            reference_running=a.get("reference_running"),
         )
 
     def objective_metrics(self, default: str) -> list[str]:

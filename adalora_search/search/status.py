@@ -21,6 +21,7 @@ from adalora_search.search.record import ReferenceResult, StudyRecord, TrialReco
 from adalora_search.tasks import TASKS
 
 BUDGET = "budget"  # study user attr: the last run's {n_trials, timeout}, for the estimate of the time left
+REFERENCE_RUNNING = "reference_running"  # study user attr: the reference run in training, {kind, since}; else null
 
 
 def summary_lines(study: optuna.Study) -> list[str]:
@@ -110,6 +111,8 @@ def status_lines(study: optuna.Study) -> list[str]:
     ]
     if (left := progress(study)) is not None:
         lines[0] += f" | {left}"
+    if (phase := reference_phase(study)) is not None:
+        lines[0] += f" | {phase}"
     best = ranking.best(study)
     if best is not None:
         lines += summary_lines(study)
@@ -175,6 +178,25 @@ def _failed_and_queued(study: optuna.Study, last: int = 3) -> list[str]:
         )
         lines.append(f"queued: trial {t.number} ({why})")
     return lines
+
+
+def reference_phase(study: optuna.Study) -> str | None:
+    """``references: done lora; running pissa (3.2 min); to come dora, eva``, while the study file's reference runs
+    are not all stored; None before any is planned or once all are done.
+    """
+    stored = StudyRecord.of(study)
+    planned = stored.references_planned or []
+    running = stored.reference_running if stored.reference_running is not None else {}
+    done = [k for k in planned if k in stored.references]
+    if not planned or len(done) == len(planned):
+        return None
+    parts = [f"done {', '.join(done)}"] if done else []
+    if running.get("kind") in planned and running["kind"] not in done:
+        parts.append(f"running {running['kind']} ({(time.time() - running.get('since', time.time())) / 60:.1f} min)")
+    rest = [k for k in planned if k not in done and k != running.get("kind")]
+    if rest:
+        parts.append(f"to come {', '.join(rest)}")
+    return "references: " + "; ".join(parts)
 
 
 def progress(study: optuna.Study, now: float | None = None) -> str | None:
@@ -251,6 +273,7 @@ def status_data(study: optuna.Study) -> dict[str, Any]:
         "objectives": stored.objectives or None,
         "counts": counts,
         "progress": progress(study),
+        "references_phase": reference_phase(study),
         "best": best_row,
         "references": {k: ref.as_attr() for k, ref in stored.references.items()},
         "data_notes": stored.data_notes,

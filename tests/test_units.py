@@ -173,3 +173,42 @@ def test_status_shows_the_reference_phase_while_references_run() -> None:
     assert reference_phase(study) == "references: done lora; to come pissa, dora"
     study.set_user_attr("references", {k: {"metrics": {"final": {"accuracy": 0.9}}} for k in ("lora", "pissa", "dora")})
     assert reference_phase(study) is None
+
+
+def test_each_reference_gets_a_verdict_on_validation_and_test_in_examples() -> None:
+    """#35 item 1: the headline said AdaLoRA won when uniform LoRA, DoRA and full fine-tuning beat it on test."""
+    from optuna.trial import TrialState
+
+    from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
+    from adalora_search.search.status import verdicts
+
+    best = TrialRecord(
+        number=9, state=TrialState.COMPLETE, values=[0.919], params={}, config=None,
+        metrics={"final": {"accuracy": 0.9190, "eval_loss": 0.28}, "test": {"accuracy": 0.8905}},
+        rank_allocation={}, budget_curve=[], history=[], trainable_params={}, timing={}, total_steps=None,
+    )  # fmt: skip
+    refs = {
+        "lora": ReferenceResult(metrics={"final": {"accuracy": 0.9048}, "test": {"accuracy": 0.9048}}),
+        "pissa": ReferenceResult(metrics={"final": {"accuracy": 0.9190}, "test": {"accuracy": 0.8810}}),
+    }
+    stored = StudyRecord(
+        "classification", [], refs, None, [], {}, {}, None, split_sizes={"validation": 210, "test": 210}
+    )
+    lora, pissa = verdicts(best, stored, "accuracy")
+    assert lora == (
+        "best trial vs lora: ahead on validation by 1.4 pt (3 of 210 examples); "
+        "behind on test by 1.4 pt (3 of 210 examples)"
+    )
+    assert pissa == (
+        "best trial vs pissa: level on validation (within one of its 210 examples); "
+        "ahead on test by 0.9 pt (2 of 210 examples)"
+    )
+    no_sizes = StudyRecord("classification", [], refs, None, [], {}, {}, None)
+    assert (
+        verdicts(best, no_sizes, "accuracy")[0]
+        == "best trial vs lora: ahead on validation by 1.4 pt accuracy; behind on test by 1.4 pt accuracy"
+    )
+    loss = {"lora": ReferenceResult(metrics={"final": {"eval_loss": 0.30}})}
+    assert verdicts(best, StudyRecord("classification", [], loss, None, [], {}, {}, None), "eval_loss") == [
+        "best trial vs lora: ahead on validation by 0.020 eval_loss"
+    ]

@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from adalora_search.results.manifest import ExportManifest
 from adalora_search.search.record import StudyRecord, TrialRecord
+from adalora_search.search.status import verdicts
 from adalora_search.tasks import get_task
 from adalora_search.train.assets import BUILT_MODELS, GGUF_MODELS, MODELS
 
@@ -96,6 +97,14 @@ def _result(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportMa
     out += ["", "| metric | validation | test |", "|---|---|---|"]
     out += [f"| {m} | {final[m]:.4f} | {f'{test[m]:.4f}' if m in test else '-'} |" for m in names]
     out += [f"\n**Warning:** {note}" for note in TrialRecord.of(trial).warnings]
+    metric = (
+        objectives[0]["metric"] if objectives and objectives[0]["metric"] in final else get_task(data.task).main_metric
+    )
+    against = verdicts(TrialRecord.of(trial), StudyRecord.of(study), metric)
+    if against:  # whether this trial beat each reference run of the study, said before anything else is read
+        out += ["", "Against the study's reference runs:", ""] + [
+            f"- {line.replace('best trial', 'this trial')}" for line in against
+        ]
     params = data.trainable_params
     if params:
         out += [

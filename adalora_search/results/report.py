@@ -22,6 +22,7 @@ from adalora_search.errors import UserError
 from adalora_search.results import plots, tables
 from adalora_search.search import diagnostics
 from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
+from adalora_search.search.status import verdicts
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
@@ -69,8 +70,12 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
     for name, frame in frames.items():
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
+    head = _gains(trials, best, metric, StudyRecord.of(study).references)
+    verdict = verdicts(TrialRecord.of(best), StudyRecord.of(study), metric) if best is not None else []
     gains = [
-        *_gains(trials, best, metric, StudyRecord.of(study).references),
+        *head[:1],  # the best trial, then whether it beat each reference, on validation and test
+        *(f"{line[0].upper()}{line[1:]}." for line in verdict),
+        *head[1:],
         *budget_sentences(frames["allocation_best"], best),
         *eva_sentences(frames, StudyRecord.of(study).references.get("eva")),
         *diagnostics.study_notes(study),

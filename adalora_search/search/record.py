@@ -182,6 +182,7 @@ class StudyRecord:
     fingerprint_sections: dict[str, Any]  # section -> its readable copy (search/fingerprint.py)
     intermediate_values: str | None  # the metric reported to the trial pruner, "-eval_loss" when negated
     reference_running: dict[str, Any] | None = None  # the reference run in training: {kind, since (epoch s)}
+    split_sizes: dict[str, int] = field(default_factory=dict)  # rows (QA: windows) per split, as trained
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -196,6 +197,7 @@ class StudyRecord:
             fingerprint_sections=dict(_stored(a, "fingerprint_sections", dict)),
             intermediate_values=a.get("intermediate_values"),
             reference_running=a.get("reference_running"),
+            split_sizes=dict(_stored(a, "split_sizes", dict)),
         )
 
     def objective_metrics(self, default: str) -> list[str]:

@@ -204,6 +204,9 @@ def work(
     study = study if study is not None else open_study(spec, url, allow_changed, log)
     if study.user_attrs.get(diagnostics.DATA_NOTES) != (notes := data.notes()):
         study.set_user_attr(diagnostics.DATA_NOTES, notes)
+    sizes = {name: len(split) for name, split in data.splits.items()}  # evaluation resolution, for the verdicts
+    if study.user_attrs.get(status.SPLIT_SIZES) != sizes:
+        study.set_user_attr(status.SPLIT_SIZES, sizes)
     study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left
     study.set_user_attr("references_planned", [r.kind for r in spec.study.references])  # what the report awaits
     objective = Objective(spec, data, artifact_store, log, processes)

@@ -21,6 +21,7 @@ from adalora_search.search.record import ReferenceResult, StudyRecord, TrialReco
 from adalora_search.tasks import TASKS
 
 BUDGET = "budget"  # study user attr: the last run's {n_trials, timeout}, for the estimate of the time left
+SPLIT_SIZES = "split_sizes"  # study user attr: rows per split, so a difference can be said in examples
 REFERENCE_RUNNING = "reference_running"  # study user attr: the reference run in training, {kind, since}; else null
 
 
@@ -68,7 +69,43 @@ def summary_lines(study: optuna.Study) -> list[str]:
         )
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
         lines += [f"  WARNING: {note}" for note in row.warnings]
+    lines += verdicts(best_record, stored, metrics[0])
     return lines + warm_start_lines(study, best.number)
+
+
+PER_EXAMPLE = ("accuracy", "exact_match")  # means of one 0/1 score per example: a difference is whole examples
+
+
+def verdicts(best: TrialRecord, stored: StudyRecord, metric: str) -> list[str]:
+    """One sentence per trained reference: is the best trial ahead or behind it, on validation and on test, by how
+    much (in examples where the metric counts them), and is that within the evaluation's resolution.
+    """
+    lines = []
+    for kind, ref in stored.references.items():
+        parts = [
+            _verdict(metric, b, r, stored.split_sizes.get(split), split)
+            for split, key in (("validation", "final"), ("test", "test"))
+            if (b := best.metric(key, metric)) is not None and (r := ref.metric(key, metric)) is not None
+        ]
+        if ref.trained and parts:
+            lines.append(f"best trial vs {kind}: " + "; ".join(parts))
+    return lines
+
+
+def _verdict(metric: str, best: float, other: float, n: int | None, split: str) -> str:
+    lower = metric in ("eval_loss", "perplexity")
+    diff = best - other
+    if metric in PER_EXAMPLE and n:
+        examples = round(abs(diff) * n)
+        if examples == 0:
+            return f"level on {split} (within one of its {n} examples)"
+        way = "ahead" if diff > 0 else "behind"
+        return f"{way} on {split} by {100 * abs(diff):.1f} pt ({examples} of {n} examples)"
+    if abs(diff) < 1e-12:
+        return f"level on {split}"
+    way = "ahead" if (diff < 0 if lower else diff > 0) else "behind"
+    size = f"{abs(diff):.3f}" if lower else f"{100 * abs(diff):.1f} pt"
+    return f"{way} on {split} by {size} {metric}"
 
 
 def warm_start_lines(study: optuna.Study, best: int | None) -> list[str]:

@@ -289,3 +289,18 @@ def test_table_study_files_are_grids_that_start_with_their_command(path):
     spec = load_spec(path)
     assert spec.study.sampler.root.type == "grid" and spec.study.keep_top_k_adapters == 0
     assert path.read_text().splitlines()[0].startswith(f"# python bench/build_table.py bench/tables/{path.name}")
+
+
+def test_knob_importance_and_where_the_good_configurations_lie():
+    sys.path.insert(0, str(REPO / "bench"))
+    import table_importance
+
+    table = Table(tiny_table())
+    study = table_importance.as_study(table)
+    assert len(study.trials) == 6 and study.best_value == pytest.approx(0.90)
+    got = table_importance.importances(study)
+    assert set(got) == {"fanova", "ped_anova"} and set(got["fanova"]) == set(table.space)
+    good = table_importance.where_good(table, top=0.2)  # the top 20 % of 6: the best one, (1e-2, "b")
+    lr = {c["choice"]: c for c in good["training.learning_rate"]}
+    assert lr[1e-2]["share_of_top"] == 1.0 and lr[1e-2]["share_of_all"] == pytest.approx(1 / 3)
+    assert lr[1e-2]["best_mean"] == pytest.approx(0.90) and lr[1e-1]["best_mean"] == pytest.approx(0.50)

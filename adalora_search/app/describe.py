@@ -26,7 +26,8 @@ def summary(spec: StudySpec, linears: dict[str, tuple[int, int]] | None, data: T
     lines += [f"  {path:28s} {describe(knob(spec, path))}" for path in KNOBS]
     steps = total_steps(spec, n_train)
     if steps is not None:
-        lines.append(f"total optimizer steps per trial: {steps}" + (f" ({n_train} training rows)" if n_train else ""))
+        unit = "training windows" if data is not None and data.examples else "training rows"  # QA reads windows
+        lines.append(f"total optimizer steps per trial: {steps}" + (f" ({n_train} {unit})" if n_train else ""))
     if data is not None:
         lines += _data(data)
     if linears is not None:

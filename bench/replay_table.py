@@ -104,7 +104,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(
         f"{table.data['name']}: {len(table.runs)} of {table.n_grid} configurations"
-        + ("" if table.complete else " (a partial table: suggestions outside it are asked again)"),
+        + ("" if table.complete else " (a partial table: a suggestion outside it gets the nearest configuration)"),
         flush=True,
     )
     replays, took = run(table, args.arms, args.replays, args.budgets, args.numeric)
@@ -116,6 +116,10 @@ def main() -> None:
         "configurations": len(table.runs),
         "grid": table.n_grid,
         "replay_seconds": took,
+        "substituted_share": {
+            name: sum(r.substituted for r in rs) / max(sum(len(r.queries) for r in rs), 1)
+            for name, rs in replays.items()
+        },
         "by_budget": summary,
     }
     (out / "summary.json").write_text(json.dumps(meta, indent=1))

@@ -121,6 +121,20 @@ def test_a_pruner_acts_on_the_real_curve_and_its_cost_stops_there():
     assert _Record.last == [pytest.approx(-(1 - value * s / 12)) for s in (4, 8)]  # eval_loss negated, 12 is final
 
 
+def test_the_chosen_configuration_skips_pruned_trials():
+    table = Table(tiny_table())
+    every_other = Arm("odd", arms.SAMPLERS["random"], lambda: _EveryOther(), prune_from=4)
+    out = replay(table, every_other, seed=1, n_trials=8)
+    assert [q.state for q in out.queries] == ["COMPLETE", "PRUNED"] * 4
+    done = [q for q in out.queries if q.state == "COMPLETE"]
+    assert out.chosen() == max(done, key=lambda q: q.value).params
+
+
+class _EveryOther(__import__("optuna").pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return trial.number % 2 == 1
+
+
 class _Always(__import__("optuna").pruners.BasePruner):
     def prune(self, study, trial) -> bool:
         return True
@@ -142,13 +156,18 @@ def test_numeric_knobs_are_ranges_snapped_to_the_grid():
     assert type(distributions({"lr": LRS}, "categorical")["lr"]).__name__ == "CategoricalDistribution"
 
 
-def test_a_partial_table_is_asked_again_and_never_answers_outside_itself():
+def test_a_partial_table_answers_with_the_nearest_configuration_it_holds():
     data = tiny_table()
-    data["configs"] = data["configs"][:2]  # only lr 1e-3
+    data["configs"] = [c for c in data["configs"] if c["params"]["training.learning_rate"] == 1e-3]
     table = Table(data)
+    assert table.nearest({"training.learning_rate": 1e-1, "adalora.target_modules": "b"}) == {
+        "training.learning_rate": 1e-3,
+        "adalora.target_modules": "b",
+    }
     out = replay(table, arms.arm("random", 4, 12), seed=0, n_trials=6, numeric="categorical")
-    assert not table.complete and len(out.queries) == 6
+    assert not table.complete and len(out.queries) == 6 and out.substituted > 0
     assert {q.params["training.learning_rate"] for q in out.queries} == {1e-3}
+    assert replay(Table(tiny_table()), arms.arm("random", 4, 12), seed=0, n_trials=6).substituted == 0
 
 
 def test_statistics_rank_random_to_grid_and_p_values():

@@ -48,6 +48,23 @@ class Table:
         self.n_grid = math.prod(len(v) for v in self.space.values())
         self.complete = len(self.runs) == self.n_grid
 
+    def nearest(self, params: Params) -> Params:
+        """The configuration of the table closest to ``params``: per knob, 0 when equal, else the distance between
+        the two choices' positions in the knob's list over the list's length (categorical knobs: 1); ties go to the
+        configuration first in the table's order."""
+
+        def distance(other: Params) -> float:
+            total = 0.0
+            for knob, choices in self.space.items():
+                a, b = params[knob], other[knob]
+                numbers = all(isinstance(c, (int, float)) for c in choices) and len(choices) > 1
+                total += (
+                    0 if a == b else abs(choices.index(a) - choices.index(b)) / (len(choices) - 1) if numbers else 1
+                )
+            return total
+
+        return min((c["params"] for c in self.data["configs"]), key=distance)
+
     def first_rung(self) -> int:
         """The first evaluation step after the latest ``t_init`` of the table's study file: where the tool's
         ``prune_warmup: after_t_init`` lets a trial pruner act."""
@@ -111,13 +128,15 @@ class Replay:
 
     table: Table
     queries: list[Query] = field(default_factory=list)
+    substituted: int = 0  # suggestions outside a partial table, answered by the nearest configuration in it
 
     def chosen(self, n: int | None = None) -> Params | None:
         """The best complete query's configuration among the first ``n`` (the earlier one on ties)."""
         best = None
         for q in self.queries[:n]:
-            better = best is None or (q.value > best.value if self.table.maximize else q.value < best.value)
-            if q.state == "COMPLETE" and better:
+            if q.state != "COMPLETE":
+                continue
+            if best is None or (q.value > best.value if self.table.maximize else q.value < best.value):
                 best = q
         return best.params if best else None
 
@@ -164,35 +183,32 @@ def replay(
     seed: int,
     n_trials: int,
     numeric: Literal["snap", "categorical"] = "snap",
-    max_missing: int = 1000,
 ) -> Replay:
     """Run ``arm`` against ``table`` for ``n_trials`` trials (ask/tell on an in-memory study).
 
-    A suggestion whose configuration is not in the table (a partial table) is told FAIL and not counted;
-    more than ``max_missing`` of them raise ``RuntimeError``.
+    A suggestion whose configuration is not in the table (a partial table) is answered by the nearest
+    configuration that is (``Table.nearest``), and counted in ``Replay.substituted``; a complete table never
+    substitutes.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     direction = "maximize" if table.maximize else "minimize"
-    study = optuna.create_study(direction=direction, sampler=arm.sampler(seed), pruner=arm.pruner())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # QMC's and GP's experimental-feature warnings
+        study = optuna.create_study(direction=direction, sampler=arm.sampler(seed), pruner=arm.pruner())
     dists = distributions(table.space, numeric)
     draws = np.random.default_rng(seed).integers(0, 2**31, size=n_trials)
-    out, missing = Replay(table), 0
+    out = Replay(table)
     for params in arm.enqueue(table):
         study.enqueue_trial(params)
     n_warm = len(study.get_trials(states=(TrialState.WAITING,)))
-    while len(out.queries) < n_trials:
+    for number in range(n_trials):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental-feature and fixed-parameter warnings
             trial = study.ask(dists)
         config = {k: snap(v, table.space[k], dists[k]) for k, v in trial.params.items()}
-        runs = table.runs.get(config_key(config))
-        if not runs:
-            study.tell(trial, state=TrialState.FAIL)
-            missing += 1
-            if missing > max_missing:
-                raise RuntimeError(f"{missing} suggestions are not in the table: it holds too few configurations")
-            continue
-        number = len(out.queries)
+        if config_key(config) not in table.runs:
+            config, out.substituted = table.nearest(config), out.substituted + 1
+        runs = table.runs[config_key(config)]
         ids = sorted(runs, key=int)
         run_seed = ids[int(draws[number]) % len(ids)]
         out.queries.append(_query(study, trial, table, arm, number, runs[run_seed], config, run_seed, number < n_warm))

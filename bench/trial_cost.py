@@ -50,7 +50,7 @@ def ours(spec) -> dict:
     cfg = sample(spec, optuna.trial.FixedTrial({}))
     # warm cache: as trial 2..N of a study
     data = load_tokenized(spec.data, load_tokenizer(spec.model), get_task(spec.model.task))
-    run = TrialRun(cfg, data, time.perf_counter() - start)
+    run = TrialRun(cfg, data, data_seconds=time.perf_counter() - start)
     result = run.train()
     wall = time.perf_counter() - start
     return {

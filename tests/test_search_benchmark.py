@@ -129,3 +129,13 @@ def test_smoke_run_writes_raw_runs_summary_and_plot(tmp_path):
     )
     assert plot.returncode == 0, plot.stderr[-3000:]
     assert (out / "anytime.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_trial_cost_bench_runs(tmp_path) -> None:
+    """#36 item 6: bench/trial_cost.py, the script behind BENCHMARKS §1, failed (TrialRun's signature changed)."""
+    out = tmp_path / "tc.json"
+    cmd = [sys.executable, str(REPO / "bench" / "trial_cost.py"), "--repeats", "1", "--steps", "4", "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    result = json.loads(out.read_text())
+    assert result["speedup_end_to_end"] > 0 and result["speedup_steps_per_s"] > 0

@@ -161,14 +161,14 @@ def restore_adapter(study: optuna.Study, trial: FrozenTrial, dest: Path) -> bool
     said with a warning. Raises ``UserError`` (exit 2) naming the store it looked in when the trial
     has an adapter artifact that the store does not hold.
     """
-    metas = adapter_meta(study, trial)
-    if not metas:
-        return _legacy_copy(trial, dest)
-    if (failure := TrialRecord.of(trial).adapter_failure) is not None:  # Optuna recorded it before the write failed
+    if (failure := TrialRecord.of(trial).adapter_failure) is not None:  # whether or not Optuna recorded its meta
         _log.warning(
             "trial %d's adapter could not be kept when it trained (%s); adapter/ is not exported", trial.number, failure
         )
         return False
+    metas = adapter_meta(study, trial)
+    if not metas:
+        return _legacy_copy(trial, dest)
     pusher = dropped_by(study.get_trials(deepcopy=False)).get(trial.number)
     if pusher is not None:
         _log.warning(

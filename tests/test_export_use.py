@@ -120,6 +120,11 @@ def test_export_recommends_the_lora_reference_rate_and_documents_the_trial(expor
         assert "library_name: peft" in card and "More Information Needed" not in card
         assert f"accuracy = {best.value:.4f}" in card and "training.learning_rate" in card
         assert all(f"| `{module}` | {rank} |" in card for module, rank in rank_config["rank_allocation"].items())
+        # how to load it after moving it, with the tool or with PEFT alone (#35 item 5)
+        assert "export --relocate NEW_DIR" in card and "PeftModel.from_pretrained(base, ADAPTER_DIR)" in card
+        assert "AutoModelForSequenceClassification.from_pretrained(BASE_MODEL_DIR_OR_ID)" in card
+        if "reference" in card:
+            assert "Against the study's reference runs:" in card and "- this trial vs lora: " in card
 
 
 def test_base_is_the_named_model_when_it_loads_as_the_trial_built_it(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ the empty template PEFT leaves beside a saved adapter), with Hugging Face metada
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,11 @@ def hub_id(name: str) -> str | None:
     return None if name in {*MODELS, *GGUF_MODELS, *BUILT_MODELS} or Path(name).exists() else name
 
 
+def _shown(name: str) -> str:
+    """A model as the card shows it: a local path normalised (``studies/../assets/m`` -> ``assets/m``)."""
+    return os.path.normpath(name) if ("/" in name or os.sep in name) and Path(name).exists() else name
+
+
 def model_card(
     study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportManifest, out: Path, has_adapter: bool
 ) -> str:
@@ -39,12 +45,12 @@ def model_card(
         tags=["adalora", "lora", "peft", "adalora-search", data.task],
     )
     lines = [
-        f"# {data.model}: AdaLoRA rank allocation of study `{study.study_name}`, trial {trial.number}",
+        f"# {_shown(data.model)}: AdaLoRA rank allocation of study `{study.study_name}`, trial {trial.number}",
         "",
         f"Exported by `adalora-search export` from trial {trial.number} ({trial.state.name}"
         + (f", baseline `{data.baseline}`" if data.baseline else "")
         + f") of study "
-        f"`{study.study_name}`: model `{data.model}`, task `{data.task}`"
+        f"`{study.study_name}`: model `{_shown(data.model)}`, task `{data.task}`"
         + (
             f" with labels {', '.join(f'`{n}`' for n in data.label_names)} (ids in this order)"
             if data.label_names
@@ -146,6 +152,17 @@ def _files(data: ExportManifest, out: Path, has_adapter: bool) -> list[str]:
             f"from peft import {peft_class(data.task)}",
             "",
             f"model = {peft_class(data.task)}.from_pretrained({str(out / 'adapter')!r})",
+            "```",
+            "",
+            "  After moving or copying this folder, `adalora-search export --relocate NEW_DIR` points its configs at "
+            "the new place; or, with no tool at all, load the base yourself and put the adapter on it:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            f"from transformers import {get_task(data.task).auto_class}",
+            "",
+            f"base = {get_task(data.task).auto_class}.from_pretrained(BASE_MODEL_DIR_OR_ID)  # the base model above",
+            "model = PeftModel.from_pretrained(base, ADAPTER_DIR)  # this folder's adapter/",
             "```",
             "",
             "  `model.generate(...)` and `model(**inputs)` without labels work as they are. Two PEFT quirks: its "

@@ -212,3 +212,22 @@ def test_each_reference_gets_a_verdict_on_validation_and_test_in_examples() -> N
     assert verdicts(best, StudyRecord("classification", [], loss, None, [], {}, {}, None), "eval_loss") == [
         "best trial vs lora: ahead on validation by 0.020 eval_loss"
     ]
+
+
+def test_importances_figure_has_one_title(tmp_path, monkeypatch) -> None:
+    """#35 item 8: importances.png printed Optuna's title and ours on top of each other."""
+    import warnings
+
+    import optuna
+
+    from adalora_search.results import plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: seen.setdefault("fig", fig) and path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2 + 0.1 * t.suggest_float("y", 0, 1), n_trials=20)
+        plots._importances(study, tmp_path / "i.png")
+    ax = seen["fig"].axes[0]
+    assert ax.get_title(loc="left") == "" and ax.get_title().startswith("Parameter importances")

@@ -198,6 +198,7 @@ def _importances(study: optuna.Study, path: Path) -> Path | None:
     if not widths or max(widths) - min(widths) < 1e-9:  # nothing to rank, or too few trials to rank them
         plt.close(ax.figure)
         return None
+    ax.set_title("", loc="left")  # Optuna's own title sits on the left, under ours
     ax.set_title("Parameter importances (Optuna's default evaluator, on the objective)", fontsize=11)
     return _save(ax.figure, path)
 

@@ -151,9 +151,15 @@ class SequenceClassification(Task):
         majority = max(counts.values()) / len(split)
         uniform = 1 / len(label_names)
         if scores.get("predicted_classes") == 1:
+            shares = {label_names[c]: n / len(split) for c, n in counts.items()}
+            named = [name for name, share in shares.items() if math.isclose(share, accuracy, abs_tol=1e-9)]
+            which = f"{named[0]!r}, whose share of the validation split is {accuracy:.4f}" if named else "one class"
+            largest = max(shares, key=shares.get)
             return (
-                f"predicts a single class for every validation example (accuracy {accuracy:.4f}, MCC 0): the "
-                "model ignores its input; lower the learning rate or train longer"
+                f"predicts a single class for every validation example ({which}; MCC 0): the model ignores its "
+                f"input. A learning rate that diverged (try a lower one), or one too low to move in this many steps "
+                f"(a higher one, or more steps), or classes so unbalanced that one answer pays (the largest, "
+                f"{largest!r}, is {shares[largest]:.0%} of the split) are the usual causes"
             )
         if math.isclose(accuracy, majority, abs_tol=1e-9):
             name = label_names[max(counts, key=counts.get)]

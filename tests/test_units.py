@@ -231,3 +231,18 @@ def test_importances_figure_has_one_title(tmp_path, monkeypatch) -> None:
         plots._importances(study, tmp_path / "i.png")
     ax = seen["fig"].axes[0]
     assert ax.get_title(loc="left") == "" and ax.get_title().startswith("Parameter importances")
+
+
+def test_report_on_a_study_without_a_complete_trial_prints_only_its_own_lines(tmp_path) -> None:
+    """#35 item 6: report on a study with no complete trial printed Optuna's and matplotlib's messages."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    study = optuna.create_study(study_name="x", storage=f"sqlite:///{tmp_path / 'x.db'}")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    cmd = [sys.executable, "-m", "adalora_search", "report", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
+    out = subprocess.run([*cmd, "--study", "x", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert out.returncode == 0 and (tmp_path / "r" / "report.html").is_file()
+    assert "There are no complete trials" not in out.stderr and "Warning" not in out.stderr, out.stderr

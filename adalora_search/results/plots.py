@@ -159,17 +159,20 @@ def intermediate(study: optuna.Study, metric: str, path: Path) -> Path:
 
 
 @_styled
-def history(study: optuna.Study, metric: str, path: Path) -> Path:
+def history(study: optuna.Study, metric: str, path: Path) -> Path | None:
     """Optuna's optimisation history (objective per trial, best so far) on the first objective, trial numbers
-    as whole numbers.
+    as whole numbers; None before a trial completes (nothing to draw, and Optuna would say so on its logger).
     """
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
     with _optuna_plot():
         ax = optuna.visualization.matplotlib.plot_optimization_history(
             study, target=_first_objective(study), target_name=f"objective ({metric})"
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Optimisation history: the objective of each trial, and the best so far", fontsize=11)
-    ax.legend(fontsize=8, loc="best")  # inside the axes: Optuna's sits outside and squeezes the plot
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")  # inside the axes: Optuna's sits outside and squeezes the plot
     return _save(ax.figure, path)
 
 

@@ -129,7 +129,8 @@ def _figures(study, trials, frames, best, top, metric, out: Path) -> dict[str, P
     if not trials.empty and f"final_{metric}" in trials:
         maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         figs["Metric vs trainable parameters"] = plots.metric_vs_params(trials, metric, maximize, out / "pareto.png")
-    figs["Optimisation history"] = plots.history(study, metric, out / "history.png")
+    if (history := plots.history(study, metric, out / "history.png")) is not None:
+        figs["Optimisation history"] = history
     reported = StudyRecord.of(study).intermediate_values or metric  # the pruning metric, negated if opposite
     figs["Intermediate values and trial pruning"] = plots.intermediate(study, reported, out / "intermediate.png")
     importance = plots.importances(study, out / "importances.png")

@@ -41,7 +41,7 @@ def _trial(spec, ranks: Ranks | None = None, on_eval=None) -> TrialRun:
     return run
 
 
-def test_two_processes_train_the_trial_one_process_trains() -> None:
+def test_two_processes_train_the_trial_one_process_trains(capfd: pytest.CaptureFixture) -> None:
     spec = parse_spec(yaml.safe_dump(_study()))
     alone = _trial(spec)
     with distributed.group(sample(spec, optuna.trial.FixedTrial({})), 2, cuda=False) as ranks:
@@ -56,6 +56,7 @@ def test_two_processes_train_the_trial_one_process_trains() -> None:
     shared = pair.result.timing["distributed"]
     assert shared["world_size"] == 2 and shared["backend"] == "gloo"
     assert shared["allocations_checked"] == len(alone.result.budget_curve) - 1  # every rank pruning compared
+    assert "waitForInput" not in capfd.readouterr().err  # #35 item 6: no c10d line per second while rank 1 starts
 
 
 def test_ranks_that_allocate_differently_fail_the_trial(monkeypatch: pytest.MonkeyPatch) -> None:

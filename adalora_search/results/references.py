@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import replace
 
 import optuna
@@ -96,7 +97,9 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
     record = TrialRecord.of(best) if best is not None else None
     if record is None or not record.rank_allocation:
         return stored
-    cfg = trial_config(spec, optuna.trial.FixedTrial(record.params), record.baseline)
+    with warnings.catch_warnings():  # a baseline's value may lie outside the searched range: it was run as given
+        warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
+        cfg = trial_config(spec, optuna.trial.FixedTrial(record.params), record.baseline)
     task = get_task(spec.model.task)
     for ref in spec.study.references:
         if ref.kind in stored:

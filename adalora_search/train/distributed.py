@@ -164,15 +164,12 @@ def _await_followers(store: dist.TCPStore, procs: list[Any]) -> None:
     """
     deadline = time.monotonic() + COLLECTIVE.total_seconds()
     for rank, proc in enumerate(procs, start=1):
-        while True:
-            try:
-                store.wait([f"ready{rank}"], timedelta(seconds=1))
-                break
-            except RuntimeError:  # not there yet (the store's wait timed out)
-                if not proc.is_alive():
-                    raise RankFailure(f"rank {rank} exited with code {proc.exitcode} before training") from None
-                if time.monotonic() > deadline:
-                    raise RankFailure(f"rank {rank} did not start within {COLLECTIVE}") from None
+        while not store.check([f"ready{rank}"]):  # polled: a timed-out store.wait logs a c10d line each time
+            if not proc.is_alive():
+                raise RankFailure(f"rank {rank} exited with code {proc.exitcode} before training")
+            if time.monotonic() > deadline:
+                raise RankFailure(f"rank {rank} did not start within {COLLECTIVE}")
+            time.sleep(0.2)
 
 
 @contextmanager

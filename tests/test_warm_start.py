@@ -109,6 +109,8 @@ def test_a_warm_start_that_cannot_work_exits_2_naming_the_field(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "study.warm_start.from = 'nowhere.yaml': no such study file" in out.stdout + out.stderr
+    ran = subprocess.run([*cmd[:3], "run", str(missing)], capture_output=True, text=True)
+    assert ran.returncode == 2 and not (tmp_path / "new.db").exists()  # refused before any storage is made
     write_study(tmp_path, EARLIER, "earlier.yaml")
     not_run = als.validate(str(_new(tmp_path, {"from": "earlier.yaml"})), check_data=False)
     assert "no study storage" in str(not_run.error) and "run that study first" in str(not_run.error)

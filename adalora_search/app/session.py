@@ -89,6 +89,7 @@ def run_session(
         UserError: bad input (exit 2 on the command line); several workers for a spec built in Python.
     """
     from adalora_search.results.references import finish_study
+    from adalora_search.search import warm_start
     from adalora_search.search.runner import open_study, work
     from adalora_search.search.workers import spawn_workers, worker_slots
 
@@ -104,6 +105,7 @@ def run_session(
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
+    warm_start.plan(spec)  # so is an earlier study that cannot start this one
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
     if note := random_search_note(spec.study.sampler, budget.n_trials, len(spec.baselines)):

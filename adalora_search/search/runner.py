@@ -299,8 +299,9 @@ RANK_RETRIES = 2  # a trial whose process died is re-queued this often (Optuna r
 
 def _retry_attrs(trial: optuna.Trial) -> dict[str, Any]:
     attrs = {"retried_from": trial.number}
-    if "baseline" in trial.user_attrs:
-        attrs["baseline"] = trial.user_attrs["baseline"]
+    for kept in ("baseline", "warm_start"):  # a re-run is still the baseline or warm-start trial it replaces
+        if kept in trial.user_attrs:
+            attrs[kept] = trial.user_attrs[kept]
     return attrs
 
 

@@ -110,7 +110,9 @@ def _verdict(metric: str, best: float, other: float, n: int | None, split: str) 
 
 def warm_start_lines(study: optuna.Study, best: int | None) -> list[str]:
     """Which trials the warm start enqueued (``study.warm_start``), and whether the best trial is one of them."""
-    warm = [t for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs]
+    warm = [  # a failed one was re-queued (or counts no more): its re-run stands for it
+        t for t in study.get_trials(deepcopy=False) if "warm_start" in t.user_attrs and t.state != TrialState.FAIL
+    ]
     if not warm:
         return []
     origins = "; ".join(f"trial {t.number}: {t.user_attrs['warm_start']}" for t in warm)

@@ -161,8 +161,8 @@ def _gains(trials: pd.DataFrame, best, metric: str, references: dict[str, Refere
                 f"Gain over baseline '{row['baseline']}' (trial {number}): "
                 f"{100 * (best_value - row[col]):+.2f} pt {label} {metric} ({row[col]:.4f})."
             )
-    warm = trials[trials["warm_start"] != ""] if "warm_start" in trials else trials.iloc[:0]
-    if not warm.empty:
+    warm = trials[(trials["warm_start"] != "") & (trials["state"] != "FAIL")] if "warm_start" in trials else trials
+    if "warm_start" in trials and not warm.empty:
         which = "is one of them" if best.number in warm.index else "is not one of them: the search found better"
         out.append(
             f"Warm start (study.warm_start): trials {', '.join(map(str, warm.index))} ran first "

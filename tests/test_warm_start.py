@@ -99,6 +99,9 @@ def test_an_earlier_studys_best_run_first_once_and_are_named_everywhere(tmp_path
         None,
     ]
     assert list(result.table["warm_start"])[:2] == [f"earlier trial {r.number}" for r in ranked[:2]]
+    als.report(str(new), out=tmp_path / "report")
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "Warm start (study.warm_start): trials 0, 1 ran first" in page
     again = als.run(str(new), n_trials=4)  # resumed: the warm start is not enqueued again
     assert sum("warm_start" in t.user_attrs for t in again.study.get_trials()) == 2
 

@@ -462,3 +462,31 @@ def test_a_rows_logits_do_not_depend_on_the_rows_padded_beside_it(case: str) -> 
         batch = model(input_ids=ids, attention_mask=mask).logits
         alone = torch.cat([model(input_ids=torch.tensor([r])).logits for r in rows])
     torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tag, refused", [("B-PER", True), ("O", False)])
+def test_a_tag_on_a_word_the_tokenizer_drops_is_refused(tag, refused, tmp_path, monkeypatch, capsys) -> None:
+    """#32 invariant 2: tags land on the words they were given to. A zero-width space as a word makes no token:
+    its entity tag landed nowhere (the gold entity changed) and validate counted the row as truncated."""
+    rows = [
+        {
+            "tokens": ["mary", "met", "\u200b", "smith", f"w{i}"],
+            "ner": ["B-PER", "O", tag, "I-PER" if tag != "O" else "O", "O"],
+        }
+        for i in range(40)
+    ]
+    (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
+    code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
+    if refused:
+        assert code == 2 and "turns into no token at all" in out and "'\\u200b' (tag B-PER)" in out, out
+    else:
+        assert code == 0 and "truncated" not in out, out  # a dropped O word is harmless, and no truncation

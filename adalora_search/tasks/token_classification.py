@@ -145,7 +145,17 @@ class TokenClassification(Task):
                     f"that {where} ({label_names[:10]}); fix the data, the split or the names"
                 )
             word_ids = encoded.word_ids(row)
-            truncated += len({w for w in word_ids if w is not None}) < len(names)  # words cut at max_length
+            seen = {w for w in word_ids if w is not None}
+            truncated += max(seen, default=-1) < len(names) - 1  # words cut at max_length
+            lost = [w for w in range(max(seen, default=-1)) if w not in seen and names[w] != "O"]
+            if lost:  # invariant: every tag lands on its word; one the tokenizer makes no token of loses its entity
+                w = lost[0]
+                raise UserError(
+                    f"data.text_fields = {data.text_fields!r}: row {row + 1} of the {split} split has the word "
+                    f"{rows['tokens'][row][w]!r} (tag {names[w]}) that the tokenizer turns into no token at all, so "
+                    f"its tag would land nowhere and the entity would change; {len(lost)} such tag(s) in that row. "
+                    "Remove empty or invisible words (zero-width spaces, control characters) from the word lists"
+                )
             labels.append(align_labels(word_ids, [index[n] for n in names]))
         return Encoded({"input_ids": encoded["input_ids"], "labels": labels}, {}, truncated)
 

@@ -162,3 +162,34 @@ def test_a_program_with_its_own_logging_sees_each_progress_line_once(tmp_path: P
         package.setLevel(level)
     line = "[study s] 1 complete"
     assert buffer.getvalue().count(line) == 1 and line not in capsys.readouterr().err
+
+
+def test_verbs_leave_threads_and_offline_mode_as_they_found_them(tmp_path: Path, monkeypatch) -> None:
+    """#32 item 5 / #36 item 4: a trial set torch's threads for good, and an unreachable Hub put the whole process
+    in offline mode for good: a notebook user of the API inherited both."""
+    import os
+    import socket
+
+    import huggingface_hub.constants as hub
+    import torch
+    import yaml
+
+    from adalora_search.app.quiet import process_state_restored
+    from adalora_search.train import assets
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        study = tmp_path / "s.yaml"
+        study.write_text(yaml.safe_dump(study_dict(study={"name": "s", "n_trials": 1}, training={"num_threads": 1})))
+        assert als.run(str(study)).best is not None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("no network")))
+    assets.offline_unless_reachable.cache_clear()
+    with process_state_restored():
+        assert assets.offline_unless_reachable() is True and os.environ["HF_HUB_OFFLINE"] == "1" and hub.HF_HUB_OFFLINE
+    assert "HF_HUB_OFFLINE" not in os.environ and hub.HF_HUB_OFFLINE is False
+    assets.offline_unless_reachable.cache_clear()

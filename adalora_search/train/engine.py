@@ -32,6 +32,8 @@ from adalora_search.train.regularizer import OrthogonalRegularizer
 OnEval = Callable[[int, dict[str, float]], None]
 FINITE_CHECK_EVERY = 32  # optimizer steps between non-finite loss checks (each one host sync)
 
+THREADS_AT_IMPORT = torch.get_num_threads()  # what a verb restores after trials set training.num_threads
+
 
 @dataclass
 class RunResult:

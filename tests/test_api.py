@@ -193,3 +193,12 @@ def test_verbs_leave_threads_and_offline_mode_as_they_found_them(tmp_path: Path,
         assert assets.offline_unless_reachable() is True and os.environ["HF_HUB_OFFLINE"] == "1" and hub.HF_HUB_OFFLINE
     assert "HF_HUB_OFFLINE" not in os.environ and hub.HF_HUB_OFFLINE is False
     assets.offline_unless_reachable.cache_clear()
+
+
+def test_a_raw_dict_where_a_study_belongs_names_load_study_spec() -> None:
+    """#32 item 5: a dict given to run() ended in 'TypeError: expected str, bytes or os.PathLike object'."""
+    with pytest.raises(UserError, match=r"got a dict; turn a dict into a spec with adalora_search.load_study_spec"):
+        als.run({"study": {"name": "x"}})
+    assert "load_study_spec" in str(als.validate({"study": {"name": "x"}}).error)
+    spec = als.load_study_spec(study_dict(study={"name": "x", "n_trials": 1}))
+    assert als.validate(spec, check_data=False).ok

@@ -42,6 +42,15 @@ def resolve(study: Study) -> tuple[StudySpec, str]:
     """
     if isinstance(study, StudySpec):
         return study, str(study.study_file or Path.cwd() / f"{study.study.name}.yaml")
+    if not isinstance(study, (str, os.PathLike)):
+        raise UserError(
+            f"study: a study file's path or a StudySpec, but got a {type(study).__name__}; "
+            + (
+                "turn a dict into a spec with adalora_search.load_study_spec(...) first"
+                if isinstance(study, dict)
+                else "pass the path of a study YAML file, or load_study_spec(...)'s result"
+            )
+        )
     return load_spec(study), os.fspath(study)
 
 

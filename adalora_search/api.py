@@ -96,6 +96,7 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
     from adalora_search.app import describe
     from adalora_search.search import storage as storage_mod
     from adalora_search.search import warm_start
+    from adalora_search.tasks import get_task
 
     try:
         with quiet_warnings():
@@ -106,6 +107,9 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
     except UserError as exc:
         return Validation(exc)
     summary = describe.summary(spec, linears, data)
+    if data is not None:
+        checked = ("every length fits the model's positions", *get_task(spec.model.task).invariants)
+        summary.append(f"  invariants checked on the data and model: {'; '.join(checked)}")
     if warm:
         summary.append(f"  warm start: {len(warm)} configuration(s) run first: {', '.join(o for _, o in warm)}")
     if spec.model.trust_remote_code:

@@ -246,3 +246,15 @@ def test_report_on_a_study_without_a_complete_trial_prints_only_its_own_lines(tm
     out = subprocess.run([*cmd, "--study", "x", "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert out.returncode == 0 and (tmp_path / "r" / "report.html").is_file()
     assert "There are no complete trials" not in out.stderr and "Warning" not in out.stderr, out.stderr
+
+
+def test_every_task_names_its_invariants_and_validate_prints_them(tmp_path, monkeypatch, capsys) -> None:
+    """#32: validate prints which invariants it checked; a task registered without any fails here."""
+    from conftest import run_cli, study_dict, write_study
+
+    from adalora_search.tasks import TASKS
+
+    assert all(task.invariants for task in TASKS.values()), [n for n, t in TASKS.items() if not t.invariants]
+    code, out = run_cli(["validate", str(write_study(tmp_path, study_dict()))], monkeypatch, capsys)
+    assert code == 0 and "invariants checked on the data and model: every length fits the model's positions; " in out
+    assert "a row's logits do not depend on its batch" in out

@@ -85,6 +85,9 @@ class Task(ABC):
 
     generates: ClassVar[bool] = False  # generation (training.generation) means something
     generation_metrics: ClassVar[tuple[str, ...]] = ()  # metrics of generated text: after training unless at_evals
+    # what is checked on the study's own data and model before trial 0 (validate prints it): besides every task's
+    # "every length fits the model's positions", the task's own invariants
+    invariants: ClassVar[tuple[str, ...]] = ()
 
     def check_training(self, training: TrainingSpec, data: DataSpec) -> list[Problem]:
         """Training fields this task does not use with this data, written in the study file."""

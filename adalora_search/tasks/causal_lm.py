@@ -60,6 +60,10 @@ class CausalLM(Task):
     )
     pools_on_pad = False
     generates = True
+    invariants = (
+        "a perfect prediction scores perfectly (exact match and ROUGE-L of the validation replies)",
+        "the loss is taken on the replies only (each reply's span checked against the rendered chat)",
+    )
     generation_metrics = GENERATION_METRICS
 
     # ---------------------------------------------------------------- checks

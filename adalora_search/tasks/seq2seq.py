@@ -46,6 +46,7 @@ class Seq2Seq(Task):
     token_labels = False  # labels are the target's tokens, not the input's positions
     layers_see_input = False  # the decoder's layers see the target's positions
     generates = True
+    invariants = ("a perfect prediction scores perfectly (ROUGE of the validation targets against themselves)",)
     generation_metrics = ROUGE
 
     # ---------------------------------------------------------------- checks

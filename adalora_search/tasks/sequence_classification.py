@@ -46,6 +46,7 @@ class SequenceClassification(Task):
         "eval_loss": "minimize",
     }
     main_metric = "accuracy"
+    invariants = ("the model's pad id is the batches' (a row's logits do not depend on its batch)",)
     data_fields = frozenset({"text_fields", "label_field", "label_names", "drop_blank_labels"})
     stratify = True
 

@@ -38,6 +38,7 @@ class TokenClassification(Task):
 
     name = "token_classification"
     token_labels = True
+    invariants = ("every tag lands on its word", "the validation split has entities (F1 can be above 0)")
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     metrics: ClassVar[dict[str, Direction]] = {

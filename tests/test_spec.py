@@ -26,7 +26,7 @@ STUDIES = sorted((REPO / "studies").glob("*.yaml"))
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
 def test_shipped_study_validates_and_starts_with_its_command(path: Path) -> None:
     spec = load_spec(path)
-    assert isinstance(spec, StudySpec)
+    assert spec.study_file == path.resolve() and spec.study.name
     assert path.read_text().splitlines()[0].startswith("# adalora-search run studies/")
 
 

@@ -153,11 +153,10 @@ def adalora_config(
     """
     fields = adalora.model_dump()
     values = {peft: _at(fields, path) for path, peft in PEFT_NAMES.items()}
-    t_init, t_final = schedule_steps(adalora.schedule, total_steps)
+    steps = dict(zip(("schedule.t_init", "schedule.t_final"), schedule_steps(adalora.schedule, total_steps)))
+    values |= {peft: steps[path] for path, peft in SCHEDULE_NAMES.items()}
     return AdaLoraConfig(
         task_type=get_task(task).peft_task_type,
-        tinit=t_init,
-        tfinal=t_final,
         total_step=total_steps,
         fan_in_fan_out=fan_in_fan_out,
         **values,

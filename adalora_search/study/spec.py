@@ -1,5 +1,6 @@
-"""The study file as nested, frozen Pydantic models; every default lives here and only here (with the
-closed unions it uses: ``samplers.py``, ``data_sources.py``).
+"""The study file as nested, frozen Pydantic models; every default lives in these models and nowhere else: this
+module and the sections it assembles (``study_section.py``, ``data_spec.py``, ``data_sources.py``,
+``samplers.py``, ``trackers.py``).
 
 Each stage takes only its own sub-spec: data.py a ``DataSpec``, the engine a ``TrialConfig``
 (space.py), the runner the ``StudySection``. ``StudySpec.model_json_schema()`` is the JSON Schema

@@ -1,7 +1,8 @@
-"""Data: load a source, split it, tokenize once per (data spec, tokenizer), cache on disk.
+"""Data: the raw splits (``train/splits.py``) tokenized through the task once per (data spec, source content,
+tokenizer), cached on disk.
 
 Every trial and every worker of a study reads the same cached token ids; batches are padded
-per batch (dynamic padding) and grouped by length, because headlines are far shorter than
+per batch (dynamic padding) and grouped by length, because most rows are far shorter than
 ``max_length``. ``datasets`` is imported only where data is loaded or cached, so the training
 loop (``Split``, ``batches``) runs where only torch is installed.
 """

@@ -171,6 +171,7 @@ def _evaluate(model: torch.nn.Module, path: Path) -> dict[str, float]:
         return QA.evaluate(ctx)
 
 
+@pytest.mark.slow
 def test_question_answering_study_runs_reports_exports_and_the_export_reproduces_the_trial(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -202,6 +202,7 @@ def _evaluate(model: torch.nn.Module, path: Path) -> dict[str, float]:
         return task.evaluate(ctx)
 
 
+@pytest.mark.slow
 def test_seq2seq_study_runs_reports_exports_and_the_export_reproduces_the_trial(
     tmp_path: Path, monkeypatch, capsys
 ) -> None:

@@ -176,3 +176,16 @@ def test_every_knob_reaches_what_it_configures(monkeypatch: pytest.MonkeyPatch) 
         else:
             assert section == "training" and field in recorder.read, f"{path} is sampled but the run never reads it"
     assert (optimizers[0]["lr"], optimizers[0]["weight_decay"]) == (3.0e-3, 0.07)  # the values, not only a read
+
+
+def test_the_public_api_is_visible_to_editors_as_it_is_at_runtime() -> None:
+    """#36 item 5: ``adalora_search`` exported only through ``__getattr__``: editors saw ``run`` as ``Any``. The
+    ``TYPE_CHECKING`` re-exports name exactly the lazily exported names, and the package ships ``py.typed``."""
+    import adalora_search
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    guard = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    seen = {alias.asname or alias.name for node in guard.body for alias in node.names}
+    assert seen == set(adalora_search.__all__)
+    assert all(getattr(adalora_search, name) is not None for name in seen)
+    assert (PACKAGE / "py.typed").is_file()

@@ -258,3 +258,23 @@ def test_every_task_names_its_invariants_and_validate_prints_them(tmp_path, monk
     code, out = run_cli(["validate", str(write_study(tmp_path, study_dict()))], monkeypatch, capsys)
     assert code == 0 and "invariants checked on the data and model: every length fits the model's positions; " in out
     assert "a row's logits do not depend on its batch" in out
+
+
+def test_the_data_cache_key_follows_the_code_that_made_the_data(monkeypatch) -> None:
+    """#36 item 4: the cache key held a hand-bumped version: an edited encode silently reused stale token ids."""
+    import inspect
+
+    from adalora_search.tasks import get_task
+    from adalora_search.train import data
+
+    task = get_task("question_answering")
+    before = data.code_identity(task)
+    assert before == data.code_identity(task) and before != data.code_identity(get_task("classification"))
+    real = inspect.getsource
+
+    def edited(module):
+        text = real(module)
+        return text + "\n# an edit" if module.__name__ == "adalora_search.tasks.question_answering" else text
+
+    monkeypatch.setattr(inspect, "getsource", edited)
+    assert data.code_identity(task) != before

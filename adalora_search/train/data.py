@@ -152,16 +152,40 @@ def load_tokenized(spec: DataSpec, tokenizer: Any, task: Task) -> TokenizedData:
 
 def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
     """What the tokenized splits depend on: the data spec, the task, the tokenizer's content (not its
-    path) and the source's content (local files by hash), so an edited file is never read from the cache.
+    path), the source's content (local files by hash) and the code that made them (``code_identity``), so an
+    edited file, or an edited ``encode``, is never read from the cache.
     """
     identity = {
         "spec": spec.model_dump(mode="json"),
         "task": task.name,
         "tokenizer": tokenizer_identity(tokenizer),
         "source_content": sources.content_identity(spec.source),
-        "version": 6,
+        "code": code_identity(task),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def code_identity(task: Task) -> str:
+    """SHA-256 of the source of every module that turns raw rows into cached token ids: the task's class and the
+    classes it derives from, ``tasks/`` helpers it calls, the splitting, the sources and this module. Replaces a
+    hand-bumped cache version: an edit to ``encode`` reads the data again by itself.
+    """
+    import inspect
+    import sys
+
+    modules = {cls.__module__ for cls in type(task).__mro__ if cls.__module__.startswith("adalora_search.")}
+    modules |= {
+        "adalora_search.tasks.base",
+        "adalora_search.tasks.lm_rows",
+        __name__,
+        splits.__name__,
+        sources.__name__,
+    }
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        module = sys.modules.get(name) or __import__(name, fromlist=["_"])
+        digest.update(inspect.getsource(module).encode())
+    return digest.hexdigest()[:16]
 
 
 def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:

@@ -278,3 +278,26 @@ def test_the_data_cache_key_follows_the_code_that_made_the_data(monkeypatch) -> 
 
     monkeypatch.setattr(inspect, "getsource", edited)
     assert data.code_identity(task) != before
+
+
+def test_the_trivial_predictor_is_the_floor_beside_every_result() -> None:
+    """#35 item 2 / #32 item 6: 'is 0.72 any good?' The training majority (classification) or the training mean
+    (regression), scored on validation and test, and the validation split's class shares."""
+    from adalora_search.tasks import get_task
+    from adalora_search.train.data import Split
+
+    def split(labels):
+        return Split({"input_ids": [[1]] * len(labels), "labels": labels})
+
+    splits = {"train": split([0, 0, 0, 1, 2]), "validation": split([0, 1, 1, 2]), "test": split([0, 0, 1, 2])}
+    floor = get_task("classification").trivial(splits, ["a", "b", "c"])
+    assert floor["label"] == "always 'a'" and floor["shares"] == {"b": 0.5, "a": 0.25, "c": 0.25}
+    assert floor["validation"]["accuracy"] == 0.25 and floor["test"]["accuracy"] == 0.5
+    assert floor["validation"]["mcc"] == 0.0 and "predicted_classes" not in floor["validation"]
+    scores = {"train": split([1.0, 3.0]), "validation": split([0.0, 4.0])}
+    regression = get_task("regression").trivial(scores, None)
+    assert regression["label"] == "always the training mean 2" and regression["validation"] == {
+        "pearson": 0.0,
+        "spearman": 0.0,
+        "eval_loss": 4.0,
+    }

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from adalora_search.results.manifest import ExportManifest
 from adalora_search.search.record import StudyRecord, TrialRecord
-from adalora_search.search.status import verdicts
+from adalora_search.search.status import trivial_lines, verdicts
 from adalora_search.tasks import get_task
 from adalora_search.train.assets import BUILT_MODELS, GGUF_MODELS, MODELS
 
@@ -106,7 +106,15 @@ def _result(study: optuna.Study, trial: optuna.trial.FrozenTrial, data: ExportMa
     metric = (
         objectives[0]["metric"] if objectives and objectives[0]["metric"] in final else get_task(data.task).main_metric
     )
-    against = verdicts(TrialRecord.of(trial), StudyRecord.of(study), metric)
+    stored = StudyRecord.of(study)
+    against = verdicts(TrialRecord.of(trial), stored, metric) + trivial_lines(TrialRecord.of(trial), stored, metric)
+    if stored.trivial is not None and metric in stored.trivial.get("validation", {}):
+        floor = stored.trivial
+        test = floor.get("test", {}).get(metric)
+        against.append(
+            f"the trivial predictor ({floor['label']}) scores {metric} {floor['validation'][metric]:.4f} on validation"
+            + (f", {test:.4f} on test" if test is not None else "")
+        )
     if against:  # whether this trial beat each reference run of the study, said before anything else is read
         out += ["", "Against the study's reference runs:", ""] + [
             f"- {line.replace('best trial', 'this trial')}" for line in against

@@ -22,7 +22,7 @@ from adalora_search.errors import UserError
 from adalora_search.results import plots, tables
 from adalora_search.search import diagnostics
 from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
-from adalora_search.search.status import verdicts
+from adalora_search.search.status import trivial_lines, verdicts
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:
@@ -71,7 +71,12 @@ def _write(study: optuna.Study, out: Path, top_k: int) -> Path:
         files.write_text(out / f"{name}.csv", frame.to_csv())
     figures = _figures(study, trials, frames, best, top, metric, out)
     head = _gains(trials, best, metric, StudyRecord.of(study).references)
-    verdict = verdicts(TrialRecord.of(best), StudyRecord.of(study), metric) if best is not None else []
+    stored = StudyRecord.of(study)
+    verdict = (
+        [*verdicts(TrialRecord.of(best), stored, metric), *trivial_lines(TrialRecord.of(best), stored, metric)]
+        if best is not None
+        else []
+    )
     gains = [
         *head[:1],  # the best trial, then whether it beat each reference, on validation and test
         *(f"{line[0].upper()}{line[1:]}." for line in verdict),

@@ -183,6 +183,7 @@ class StudyRecord:
     intermediate_values: str | None  # the metric reported to the trial pruner, "-eval_loss" when negated
     reference_running: dict[str, Any] | None = None  # the reference run in training: {kind, since (epoch s)}
     split_sizes: dict[str, int] = field(default_factory=dict)  # rows (QA: windows) per split, as trained
+    trivial: dict[str, Any] | None = None  # the task's trivial predictor: label, validation / test scores, shares
 
     @classmethod
     def of(cls, study: optuna.Study) -> StudyRecord:
@@ -198,6 +199,7 @@ class StudyRecord:
             intermediate_values=a.get("intermediate_values"),
             reference_running=a.get("reference_running"),
             split_sizes=dict(_stored(a, "split_sizes", dict)),
+            trivial=a.get("trivial"),
         )
 
     def objective_metrics(self, default: str) -> list[str]:

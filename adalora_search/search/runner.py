@@ -207,6 +207,9 @@ def work(
     sizes = {name: len(split) for name, split in data.splits.items()}  # evaluation resolution, for the verdicts
     if study.user_attrs.get(status.SPLIT_SIZES) != sizes:
         study.set_user_attr(status.SPLIT_SIZES, sizes)
+    trivial = get_task(spec.model.task).trivial(data.splits, data.label_names)  # the floor results are read against
+    if study.user_attrs.get(status.TRIVIAL) != trivial:
+        study.set_user_attr(status.TRIVIAL, trivial)
     study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left
     study.set_user_attr("references_planned", [r.kind for r in spec.study.references])  # what the report awaits
     objective = Objective(spec, data, artifact_store, log, processes)

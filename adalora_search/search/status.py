@@ -21,6 +21,7 @@ from adalora_search.search.record import ReferenceResult, StudyRecord, TrialReco
 from adalora_search.tasks import TASKS
 
 BUDGET = "budget"  # study user attr: the last run's {n_trials, timeout}, for the estimate of the time left
+TRIVIAL = "trivial"  # study user attr: the task's trivial predictor and its scores (Task.trivial)
 SPLIT_SIZES = "split_sizes"  # study user attr: rows per split, so a difference can be said in examples
 REFERENCE_RUNNING = "reference_running"  # study user attr: the reference run in training, {kind, since}; else null
 
@@ -54,6 +55,14 @@ def summary_lines(study: optuna.Study) -> list[str]:
         if r.baseline is not None and r.number != best.number
     ]
     rows += [(f"reference {k}", ref) for k, ref in stored.references.items() if ref.trained]
+    if stored.trivial is not None:  # the floor: what predicting without the input scores
+        floor = stored.trivial
+        rows.append(
+            (
+                f"trivial: {floor['label']}"[:39],
+                ReferenceResult(metrics={"final": floor.get("validation", {}), "test": floor.get("test", {})}),
+            )
+        )
     head = "".join(f" {'val ' + m:>16s} {'test ' + m:>16s}" for m in metrics)
     lines = [f"{'run':40s}{head} {'trainable':>10s}"]
     best_test = best_record.metric("test", metrics[0])
@@ -70,7 +79,28 @@ def summary_lines(study: optuna.Study) -> list[str]:
         lines.append(f"{label:40s}{cells} {100 * frac:9.2f}%{gain}")
         lines += [f"  WARNING: {note}" for note in row.warnings]
     lines += verdicts(best_record, stored, metrics[0])
+    lines += trivial_lines(best_record, stored, metrics[0])
     return lines + warm_start_lines(study, best.number)
+
+
+def trivial_lines(best: TrialRecord, stored: StudyRecord, metric: str) -> list[str]:
+    """The validation split's class shares (what 'accuracy 0.72' is read against), and a warning when the best
+    trial does not beat the trivial predictor on validation.
+    """
+    floor = stored.trivial
+    if floor is None:
+        return []
+    lines = []
+    if shares := floor.get("shares"):
+        lines.append("validation classes: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in list(shares.items())[:8]))
+    mine, theirs = best.metric("final", metric), (floor.get("validation", {})).get(metric)
+    lower = metric in ("eval_loss", "perplexity")
+    if mine is not None and theirs is not None and (mine >= theirs if lower else mine <= theirs):
+        lines.append(
+            f"WARNING: the best trial's validation {metric} ({mine:.4f}) does not beat the trivial predictor's "
+            f"({floor['label']}: {theirs:.4f}): the search found nothing that uses the input"
+        )
+    return lines
 
 
 PER_EXAMPLE = ("accuracy", "exact_match")  # means of one 0/1 score per example: a difference is whole examples

@@ -159,6 +159,13 @@ class Task(ABC):
         """Metrics of generated text, computed after training (none for tasks that do not generate)."""
         return {}
 
+    def trivial(self, splits: dict[str, Split], label_names: list[str] | None) -> dict[str, Any] | None:
+        """The task's trivial predictor and its scores, the floor every result is read against: ``{"label": what it
+        predicts, "validation": {metric: value}, "test": {...}, "shares": {class: share of validation}}`` (shares
+        for classes only), or None where the task has none worth showing (a reference such as zero-shot is).
+        """
+        return None
+
     def perfect_prediction(self, split: Split) -> tuple[str, str] | None:
         """Invariant "a perfect prediction scores perfectly": the first (metric, target) of ``split`` for which the
         target scored against itself falls short of the metric's best value (the metric cannot read it), else None.

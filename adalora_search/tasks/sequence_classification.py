@@ -138,6 +138,24 @@ class SequenceClassification(Task):
 
         return torch.nn.functional.cross_entropy(logits, target)
 
+    def trivial(self, splits: dict[str, Split], label_names: list[str] | None) -> dict[str, Any] | None:
+        """Always the training split's majority class; the validation split's class shares beside it."""
+        import numpy as np
+
+        train = splits["train"].columns["labels"]
+        if not train or not label_names:
+            return None
+        majority = Counter(train).most_common(1)[0][0]
+        out: dict[str, Any] = {"label": f"always {label_names[majority]!r}"}
+        for name in ("validation", "test"):
+            if name in splits and len(splits[name]):
+                labels = np.asarray(splits[name].columns["labels"])
+                scores = self.scores(np.full_like(labels, majority), labels)
+                out[name] = {k: v for k, v in scores.items() if k in self.metrics}
+        counts = Counter(splits["validation"].columns["labels"])
+        out["shares"] = {label_names[c]: n / len(splits["validation"]) for c, n in counts.most_common()}
+        return out
+
     def _predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(-1)
 
@@ -226,6 +244,21 @@ class Regression(SequenceClassification):
 
     def config_kwargs(self, label_names: list[str] | None) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
+
+    def trivial(self, splits: dict[str, Split], label_names: list[str] | None) -> dict[str, Any] | None:
+        """Always the training split's mean score (Pearson 0; its MSE as eval_loss)."""
+        import numpy as np
+
+        train = np.asarray(splits["train"].columns["labels"], dtype=float)
+        if not len(train):
+            return None
+        mean = float(train.mean())
+        out: dict[str, Any] = {"label": f"always the training mean {mean:.3g}"}
+        for name in ("validation", "test"):
+            if name in splits and len(splits[name]):
+                labels = np.asarray(splits[name].columns["labels"], dtype=float)
+                out[name] = {"pearson": 0.0, "spearman": 0.0, "eval_loss": float(np.mean((labels - mean) ** 2))}
+        return out
 
     def chance_note(self, scores: dict[str, float], split: Split, label_names: list[str] | None) -> str | None:
         """The trivial predictor of a score is a constant: the run learned nothing when its Pearson correlation is

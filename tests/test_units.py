@@ -301,3 +301,18 @@ def test_the_trivial_predictor_is_the_floor_beside_every_result() -> None:
         "spearman": 0.0,
         "eval_loss": 4.0,
     }
+
+
+def test_a_tie_between_learning_rates_is_broken_on_eval_loss() -> None:
+    """#32 item 6: retrain (and the references) broke a tie on the main metric by the order the rates were tried."""
+    from adalora_search.results.references import pick_best
+    from adalora_search.search.record import ReferenceResult
+    from adalora_search.tasks import get_task
+
+    def run(lr, accuracy, loss):
+        return ReferenceResult(metrics={"final": {"accuracy": accuracy, "eval_loss": loss}}, learning_rate=lr)
+
+    task = get_task("classification")
+    assert pick_best([run(1e-3, 0.5, 1.2), run(1e-2, 0.5, 0.9)], task).learning_rate == 1e-2
+    assert pick_best([run(1e-3, 0.6, 1.2), run(1e-2, 0.5, 0.9)], task).learning_rate == 1e-3
+    assert pick_best([run(1e-3, 0.5, 0.8), run(1e-2, 0.5, 0.9)], task).learning_rate == 1e-3

@@ -73,14 +73,24 @@ def train_reference(cfg: TrialConfig, data: TokenizedData) -> ReferenceResult:
 
 
 def pick_best(results: list[ReferenceResult], task: Task) -> ReferenceResult:
-    """The result with the best final validation main metric (failures last), with ``tried`` filled in:
-    each rate with its validation main metric (None when it failed) and failure.
+    """The result with the best final validation main metric (failures last), a tie broken by the lower validation
+    ``eval_loss`` (not by the order tried: two rates that both predict one class tie on accuracy), with ``tried``
+    filled in: each rate with its validation main metric (None when it failed) and failure.
     """
     metric = task.main_metric
     best: ReferenceResult | None = None
     for result in results:
         value = result.metric("final", metric)
-        if value is not None and (best is None or task.is_better(metric, value, best.metric("final", metric))):
+        if value is None:
+            continue
+        held = best.metric("final", metric) if best is not None else None
+        tie = held is not None and value == held and metric != "eval_loss"
+        loss, held_loss = result.metric("final", "eval_loss"), best.metric("final", "eval_loss") if best else None
+        if (
+            best is None
+            or task.is_better(metric, value, held)
+            or (tie and loss is not None and held_loss is not None and loss < held_loss)
+        ):
             best = result
     tried = [TriedRate(r.learning_rate, r.metric("final", metric), r.failure) for r in results]
     return replace(best or results[0], tried=tried)

@@ -318,6 +318,7 @@ def test_a_perfect_prediction_scores_perfectly_in_any_script() -> None:
     assert rouge(targets, targets) == dict.fromkeys(ROUGE, 1.0)
     assert text_scores(targets, targets) == {"exact_match": 1.0, "rouge_l": 1.0}
     assert rouge(["Привет мир"], ["Пока мир"])["rouge1"] == pytest.approx(0.5)  # words of any script are words
+    assert rouge(["我爱北京天安"], ["我爱北京天安门"])["rougeL"] == pytest.approx(12 / 13)  # unspaced: per character
     from rouge_score.tokenizers import DefaultTokenizer
 
     english = "The runners were running quickly past 3.5 miles of the U.S.-based co-op's fields!"
@@ -339,9 +340,14 @@ def test_validate_refuses_a_metric_that_cannot_read_the_targets(tmp_path: Path, 
         {"lead": f"a short notice number {i} about the weather", "headline": f"Καιρός {i} σήμερα"} for i in range(40)
     ]
     (tmp_path / "greek.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    study = seq2seq_study(data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "greek.jsonl"}}})
+    study = seq2seq_study(
+        data={"source": {"type": "files", "format": "jsonl", "paths": {"train": "greek.jsonl"}}},
+        study={"objective": {"metric": "rougeL", "direction": "maximize"}},
+    )
     path = write_study(tmp_path, study)
     assert run_cli(["validate", str(path)], monkeypatch, capsys)[0] == 0  # words of any script: read
     monkeypatch.setattr(seq2seq, "rouge", ascii_rouge)
     code, out = run_cli(["validate", str(path)], monkeypatch, capsys)
     assert code == 2 and "study.objective / rouge1 = 'Καιρός" in out and "cannot read it" in out
+    loss = write_study(tmp_path, {**study, "study": {**study["study"], "objective": {"metric": "eval_loss"}}}, "l.yaml")
+    assert run_cli(["validate", str(loss)], monkeypatch, capsys)[0] == 0  # the search does not rank by ROUGE

@@ -53,9 +53,10 @@ def process_state_restored() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = env
-        if hub is not None:
-            hub.HF_HUB_OFFLINE = hub_offline
-        if data is not None:
-            data.HF_HUB_OFFLINE = data_offline
+        offline = env is not None and env.strip().lower() in ("1", "true", "yes", "on")  # as found, for late imports
+        if (now := sys.modules.get("huggingface_hub.constants")) is not None:
+            now.HF_HUB_OFFLINE = hub_offline if hub is not None else offline
+        if (now := sys.modules.get("datasets.config")) is not None:
+            now.HF_HUB_OFFLINE = data_offline if data is not None else offline
         if (assets := sys.modules.get("adalora_search.train.assets")) is not None:
             assets.offline_unless_reachable.cache_clear()  # the next verb asks the network again

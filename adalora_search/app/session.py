@@ -99,7 +99,7 @@ def run_session(
     """
     from adalora_search.results.references import finish_study
     from adalora_search.search import warm_start
-    from adalora_search.search.runner import open_study, work
+    from adalora_search.search.runner import interrupts_raise, open_study, work
     from adalora_search.search.workers import spawn_workers, worker_slots
 
     slots = worker_slots(workers, gpus, workers_per_gpu, gpus_per_trial)
@@ -140,7 +140,9 @@ def run_session(
             processes=processes,
         )
     then = [f"report: adalora-search report {study_file}", f"export: adalora-search export {study_file} --out DIR"]
-    return study, [*finish_study(spec, study, data), *(then if spec.study_file is not None else [])]
+    with interrupts_raise():  # SIGTERM (Slurm, docker stop) during a reference run stops it as it stops a trial
+        summary = finish_study(spec, study, data)
+    return study, [*summary, *(then if spec.study_file is not None else [])]
 
 
 def trial_processes(spec: StudySpec, gpus_per_trial: int) -> int:

@@ -111,22 +111,24 @@ def run_references(spec: StudySpec, study: optuna.Study, data: TokenizedData) ->
         warnings.filterwarnings("ignore", message=".*out of the range", category=UserWarning)
         cfg = trial_config(spec, optuna.trial.FixedTrial(record.params), record.baseline)
     task = get_task(spec.model.task)
-    for ref in spec.study.references:
-        if ref.kind in stored:
-            continue
-        study.set_user_attr(REFERENCE_RUNNING, {"kind": ref.kind, "since": time.time()})  # status shows the phase
-        results = []
-        for lr in ref.learning_rates:
-            _log.info(
-                f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
-                if ref.kind == "zero_shot"
-                else f"[reference {ref.kind}] with the best trial's ({best.number}) "
-                f"settings, learning rate {lr or cfg.training.learning_rate:g}"
-            )
-            results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
-        stored[ref.kind] = replace(pick_best(results, task), of_trial=best.number)
-        study.set_user_attr("references", {kind: result.as_attr() for kind, result in stored.items()})
-    study.set_user_attr(REFERENCE_RUNNING, None)
+    try:
+        for ref in spec.study.references:
+            if ref.kind in stored:
+                continue
+            study.set_user_attr(REFERENCE_RUNNING, {"kind": ref.kind, "since": time.time()})  # status shows the phase
+            results = []
+            for lr in ref.learning_rates:
+                _log.info(
+                    f"[reference {ref.kind}] the base model as it is, on the best trial's ({best.number}) data"
+                    if ref.kind == "zero_shot"
+                    else f"[reference {ref.kind}] with the best trial's ({best.number}) "
+                    f"settings, learning rate {lr or cfg.training.learning_rate:g}"
+                )
+                results.append(train_reference(reference_config(cfg, ref, record.rank_allocation, lr), data))
+            stored[ref.kind] = replace(pick_best(results, task), of_trial=best.number)
+            study.set_user_attr("references", {kind: result.as_attr() for kind, result in stored.items()})
+    finally:  # also when a run is interrupted: status must not show it running for ever
+        study.set_user_attr(REFERENCE_RUNNING, None)
     return stored
 
 

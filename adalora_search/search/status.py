@@ -103,17 +103,14 @@ def trivial_lines(best: TrialRecord, stored: StudyRecord, metric: str) -> list[s
     return lines
 
 
-PER_EXAMPLE = ("accuracy", "exact_match")  # means of one 0/1 score per example: a difference is whole examples
-
-
 def verdicts(best: TrialRecord, stored: StudyRecord, metric: str) -> list[str]:
     """One sentence per trained reference: is the best trial ahead or behind it, on validation and on test, by how
     much (in examples where the metric counts them), and is that within the evaluation's resolution.
     """
-    lines = []
+    lines, counted = [], metric in TASKS[stored.task].per_example
     for kind, ref in stored.references.items():
         parts = [
-            _verdict(metric, b, r, stored.split_sizes.get(split), split)
+            _verdict(metric, b, r, stored.split_sizes.get(split) if counted else None, split)
             for split, key in (("validation", "final"), ("test", "test"))
             if (b := best.metric(key, metric)) is not None and (r := ref.metric(key, metric)) is not None
         ]
@@ -125,7 +122,7 @@ def verdicts(best: TrialRecord, stored: StudyRecord, metric: str) -> list[str]:
 def _verdict(metric: str, best: float, other: float, n: int | None, split: str) -> str:
     lower = metric in ("eval_loss", "perplexity")
     diff = best - other
-    if metric in PER_EXAMPLE and n:
+    if n:  # a metric counted in whole examples of the split
         examples = round(abs(diff) * n)
         if examples == 0:
             return f"level on {split} (within one of its {n} examples)"

@@ -88,6 +88,8 @@ class Task(ABC):
     # what is checked on the study's own data and model before trial 0 (validate prints it): besides every task's
     # "every length fits the model's positions", the task's own invariants
     invariants: ClassVar[tuple[str, ...]] = ()
+    # metrics that are a mean of one 0/1 score per example of the whole split: a difference is whole examples
+    per_example: ClassVar[tuple[str, ...]] = ()
 
     def check_training(self, training: TrainingSpec, data: DataSpec) -> list[Problem]:
         """Training fields this task does not use with this data, written in the study file."""
@@ -286,7 +288,7 @@ def imperfect(
     prediction below its best.
     """
     for reference in references[:sample]:
-        if not reference.strip():
+        if not any(ch.isalnum() for ch in reference):  # no word to read ("...", an emoji): no metric scores it
             continue
         scores = score([reference], [reference])
         for metric, value in best.items():

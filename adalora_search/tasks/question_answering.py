@@ -53,6 +53,7 @@ class QuestionAnswering(Task):
     peft_task_type = "QUESTION_ANS"
     metrics: ClassVar[dict[str, Direction]] = {"f1": "maximize", "exact_match": "maximize", "eval_loss": "minimize"}
     main_metric = "f1"
+    per_example = ("exact_match",)  # per question (the split's examples, not its windows)
     invariants = (
         "every answer is at answer_start in its context (trimmed of the whitespace beside it)",
         "a perfect prediction scores perfectly (SQuAD exact match and F1 of the gold answers)",

@@ -47,6 +47,7 @@ class SequenceClassification(Task):
     }
     main_metric = "accuracy"
     invariants = ("the model's pad id is the batches' (a row's logits do not depend on its batch)",)
+    per_example = ("accuracy",)
     data_fields = frozenset({"text_fields", "label_field", "label_names", "drop_blank_labels"})
     stratify = True
 
@@ -213,6 +214,7 @@ class Regression(SequenceClassification):
     name = "regression"
     metrics: ClassVar[dict[str, Direction]] = {"pearson": "maximize", "spearman": "maximize", "eval_loss": "minimize"}
     main_metric = "pearson"
+    per_example = ()
     stratify = False
 
     def check_data(self, data: Any) -> list[Problem]:

@@ -4,7 +4,8 @@
 itself, so a ROUGE objective would be 0 for every trial whatever the model generates. ``UnicodeTokenizer``
 keeps every letter and digit of any script (Unicode word characters without ``_``), lowercased, with the Porter
 stemmer on ASCII words longer than 3 letters as rouge_score's own: on English text it gives rouge_score's tokens
-exactly.
+exactly. Scripts written without spaces (Chinese, Japanese, Thai...) are read one character a token, as
+character-level ROUGE is reported for them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import re
 from nltk.stem import porter  # rouge_score's own stemmer (a dependency of rouge_score)
 from rouge_score import rouge_scorer, tokenizers
 
-_WORD = re.compile(r"[^\W_]+")
+# scripts written without spaces (Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar): one character, one token
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_UNSPACED}]|[^\W_{_UNSPACED}]+")
 
 
 class UnicodeTokenizer(tokenizers.Tokenizer):

@@ -15,6 +15,7 @@ from typing import Any
 
 from adalora_search.errors import Problem
 
+PASSED_THROUGH = frozenset({"attn_implementation", "dtype", "torch_dtype"})  # read by from_pretrained itself
 _COUNT = re.compile(r"(^|_)(size|sizes|layers|heads|positions|dim|labels|experts)$|^(num|n)_|^vocab_size$")
 _PROBABILITY = re.compile(r"(dropout|_prob|_pdrop)")
 
@@ -22,15 +23,19 @@ _PROBABILITY = re.compile(r"(dropout|_prob|_pdrop)")
 def override_problems(config: Any, overrides: dict[str, Any]) -> list[Problem]:
     """Every override that ``config`` (the model's config without overrides) cannot take, with the fix."""
     fields = config.to_dict()
+    aliases = dict(getattr(config, "attribute_map", {}) or {})  # num_hidden_layers -> GPT-2's n_layer
     problems = []
     for key, value in overrides.items():
         where = f"model.config_overrides.{key}"
-        if key not in fields:
-            near = difflib.get_close_matches(key, fields, n=3)
+        if key in PASSED_THROUGH:  # from_pretrained's own options, not config fields
+            continue
+        target = aliases.get(key, key)
+        if target not in fields and not hasattr(config, key):
+            near = difflib.get_close_matches(key, [*aliases, *fields], n=3)
             hint = f"did you mean {' or '.join(near)}?" if near else "check the name in the model's config.json"
             problems.append(Problem(where, value, f"{type(config).__name__} has no field {key!r}; {hint}"))
             continue
-        if (why := _value_problem(key, fields[key], value)) is not None:
+        if (why := _value_problem(key, fields.get(target), value)) is not None:
             problems.append(Problem(where, value, why))
     return problems
 

@@ -114,10 +114,13 @@ def run_session(
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
-    warm_start.plan(spec)  # so is an earlier study that cannot start this one
+    stored = _warm_start_enqueued(url, spec.study.name)
+    if not stored:  # so is an earlier study that cannot start this one
+        warm_start.plan(spec)
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
-    if note := random_search_note(spec.study.sampler, budget.n_trials, len(spec.baselines)):
+    enqueued = len(spec.baselines) + len(warm_start.plan(spec) if spec.study.warm_start and not stored else [])
+    if note := random_search_note(spec.study.sampler, budget.n_trials, enqueued):
         _log.warning(note)
     for note in data.notes():
         _log.info(f"data: {note}")
@@ -143,6 +146,18 @@ def run_session(
     with interrupts_raise():  # SIGTERM (Slurm, docker stop) during a reference run stops it as it stops a trial
         summary = finish_study(spec, study, data)
     return study, [*summary, *(then if spec.study_file is not None else [])]
+
+
+def _warm_start_enqueued(url: str, name: str) -> bool:
+    """The stored study already enqueued its warm start (a resumed run needs the earlier study no more)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        return False  # a new study: nothing stored yet (and nothing created here)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage_mod.open_storage(url))
+    except (KeyError, UserError):
+        return False
+    return bool(study.user_attrs.get("warm_start_enqueued"))
 
 
 def trial_processes(spec: StudySpec, gpus_per_trial: int) -> int:

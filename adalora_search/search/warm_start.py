@@ -3,11 +3,11 @@
 ``portfolio``: the few configurations in ``search/portfolio.py``, chosen on the benchmark tables
 (``bench/choose_portfolio.py``). ``{from: EARLIER_STUDY, top_k: K}``: the K best completed trials of an earlier
 study (another task, another model), ranked on its first objective. Either way a configuration is a value per
-knob path, fitted into this study's space knob by knob (``fit``): a value inside this study's range or among its
-choices is kept; target modules are matched by the kinds of matrix they name (``query``, ``ffn_in``, ...:
-``train/module_kinds.py``), so BERT's ``[query, value]`` starts a Llama study at ``[q_proj, v_proj]``; a knob
-left out (outside the space, fixed in the earlier study, a schedule in other units) is sampled as usual.
-Each is enqueued once, with the user attr ``warm_start`` saying where it came from.
+knob path (of an earlier study: the knobs it searched), fitted into this study's space knob by knob (``fit``): a
+value inside this study's range or among its choices is kept; target modules are matched by the kinds of matrix
+they name (``query``, ``ffn_in``, ...: ``train/module_kinds.py``), so BERT's ``[query, value]`` starts a Llama
+study at ``[q_proj, v_proj]``; a knob left out (outside the space, fixed in the earlier study, a schedule in other
+units) is sampled as usual. Each is enqueued once, with the user attr ``warm_start`` saying where it came from.
 """
 
 from __future__ import annotations
@@ -125,8 +125,9 @@ def _earlier(spec: StudySpec, warm: WarmStartFrom) -> Iterator[tuple[dict[str, A
     if direction.name.lower() != mine.resolved_direction:
         raise UserError(
             f"study.warm_start.from = {warm.source!r}: study {study.study_name!r} {direction.name.lower()}s its "
-            f"objective, this study {mine.resolved_direction}s {mine.metric}: its best trials would be its worst "
-            "here; warm-start from a study optimised the same way"
+            f"objective, this study {mine.resolved_direction}s {mine.metric}: a warm start takes configurations "
+            "ranked the way this study ranks; warm-start from a study optimised the same way, or give the "
+            "configurations you want first as study baselines"
         )
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "config" in t.user_attrs]
     if not done:
@@ -136,9 +137,13 @@ def _earlier(spec: StudySpec, warm: WarmStartFrom) -> Iterator[tuple[dict[str, A
         )
     done.sort(key=lambda t: t.values[0], reverse=direction == optuna.study.StudyDirection.MAXIMIZE)
     for t in done[: warm.top_k]:
-        config = TrialConfig.model_validate(t.user_attrs["config"])
-        values = {path: knob(config, path) for path in KNOBS}
-        yield {**values, "adalora.schedule.unit": config.adalora.schedule.unit}, f"{study.study_name} trial {t.number}"
+        try:
+            config = TrialConfig.model_validate(t.user_attrs["config"])
+        except ValueError:  # a config stored by another version of the tool: its searched values are enough
+            config = None
+        searched = {path: knob(config, path) if config else t.params[path] for path in KNOBS if path in t.params}
+        unit = config.adalora.schedule.unit if config else None  # unknown: its t_init / t_final are left out
+        yield {**searched, "adalora.schedule.unit": unit}, f"{study.study_name} trial {t.number}"
 
 
 def _open(spec: StudySpec, warm: WarmStartFrom) -> optuna.Study:

@@ -273,11 +273,15 @@ class Regression(SequenceClassification):
         if pearson is None or len(split) < 2:
             return None
         constant = float(np.var(np.asarray(split.columns["labels"], dtype=float)))
-        if pearson <= CHANCE_MARGIN or (mse is not None and mse >= constant):
+        if pearson <= CHANCE_MARGIN:
             return (
-                f"validation Pearson {pearson:.3f} and MSE {mse if mse is not None else float('nan'):.4f}: no better "
-                f"than a constant prediction (the labels' mean scores Pearson 0 and MSE {constant:.4f}); the run "
-                "learned nothing"
+                f"validation Pearson {pearson:.3f}: no better than a constant prediction (Pearson 0; the labels' "
+                f"mean scores MSE {constant:.4f}); the run learned nothing"
+            )
+        if mse is not None and mse >= constant:
+            return (
+                f"validation MSE {mse:.4f} is no better than a constant prediction's (the labels' mean: MSE "
+                f"{constant:.4f}), though Pearson is {pearson:.3f}: the scores are off in scale or offset"
             )
         return None
 

@@ -167,24 +167,24 @@ def _cache_key(spec: DataSpec, tokenizer: Any, task: Task) -> str:
 
 def code_identity(task: Task) -> str:
     """SHA-256 of the source of every module that turns raw rows into cached token ids: the task's class and the
-    classes it derives from, ``tasks/`` helpers it calls, the splitting, the sources and this module. Replaces a
+    classes it derives from, ``tasks/`` helpers it calls (batching: the pad id), the splitting, the sources, the
+    packaged datasets' builders and this module. Replaces a
     hand-bumped cache version: an edit to ``encode`` reads the data again by itself.
     """
     import inspect
     import sys
+    from importlib.metadata import version
 
     modules = {cls.__module__ for cls in type(task).__mro__ if cls.__module__.startswith("adalora_search.")}
-    modules |= {
-        "adalora_search.tasks.base",
-        "adalora_search.tasks.lm_rows",
-        __name__,
-        splits.__name__,
-        sources.__name__,
-    }
+    modules |= {"adalora_search.tasks.base", "adalora_search.tasks.lm_rows", "adalora_search.tasks.batching"}
+    modules |= {__name__, splits.__name__, sources.__name__, "adalora_search.train.assets"}  # assets: packaged data
     digest = hashlib.sha256()
     for name in sorted(modules):
         module = sys.modules.get(name) or __import__(name, fromlist=["_"])
-        digest.update(inspect.getsource(module).encode())
+        try:
+            digest.update(inspect.getsource(module).encode())
+        except (OSError, TypeError):  # installed without its sources: the version stands for the code
+            digest.update(f"{name}@{version('adalora-search')}".encode())
     return digest.hexdigest()[:16]
 
 

@@ -103,7 +103,8 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
             spec, study_file = session.resolve(study)
             storage_mod.check_reachable_here(session.storage_url(spec, study_file, storage))
             data, linears = session.check_inputs(spec, study_file) if check_data else (None, None)
-            warm = warm_start.plan(spec)
+            url = session.storage_url(spec, study_file, storage)
+            warm = [] if session.warm_start_enqueued(url, spec.study.name) else warm_start.plan(spec)
     except UserError as exc:
         return Validation(exc)
     summary = describe.summary(spec, linears, data)
@@ -111,7 +112,7 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
         checked = ("every length fits the model's positions", *get_task(spec.model.task).invariants)
         summary.append(f"  invariants checked on the data and model: {'; '.join(checked)}")
     if warm:
-        summary.append(f"  warm start: {len(warm)} configuration(s) run first: {', '.join(o for _, o in warm)}")
+        summary.append(f"warm start: {len(warm)} configuration(s) run first: {', '.join(o for _, o in warm)}")
     if spec.model.trust_remote_code:
         summary.append("WARNING: model.trust_remote_code is true: code from the model repository will run")
     return Validation(None, summary)

@@ -132,3 +132,21 @@ def test_a_warm_start_that_cannot_work_exits_2_naming_the_field(tmp_path):
     assert "none of its configurations has a value inside this study's space" in str(fixed_check.error)
     grid = als.validate(str(_new(tmp_path, "portfolio", study={"sampler": {"type": "grid"}})), check_data=False)
     assert "study.warm_start: a grid study runs every point" in str(grid.error)
+
+
+def test_an_earlier_study_in_the_same_storage_and_knobs_left_to_the_sampler_differ(tmp_path):
+    """Found by trying it: an earlier study in the same SQLite file deadlocked on its lock (a traceback); the knobs a
+    warm-start configuration leaves to the sampler got the same values in every warm-start trial; validate of a
+    started study failed once the earlier storage was gone."""
+    shared = {"storage": "sqlite:///shared.db"}
+    earlier = write_study(tmp_path, {**EARLIER, "study": {**EARLIER["study"], **shared}}, "earlier.yaml")
+    als.run(str(earlier))
+    new = _new(
+        tmp_path, {"from": "earlier.yaml", "top_k": 2}, study=shared, adalora={"lora_alpha": {"low": 4.0, "high": 64.0}}
+    )
+    result = als.run(str(new), n_trials=2)
+    warm = [t for t in result.study.get_trials() if "warm_start" in t.user_attrs]
+    assert len(warm) == 2 and warm[0].params["adalora.lora_alpha"] != warm[1].params["adalora.lora_alpha"]
+    (tmp_path / "earlier.yaml").unlink()  # the earlier study's file is gone: the started study needs it no more
+    assert als.validate(str(new), check_data=False).ok
+    assert len(als.run(str(new), n_trials=3).trials) >= 3

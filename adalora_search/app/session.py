@@ -114,12 +114,10 @@ def run_session(
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
-    stored = _warm_start_enqueued(url, spec.study.name)
-    if not stored:  # so is an earlier study that cannot start this one
-        warm_start.plan(spec)
+    planned = [] if warm_start_enqueued(url, spec.study.name) else warm_start.plan(spec)  # refused before storage
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
-    enqueued = len(spec.baselines) + len(warm_start.plan(spec) if spec.study.warm_start and not stored else [])
+    enqueued = len(spec.baselines) + len(planned)
     if note := random_search_note(spec.study.sampler, budget.n_trials, enqueued):
         _log.warning(note)
     for note in data.notes():
@@ -148,7 +146,7 @@ def run_session(
     return study, [*summary, *(then if spec.study_file is not None else [])]
 
 
-def _warm_start_enqueued(url: str, name: str) -> bool:
+def warm_start_enqueued(url: str, name: str) -> bool:
     """The stored study already enqueued its warm start (a resumed run needs the earlier study no more)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
@@ -203,8 +201,11 @@ def stored_line(study: optuna.Study) -> str:
         t.user_attrs["baseline"] for t in waiting if "baseline" in t.user_attrs and "retried_from" not in t.user_attrs
     ]
     parts = [f"{_count(len(trials) - len(waiting), 'trial')} stored" if len(trials) > len(waiting) else "new study"]
+    warm = [t for t in waiting if "warm_start" in t.user_attrs and "retried_from" not in t.user_attrs]
     parts += [f"{_count(len(baselines), 'baseline')} queued ({', '.join(baselines)})"] if baselines else []
-    parts += [f"{_count(len(waiting) - len(baselines), 'trial')} re-queued"] if len(waiting) > len(baselines) else []
+    parts += [f"{_count(len(warm), 'warm-start trial')} queued"] if warm else []
+    rest = len(waiting) - len(baselines) - len(warm)
+    parts += [f"{_count(rest, 'trial')} re-queued"] if rest > 0 else []
     return ", ".join(parts)
 
 

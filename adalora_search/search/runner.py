@@ -50,24 +50,28 @@ class Budget:
     timeout: float | None
 
 
-def derived_seed(seed: int | None, n_stored: int) -> int | None:
+def derived_seed(seed: int | None, n_stored: int, salt: int = 0) -> int | None:
     """The sampler seed for a claim made when the study holds ``n_stored`` trials.
 
     ``seed`` itself for a fresh study; otherwise a hash of (seed, n_stored). Claims are serialised
     by the claim lock, so each gets its own seed: a resumed study or a second worker never replays
     the parameters already proposed, and a rerun of the same history proposes the same points.
     """
-    if seed is None or n_stored == 0:
+    if seed is None or (n_stored == 0 and salt == 0):
         return seed
-    return int.from_bytes(hashlib.sha256(f"{seed}:{n_stored}".encode()).digest()[:4], "big")
+    text = f"{seed}:{n_stored}" if salt == 0 else f"{seed}:{n_stored}:{salt}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
-def build_sampler(spec: StudySpec, n_stored: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded for a claim made when the study holds ``n_stored`` trials."""
+def build_sampler(spec: StudySpec, n_stored: int = 0, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded for a claim made when the study holds ``n_stored`` trials; ``salt``: the
+    warm-start trials claimed so far (queued trials keep ``n_stored`` still from one claim to the next, and the
+    knobs a warm-start configuration leaves to the sampler must not get the same values each time).
+    """
     root = spec.study.sampler.root
     if isinstance(root, QMC):  # the seed fixes the scrambling of one low-discrepancy sequence: keep it
         return root.build()
-    seed = derived_seed(root.seed, n_stored)
+    seed = derived_seed(root.seed, n_stored, salt)
     if isinstance(root, Grid):
         return AskTellGridSampler(grid_search_space(spec), seed=seed)
     return root.model_copy(update={"seed": seed}).build()
@@ -87,6 +91,7 @@ def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.
         study = optuna.create_study(directions=directions, **kwargs)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kwargs)
+    warm = warm_start.pending(study, spec)  # read before the lock: the earlier study may share this storage
     with storage_mod.claim_lock(url):  # workers starting together: exactly one records and enqueues
         fingerprint.check(study, spec, allow_changed, log)
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in directions]:
@@ -95,7 +100,7 @@ def open_study(spec: StudySpec, url: str, allow_changed: bool = False, log=_log.
                 f"{[d.name.lower() for d in study.directions]}; rename the study to change them"
             )
         _enqueue_baselines(study, spec)
-        warm_start.enqueue(study, spec)  # after the baselines: they run first
+        warm_start.enqueue(study, warm)  # after the baselines: they run first
     return study
 
 
@@ -169,7 +174,10 @@ def _claim(
         taken = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
         if budget.n_trials is not None and taken >= budget.n_trials:
             return None
-        study.sampler = build_sampler(spec, sum(counts.values()))  # a fresh seed per claim: no replays
+        warm = sum(
+            t.state != TrialState.WAITING and "warm_start" in t.user_attrs for t in study.get_trials(deepcopy=False)
+        )
+        study.sampler = build_sampler(spec, sum(counts.values()), warm)  # a fresh seed per claim: no replays
         if grid_done(study, counts):
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (storage.Heartbeat)

@@ -60,11 +60,20 @@ def plan(spec: StudySpec) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
-def enqueue(study: optuna.Study, spec: StudySpec) -> None:
-    """Enqueue the warm start's configurations once per study (``plan``'s errors propagate)."""
+def pending(study: optuna.Study, spec: StudySpec) -> list[tuple[dict[str, Any], str]] | None:
+    """``plan(spec)`` while ``study`` has not enqueued its warm start yet, else None (a resumed study needs the
+    earlier one no more). Called outside the claim lock: the earlier study may live in the same storage.
+    """
     if spec.study.warm_start is None or study.user_attrs.get(_DONE):
+        return None
+    return plan(spec)
+
+
+def enqueue(study: optuna.Study, planned: list[tuple[dict[str, Any], str]] | None) -> None:
+    """Enqueue ``pending``'s configurations once per study (under the claim lock: one worker of many does it)."""
+    if planned is None or study.user_attrs.get(_DONE):
         return
-    for params, origin in plan(spec):
+    for params, origin in planned:
         study.enqueue_trial(params, user_attrs={ATTR: origin})
     study.set_user_attr(_DONE, True)
 
@@ -164,13 +173,18 @@ def _open(spec: StudySpec, warm: WarmStartFrom) -> optuna.Study:
                 f"{field} = {warm.source!r}: no such study file ({path}); give an earlier study's file, relative "
                 "to this one, or its storage URL with study.warm_start.study"
             )
-        earlier = load_spec(path)
+        try:
+            earlier = load_spec(path)
+        except UserError as exc:
+            raise UserError(f"{field} = {warm.source!r}: the earlier study file cannot be read: {exc}") from None
         url = earlier.study.storage or storage_mod.default_url(path, earlier.study.name)
         name = warm.study or earlier.study.name
     if url.startswith("sqlite") and not Path(url.split(":///", 1)[-1].split("?")[0]).is_file():
         raise UserError(f"{field} = {warm.source!r}: no study storage at {mask(url)}; run that study first")
     try:
         return optuna.load_study(study_name=name, storage=storage_mod.open_storage(url))
+    except UserError as exc:  # the earlier study's storage, not this study's
+        raise UserError(str(exc).replace("study.storage", field, 1)) from None
     except KeyError:
         raise UserError(f"{field} = {warm.source!r}: no study {name!r} in {mask(url)}; name it with study") from None
 

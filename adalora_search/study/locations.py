@@ -145,7 +145,7 @@ def _allowed_keys(path: tuple[Any, ...], data: Any) -> list[str]:
         model = _field_model(model, part, node)
         if model is None:
             return []
-    return list(model.model_fields) if model else []
+    return [field.alias or name for name, field in model.model_fields.items()] if model else []  # `from`, not `source`
 
 
 def _field_model(model: type[BaseModel], name: str, node: Any) -> type[BaseModel] | None:

@@ -102,8 +102,8 @@ def random_search_note(sampler: SamplerSpec, n_trials: int | None, n_enqueued: i
     """
     root = sampler.root
     startup = getattr(root, "n_startup_trials", None)
-    if startup is None or n_trials is None or n_trials - n_enqueued > startup:
-        return None
+    if startup is None or n_trials is None or n_trials - n_enqueued > startup or n_trials <= n_enqueued:
+        return None  # (every trial fixed by baselines or a warm start: nothing is sampled at all)
     return (
         f"n_trials {n_trials} leaves {max(n_trials - n_enqueued, 0)} sampled trials, no more than {root.type}'s "
         f"{startup} random start-up trials: this study is random search; set study.sampler.n_startup_trials below "

@@ -160,7 +160,9 @@ def test_chance_level_is_flagged() -> None:
     assert "chance level (1/3 classes" in task.chance_note({"accuracy": 0.35, "predicted_classes": 3}, split, names)
     assert "single class" in task.chance_note({"accuracy": 0.2, "predicted_classes": 1}, split, names)
     assert task.chance_note({"accuracy": 0.7, "predicted_classes": 3}, split, names) is None
-    assert Regression().chance_note({"pearson": 0.0}, split, None) is None
+    # regression's trivial predictor is a constant (#32 item 6): Pearson 0 is flagged, a correlated result is not
+    assert "no better than a constant prediction" in Regression().chance_note({"pearson": 0.0}, split, None)
+    assert Regression().chance_note({"pearson": 0.8, "eval_loss": 0.1}, split, None) is None
 
 
 @pytest.mark.slow

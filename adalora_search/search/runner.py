@@ -219,7 +219,11 @@ def work(
     sizes = {name: examples.get(name, len(split)) for name, split in data.splits.items()}  # resolution, for verdicts
     if study.user_attrs.get(status.SPLIT_SIZES) != sizes:
         study.set_user_attr(status.SPLIT_SIZES, sizes)
-    trivial = get_task(spec.model.task).trivial(data.splits, data.label_names)  # the floor results are read against
+    try:  # the floor results are read against; a side computation: its failure stops no study
+        trivial = get_task(spec.model.task).trivial(data.splits, data.label_names)
+    except TRIAL_ERRORS as exc:
+        log(f"the trivial predictor could not be scored ({type(exc).__name__}: {exc}); the summary goes without it")
+        trivial = None
     if study.user_attrs.get(status.TRIVIAL) != trivial:
         study.set_user_attr(status.TRIVIAL, trivial)
     study.set_user_attr(status.BUDGET, {"n_trials": budget.n_trials, "timeout": budget.timeout})  # the time left

@@ -47,6 +47,7 @@ class Table:
         self.runs = {config_key(c["params"]): c["runs"] for c in data["configs"]}
         self.n_grid = math.prod(len(v) for v in self.space.values())
         self.complete = len(self.runs) == self.n_grid
+        self._memo: dict[tuple, Any] = {}  # true() and extremes() are asked millions of times by the statistics
 
     def nearest(self, params: Params) -> Params:
         """The configuration of the table closest to ``params``: per knob, 0 when equal, else the distance between
@@ -79,6 +80,12 @@ class Table:
     def true(self, params: Params, split: str = "validation", metric: str | None = None) -> float | None:
         """The configuration's mean final ``metric`` on ``split`` over its seeds' complete runs (None: none)."""
         metric = metric or self.metric
+        memo = (config_key(params), split, metric)
+        if memo not in self._memo:
+            self._memo[memo] = self._true(params, split, metric)
+        return self._memo[memo]
+
+    def _true(self, params: Params, split: str, metric: str) -> float | None:
         values = [
             r[split][metric]
             for r in self.runs.get(config_key(params), {}).values()
@@ -88,8 +95,12 @@ class Table:
 
     def extremes(self, split: str = "validation") -> tuple[float, float]:
         """(best, worst) true mean of ``split``'s objective metric over the configurations with a run."""
+        if ("extremes", split) in self._memo:
+            return self._memo["extremes", split]
         means = [m for m in (self.true(c["params"], split) for c in self.data["configs"]) if m is not None]
-        return (max(means), min(means)) if self.maximize else (min(means), max(means))
+        out = (max(means), min(means)) if self.maximize else (min(means), max(means))
+        self._memo["extremes", split] = out
+        return out
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables.table import TABLE_FORMAT, write_table  # noqa: E402
+from tables.table import TABLE_FORMAT, read_table, write_table  # noqa: E402
 
 from adalora_search.search.record import TrialRecord  # noqa: E402
 from adalora_search.search.runner import Budget, open_study, prepare_data, work  # noqa: E402
@@ -46,6 +46,16 @@ def seeded(spec, seed: int):
     training = spec.training.model_copy(update={"seed": seed})
     study = spec.study.model_copy(update={"name": f"{spec.study.name}-s{seed}"})
     return spec.model_copy(update={"training": training, "study": study})
+
+
+def _prior(out: Path, spec) -> dict:
+    """The table already at ``out`` when it is this grid's (same name and space), else an empty one."""
+    if not out.exists():
+        return {}
+    table = read_table(out)
+    if table["name"] != spec.study.name or table["space"] != grid_search_space(spec):
+        raise SystemExit(f"{out} is the table of another grid ({table['name']}); move it or name another --out")
+    return table
 
 
 def grid_order(spec, order_seed: int) -> list[dict]:
@@ -75,13 +85,16 @@ def done(study: optuna.Study) -> set[str]:
     return {key(t.params) for t in study.get_trials(deepcopy=False) if counts(t)}
 
 
-def run_rounds(specs: dict, url: str, work_dir: Path, data, args, export) -> None:
+def run_rounds(specs: dict, url: str, work_dir: Path, data, args, export, prior: dict) -> None:
     """Configuration k of the fixed order on every seed, for k = 0, 1, ...: a table cut short holds the same
     configurations on every seed. A configuration already run (a resumed build) is skipped; a trial
     interrupted here is re-queued by the runner and run first next time.
     """
     studies = {s: open_study(spec, url) for s, spec in specs.items()}
     earlier = {s: set().union(*(done(st) for st in stored(spec, work_dir))) for s, spec in specs.items()}
+    for config in prior.get("configs", []):  # the committed table: what other machines already ran
+        for seed in config["runs"]:
+            earlier.get(int(seed), set()).add(key(config["params"]))
     order = grid_order(next(iter(specs.values())), args.order_seed)
     deadline = time.time() + args.hours * 3600 if args.hours else None
     rounds = 0
@@ -138,13 +151,17 @@ def run_entry(trial: optuna.trial.FrozenTrial, metric: str) -> dict:
     }
 
 
-def collect(spec_path: Path, specs: dict, work_dir: Path, data_sizes: dict, total_steps: int, order_seed: int) -> dict:
-    """The table: every configuration with a run in any shard's database, keyed by its grid parameters (the
-    first database's run where two hold the same configuration and seed)."""
+def collect(
+    spec_path: Path, specs: dict, work_dir: Path, data_sizes: dict, total_steps: int, order_seed: int, prior: dict
+) -> dict:
+    """The table: the committed table's runs (``prior``: a build on another machine starts from them), then every
+    run in any shard's database not in it yet, keyed by grid parameters and seed (the first one found is kept)."""
     base = load_spec(spec_path)
     metric = base.study.objectives[0].metric
     space = grid_search_space(base)
-    configs: dict[str, dict] = {}
+    configs: dict[str, dict] = {
+        key(c["params"]): {"params": dict(c["params"]), "runs": dict(c["runs"])} for c in prior.get("configs", [])
+    }
     for seed, spec in specs.items():
         for study in stored(spec, work_dir):
             for t in study.get_trials(deepcopy=False):
@@ -211,14 +228,16 @@ def main() -> None:
     sizes = {name: len(split) for name, split in data.splits.items()}
     total = optimizer_steps(spec.training, sizes["train"])
 
+    prior = _prior(out, spec)
+
     def export() -> None:
-        table = collect(args.study, specs, work_dir, sizes, total, args.order_seed)
+        table = collect(args.study, specs, work_dir, sizes, total, args.order_seed, prior)
         write_table(table, out)
         print(f"wrote {out}: {len(table['configs'])} configurations, {table['cpu_hours']} CPU-hours", flush=True)
 
     if not args.export_only:
         try:
-            run_rounds(specs, url, work_dir, data, args, export)
+            run_rounds(specs, url, work_dir, data, args, export, prior)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM (the runner's Interrupted)
             print("interrupted: writing the table of what finished", flush=True)
     export()

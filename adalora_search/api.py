@@ -104,7 +104,8 @@ def validate(study: Study, check_data: bool = True, storage: str | None = None) 
             storage_mod.check_reachable_here(session.storage_url(spec, study_file, storage))
             data, linears = session.check_inputs(spec, study_file) if check_data else (None, None)
             url = session.storage_url(spec, study_file, storage)
-            warm = [] if session.warm_start_enqueued(url, spec.study.name) else warm_start.plan(spec)
+            fresh = spec.study.warm_start is not None and not session.warm_start_enqueued(url, spec.study.name)
+            warm = warm_start.plan(spec) if fresh else []
     except UserError as exc:
         return Validation(exc)
     summary = describe.summary(spec, linears, data)

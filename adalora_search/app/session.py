@@ -114,7 +114,8 @@ def run_session(
     url = storage_url(spec, study_file, storage)
     storage_mod.check_reachable_here(url, "--storage" if storage else "study.storage")
     data, _ = check_inputs(spec, study_file)  # data and model problems are reported before any storage is touched
-    planned = [] if warm_start_enqueued(url, spec.study.name) else warm_start.plan(spec)  # refused before storage
+    warm = spec.study.warm_start is not None and not warm_start_enqueued(url, spec.study.name)
+    planned = warm_start.plan(spec) if warm else []  # a warm start that cannot work is refused before storage
     study = open_study(spec, url, allow_changed)
     _log.info(f"study {spec.study.name!r} in {mask(url)}: {stored_line(study)}")
     enqueued = len(spec.baselines) + len(planned)
@@ -155,7 +156,9 @@ def warm_start_enqueued(url: str, name: str) -> bool:
         study = optuna.load_study(study_name=name, storage=storage_mod.open_storage(url))
     except (KeyError, UserError):
         return False
-    return bool(study.user_attrs.get("warm_start_enqueued"))
+    from adalora_search.search.warm_start import ENQUEUED
+
+    return bool(study.user_attrs.get(ENQUEUED))
 
 
 def trial_processes(spec: StudySpec, gpus_per_trial: int) -> int:

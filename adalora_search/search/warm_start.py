@@ -31,7 +31,7 @@ from adalora_search.train.module_kinds import module_type
 from adalora_search.urls import check_url, mask
 
 ATTR = "warm_start"  # trial user attr: where an enqueued configuration came from
-_DONE = "warm_start_enqueued"  # study user attr: the warm start was enqueued (once per study)
+ENQUEUED = "warm_start_enqueued"  # study user attr: the warm start was enqueued (once per study)
 _SCHEDULE = ("adalora.schedule.t_init", "adalora.schedule.t_final")  # their unit is the schedule's
 
 
@@ -64,18 +64,18 @@ def pending(study: optuna.Study, spec: StudySpec) -> list[tuple[dict[str, Any], 
     """``plan(spec)`` while ``study`` has not enqueued its warm start yet, else None (a resumed study needs the
     earlier one no more). Called outside the claim lock: the earlier study may live in the same storage.
     """
-    if spec.study.warm_start is None or study.user_attrs.get(_DONE):
+    if spec.study.warm_start is None or study.user_attrs.get(ENQUEUED):
         return None
     return plan(spec)
 
 
 def enqueue(study: optuna.Study, planned: list[tuple[dict[str, Any], str]] | None) -> None:
     """Enqueue ``pending``'s configurations once per study (under the claim lock: one worker of many does it)."""
-    if planned is None or study.user_attrs.get(_DONE):
+    if planned is None or study.user_attrs.get(ENQUEUED):
         return
     for params, origin in planned:
         study.enqueue_trial(params, user_attrs={ATTR: origin})
-    study.set_user_attr(_DONE, True)
+    study.set_user_attr(ENQUEUED, True)
 
 
 def fit(spec: StudySpec, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -138,4 +138,4 @@ def test_trial_cost_bench_runs(tmp_path) -> None:
     cmd = [sys.executable, str(REPO / "bench" / "trial_cost.py"), "--repeats", "1", "--steps", "4", "--out", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
     result = json.loads(out.read_text())
-    assert result["speedup_end_to_end"] > 0 and result["speedup_steps_per_s"] > 0
+    assert result["summary"]["speedup_end_to_end"] > 0 and result["summary"]["speedup_steps_per_s"] > 0

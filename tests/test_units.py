@@ -180,7 +180,7 @@ def test_each_reference_gets_a_verdict_on_validation_and_test_in_examples() -> N
     from optuna.trial import TrialState
 
     from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
-    from adalora_search.search.status import verdicts
+    from adalora_search.search.summary import verdicts
 
     best = TrialRecord(
         number=9, state=TrialState.COMPLETE, values=[0.919], params={}, config=None,

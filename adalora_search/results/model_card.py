@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from adalora_search.results.manifest import ExportManifest
 from adalora_search.search.record import StudyRecord, TrialRecord
-from adalora_search.search.status import trivial_lines, verdicts
+from adalora_search.search.summary import trivial_lines, verdicts
 from adalora_search.tasks import get_task
 from adalora_search.train.assets import BUILT_MODELS, GGUF_MODELS, MODELS
 

@@ -20,7 +20,7 @@ from adalora_search.search import diagnostics, status
 from adalora_search.search.objective import TRIAL_ERRORS
 from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord, TriedRate
 from adalora_search.search.runner import best_trial
-from adalora_search.search.status import summary_lines
+from adalora_search.search.summary import summary_lines
 from adalora_search.study.space import LoraKnobs, TrialConfig, trial_config
 from adalora_search.study.spec import Reference, StudySpec
 from adalora_search.tasks import Task, get_task

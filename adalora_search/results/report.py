@@ -22,7 +22,7 @@ from adalora_search.errors import UserError
 from adalora_search.results import plots, tables
 from adalora_search.search import diagnostics
 from adalora_search.search.record import ReferenceResult, StudyRecord, TrialRecord
-from adalora_search.search.status import trivial_lines, verdicts
+from adalora_search.search.summary import trivial_lines, verdicts
 
 
 def write_report(study: optuna.Study, out: Path, top_k: int = 5) -> Path:

@@ -62,6 +62,19 @@ def study_dict(**sections: Any) -> dict[str, Any]:
     return out
 
 
+def tagging_study() -> dict[str, Any]:
+    """A token-classification study of ``ner.jsonl`` beside it: words in ``tokens``, tags in ``ner``."""
+    return study_dict(
+        model={"task": "token_classification"},
+        study={"objective": {"metric": "f1"}},
+        data={
+            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
+            "text_fields": ["tokens"],
+            "label_field": "ner",
+        },
+    )
+
+
 def write_study(directory: Path, data: dict[str, Any] | str, name: str = "study.yaml") -> Path:
     path = directory / name
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))

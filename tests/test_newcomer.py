@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, run_cli, study_dict, write_study
+from conftest import REPO, run_cli, study_dict, tagging_study, write_study
 
 from adalora_search.results import plots
 
@@ -257,15 +257,7 @@ def test_row_numbers_in_data_errors_are_the_files_lines(tmp_path: Path, monkeypa
     rows = [{"tokens": ["ann", "met", f"w{i}"], "ner": ["B-PER", "O", "O"]} for i in range(40)]
     rows[6] = {"tokens": ["ann", "met"], "ner": ["B-PER"]}  # the 7th record: line 7 of the file
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = study_dict(
-        model={"task": "token_classification"},
-        study={"objective": {"metric": "f1"}},
-        data={
-            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-            "text_fields": ["tokens"],
-            "label_field": "ner",
-        },
-    )
+    study = tagging_study()
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and "ner.jsonl line 7 must hold a list of words" in out, out
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import causal_study, cli_exit_code, run_cli, study_dict, tiny_decoder, write_study
+from conftest import causal_study, cli_exit_code, run_cli, study_dict, tagging_study, tiny_decoder, write_study
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM
@@ -370,7 +370,7 @@ def test_bad_chat_rows_say_which_rule_and_show_the_value(
 )
 def test_bad_tagging_rows_are_refused(rows: list, expect: str, tmp_path: Path, monkeypatch, capsys) -> None:
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows * 20))
-    data = _tagging_study()
+    data = tagging_study()
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out
 
@@ -384,7 +384,7 @@ def test_generation_settings_on_a_task_that_does_not_generate_are_refused() -> N
 def test_validate_says_how_many_repeated_rows_it_removed(tmp_path: Path, monkeypatch, capsys) -> None:
     rows = [{"tokens": ["john", "went", f"w{i % 30}"], "ner": ["B-PER", "O", "O"]} for i in range(60)]
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = _tagging_study()
+    data = tagging_study()
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
     assert (
         code == 0
@@ -460,22 +460,9 @@ def test_a_tag_on_a_word_the_tokenizer_drops_is_refused(tag, refused, tmp_path, 
         for i in range(40)
     ]
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    data = _tagging_study()
+    data = tagging_study()
     code, out = run_cli(["validate", str(write_study(tmp_path, data))], monkeypatch, capsys)
     if refused:
         assert code == 2 and "turns into no token at all" in out and "'\\u200b' (tag B-PER)" in out, out
     else:
         assert code == 0 and "truncated" not in out, out  # a dropped O word is harmless, and no truncation
-
-
-def _tagging_study() -> dict:
-    """A token-classification study of ``ner.jsonl`` beside it: words in ``tokens``, tags in ``ner``."""
-    return study_dict(
-        model={"task": "token_classification"},
-        study={"objective": {"metric": "f1"}},
-        data={
-            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-            "text_fields": ["tokens"],
-            "label_field": "ner",
-        },
-    )

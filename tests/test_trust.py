@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import run_cli, study_dict, write_study
+from conftest import run_cli, study_dict, tagging_study, write_study
 from optuna.trial import TrialState, create_trial
 
 from adalora_search import files
@@ -62,15 +62,7 @@ def test_tags_that_would_score_f1_zero_are_refused(
 ) -> None:
     rows = [{"tokens": ["ann", "met", f"w{i}"], "ner": tags} for i in range(40)]
     (tmp_path / "ner.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    study = study_dict(
-        model={"task": "token_classification"},
-        study={"objective": {"metric": "f1"}},
-        data={
-            "source": {"type": "files", "format": "jsonl", "paths": {"train": "ner.jsonl"}},
-            "text_fields": ["tokens"],
-            "label_field": "ner",
-        },
-    )
+    study = tagging_study()
     code, out = run_cli(["validate", str(write_study(tmp_path, study))], monkeypatch, capsys)
     assert code == 2 and expect in out and "Traceback" not in out, out
 
